@@ -1,0 +1,252 @@
+"""The `orchestrator` command.
+
+Exit codes: 0 done, 1 the operation failed (message on stderr), 2 bad usage or settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import asyncpg
+
+from orchestrator import __version__
+from orchestrator.inventory import InventoryError, read_inventory
+from orchestrator.logs import configure_logging
+from orchestrator.settings import Settings, SettingsError, load_settings
+from orchestrator.store import appliances as appliance_store
+from orchestrator.store import migrations
+from orchestrator.store.db import connect, create_pool, database_url
+from orchestrator.store.embedded import EmbeddedPostgresError
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class CommandError(Exception):
+    """An operation failed in a way the user can act on; the message says how."""
+
+
+def _fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
+    print(f"orchestrator: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+# --------------------------------------------------------------------------- helpers
+def _print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    cells = [[("" if v is None else str(v)) for v in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    line = "  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))
+    print(line.rstrip())
+    for row in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+async def _with_database(
+    settings: Settings,
+    url: str,
+    body: Callable[[asyncpg.Pool], Awaitable[int]],
+    *,
+    migrate_embedded: bool,
+) -> int:
+    conn = await connect(url)
+    try:
+        if migrate_embedded and not settings.database_url:
+            # the embedded database is ours: keep it migrated without a separate step
+            await migrations.migrate(conn)
+        else:
+            await migrations.ensure_current(conn)
+    finally:
+        await conn.close()
+    async with create_pool(url, settings) as pool:
+        return await body(pool)
+
+
+def run_with_database(
+    settings: Settings,
+    body: Callable[[asyncpg.Pool], Awaitable[int]],
+) -> int:
+    """Resolve the database (embedded or configured), check migrations, run `body(pool)`."""
+    with database_url(settings) as url:
+        return asyncio.run(_with_database(settings, url, body, migrate_embedded=True))
+
+
+# --------------------------------------------------------------------------- commands
+def cmd_config_show(settings: Settings, args: argparse.Namespace) -> int:
+    values = settings.masked()
+    if args.json:
+        print(json.dumps(values, indent=2, default=str))
+        return 0
+    for key, value in values.items():
+        shown = json.dumps(value, default=str) if value is not None else "(unset)"
+        if key == "database_url" and value is None:
+            shown = f"(unset: embedded PostgreSQL in {settings.data_dir})"
+        print(f"{key} = {shown}")
+    return 0
+
+
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    async def body(url: str) -> int:
+        conn = await connect(url)
+        try:
+            if args.status:
+                rows = await migrations.status(conn)
+                _print_table(
+                    ["version", "name", "state", "applied_at"],
+                    [(r.version, r.name, r.state, r.applied_at) for r in rows],
+                )
+                return 0 if all(r.state in ("applied", "pending") for r in rows) else EXIT_FAILED
+            done = await migrations.migrate(conn)
+        finally:
+            await conn.close()
+        if done:
+            for m in done:
+                print(f"applied {m.version}_{m.name}")
+        else:
+            print("database is up to date")
+        return 0
+
+    with database_url(settings) as url:
+        return asyncio.run(body(url))
+
+
+def cmd_appliances_import(settings: Settings, args: argparse.Namespace) -> int:
+    result = read_inventory(Path(args.file), args.format)
+
+    async def body(pool: asyncpg.Pool) -> int:
+        async with pool.acquire() as conn, conn.transaction():
+            summary = await appliance_store.upsert_appliances(conn, result.specs)
+        print(
+            f"imported {summary.total} appliance(s) from {args.file}: "
+            f"{summary.inserted} new, {summary.updated} updated"
+        )
+        return 0
+
+    return run_with_database(settings, body)
+
+
+def cmd_appliances_list(settings: Settings, args: argparse.Namespace) -> int:
+    async def body(pool: asyncpg.Pool) -> int:
+        items = await appliance_store.list_appliances(pool, site=args.site, tag=args.tag)
+        if args.json:
+            print(json.dumps(
+                [
+                    {
+                        "name": a.name, "base_url": a.base_url, "site": a.site,
+                        "tags": list(a.tags), "timezone": a.timezone,
+                        "credentials_ref": a.credentials_ref,
+                        "current_version": a.current_version, "enabled": a.enabled,
+                    }
+                    for a in items
+                ],
+                indent=2,
+            ))
+            return 0
+        _print_table(
+            ["name", "site", "tags", "version", "base_url"],
+            [(a.name, a.site, ";".join(a.tags), a.current_version or "-", a.base_url)
+             for a in items],
+        )
+        print(f"{len(items)} appliance(s)")
+        return 0
+
+    return run_with_database(settings, body)
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    inventory = Path(args.inventory)
+    print(f"demo: importing {inventory} into the embedded database")
+    result = read_inventory(inventory)
+
+    async def body(pool: asyncpg.Pool) -> int:
+        summary = await appliance_store.upsert_appliances(pool, result.specs)
+        print(f"imported {summary.total} appliance(s): {summary.inserted} new, "
+              f"{summary.updated} updated\n")
+        items = await appliance_store.list_appliances(pool)
+        _print_table(
+            ["name", "site", "tags", "base_url"],
+            [(a.name, a.site, ";".join(a.tags), a.base_url) for a in items],
+        )
+        return 0
+
+    return run_with_database(settings, body)
+
+
+# --------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="orchestrator",
+        description="Roll appliance updates out across a fleet, safely.",
+    )
+    parser.add_argument("--version", action="version", version=f"orchestrator {__version__}")
+    parser.add_argument(
+        "--config", metavar="PATH",
+        help="settings file (default: $ORCHESTRATOR_CONFIG, else ./config/orchestrator.toml)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    config = sub.add_parser("config", help="inspect settings")
+    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    show = config_sub.add_parser("show", help="print the effective settings, secrets masked")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=cmd_config_show)
+
+    migrate = sub.add_parser("migrate", help="apply database migrations")
+    migrate.add_argument("--status", action="store_true", help="list applied and pending")
+    migrate.set_defaults(func=cmd_migrate)
+
+    appl = sub.add_parser("appliances", help="the appliance inventory")
+    appl_sub = appl.add_subparsers(dest="appliances_command", required=True, metavar="ACTION")
+    imp = appl_sub.add_parser(
+        "import", help="upsert appliances from a CSV or JSON file (all or nothing)"
+    )
+    imp.add_argument("file")
+    imp.add_argument("--format", choices=["csv", "json"], help="default: from the file suffix")
+    imp.set_defaults(func=cmd_appliances_import)
+    lst = appl_sub.add_parser("list", help="list appliances")
+    lst.add_argument("--site")
+    lst.add_argument("--tag")
+    lst.add_argument("--json", action="store_true")
+    lst.set_defaults(func=cmd_appliances_list)
+
+    demo = sub.add_parser("demo", help="a self-contained demonstration")
+    demo.add_argument("--inventory", default="config/example-inventory.csv")
+    demo.set_defaults(func=cmd_demo)
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except SettingsError as exc:
+        _fail(f"invalid setting: {exc}", EXIT_USAGE)
+    configure_logging(settings.log_format, settings.log_level)
+    try:
+        code: int = args.func(settings, args)
+    except InventoryError as exc:
+        _fail(str(exc))
+    except migrations.MigrationError as exc:
+        _fail(str(exc))
+    except EmbeddedPostgresError as exc:
+        _fail(f"embedded PostgreSQL: {exc}")
+    except CommandError as exc:
+        _fail(str(exc))
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        _fail(f"database: {type(exc).__name__}: {exc}")
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""Inventory files (CSV or JSON) to validated `ApplianceSpec`s, with line numbers for errors.
+
+CSV: a header row with any of the inventory fields (name, base_url and site required);
+`tags` is a `;`-separated list. JSON: an array of objects with the same keys, `tags` a list.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from orchestrator.domain.inventory import (
+    FIELDS,
+    REQUIRED,
+    RowError,
+    ValidationResult,
+    validate_records,
+)
+
+
+class InventoryError(Exception):
+    """The file is refused; `errors` lists every bad row with its line."""
+
+    def __init__(self, source: str, errors: list[RowError]) -> None:
+        self.source = source
+        self.errors = errors
+        super().__init__(
+            f"{source}: {len(errors)} problem(s), nothing imported\n"
+            + "\n".join(f"  {e}" for e in errors)
+        )
+
+
+def _csv_records(text: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader)
+    except StopIteration:
+        return
+    header = [h.strip() for h in header]
+    unknown = [h for h in header if h not in FIELDS]
+    missing = [h for h in REQUIRED if h not in header]
+    dupes = sorted({h for h in header if header.count(h) > 1})
+    problems = []
+    if unknown:
+        problems.append(
+            f"unknown column(s) {', '.join(map(repr, unknown))} (known: {', '.join(FIELDS)})"
+        )
+    if missing:
+        problems.append(f"missing required column(s) {', '.join(missing)}")
+    if dupes:
+        problems.append(f"column(s) {', '.join(dupes)} appear more than once")
+    if problems:
+        raise InventoryError("header", [RowError(1, "; ".join(problems))])
+    start = reader.line_num + 1
+    for row in reader:
+        line = start
+        start = reader.line_num + 1
+        if not any(cell.strip() for cell in row):
+            continue  # blank line
+        if len(row) != len(header):
+            yield line, {"__shape__": f"has {len(row)} cells, the header has {len(header)}"}
+            continue
+        yield line, {k: (v if v.strip() else None) for k, v in zip(header, row, strict=True)}
+
+
+def _json_records(text: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    decoder = json.JSONDecoder()
+    pos = _skip_ws(text, 0)
+    if pos >= len(text) or text[pos] != "[":
+        raise InventoryError("json", [RowError(_line_of(text, pos), "expected a JSON array")])
+    pos = _skip_ws(text, pos + 1)
+    if pos < len(text) and text[pos] == "]":
+        return
+    while True:
+        line = _line_of(text, pos)
+        try:
+            value, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            error = RowError(exc.lineno, f"invalid JSON: {exc.msg}")
+            raise InventoryError("json", [error]) from None
+        if isinstance(value, dict):
+            yield line, value
+        else:
+            yield line, {"__shape__": f"is a {type(value).__name__}, expected an object"}
+        pos = _skip_ws(text, pos)
+        if pos < len(text) and text[pos] == ",":
+            pos = _skip_ws(text, pos + 1)
+            continue
+        if pos < len(text) and text[pos] == "]":
+            return
+        raise InventoryError("json", [RowError(_line_of(text, pos), "expected ',' or ']'")])
+
+
+def _skip_ws(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos] in " \t\r\n":
+        pos += 1
+    return pos
+
+
+def _line_of(text: str, pos: int) -> int:
+    return text.count("\n", 0, pos) + 1
+
+
+def parse_inventory(text: str, fmt: str) -> ValidationResult:
+    """Parse and validate; raise InventoryError listing every bad row."""
+    records = _csv_records(text) if fmt == "csv" else _json_records(text)
+    shape_errors: list[RowError] = []
+
+    def checked() -> Iterator[tuple[int, dict[str, Any]]]:
+        for line, record in records:
+            if "__shape__" in record:
+                shape_errors.append(RowError(line, f"row {record['__shape__']}"))
+                continue
+            yield line, record
+
+    try:
+        result = validate_records(checked())
+    except InventoryError:
+        raise
+    errors = sorted(shape_errors + result.errors, key=lambda e: e.line)
+    if errors:
+        raise InventoryError(fmt, errors)
+    if not result.specs:
+        raise InventoryError(fmt, [RowError(1, "the file lists no appliances")])
+    return result
+
+
+def read_inventory(path: Path, fmt: str | None = None) -> ValidationResult:
+    """Read an inventory file; the format comes from `fmt` or the file's suffix."""
+    fmt = (fmt or path.suffix.lstrip(".")).lower()
+    if fmt not in ("csv", "json"):
+        raise InventoryError(str(path), [RowError(1, f"unknown format {fmt!r}: use .csv or .json")])
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise InventoryError(str(path), [RowError(0, f"cannot read: {exc.strerror}")]) from None
+    except UnicodeDecodeError as exc:
+        raise InventoryError(str(path), [RowError(0, f"not UTF-8 text: {exc.reason}")]) from None
+    try:
+        return parse_inventory(text, fmt)
+    except InventoryError as exc:
+        raise InventoryError(str(path), exc.errors) from None

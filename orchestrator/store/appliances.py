@@ -1,0 +1,103 @@
+"""Appliance inventory: the SQL of the `appliances` aggregate."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import asyncpg
+
+from orchestrator.domain.inventory import ApplianceSpec
+from orchestrator.domain.models import Appliance
+from orchestrator.store.db import DB
+
+_COLUMNS = (
+    "id, name, base_url, site, tags, timezone, credentials_ref, tls_ca_file, "
+    "tls_thumbprint, current_version, last_seen_at, enabled"
+)
+
+UPSERT = """
+INSERT INTO appliances (name, base_url, site, tags, timezone, credentials_ref,
+                        tls_ca_file, tls_thumbprint)
+SELECT r.name, r.base_url, r.site, r.tags, r.timezone, r.credentials_ref,
+       r.tls_ca_file, r.tls_thumbprint
+FROM jsonb_to_recordset($1::jsonb) AS r(
+    name text, base_url text, site text, tags text[], timezone text,
+    credentials_ref text, tls_ca_file text, tls_thumbprint text)
+ON CONFLICT (name) DO UPDATE SET
+    base_url = EXCLUDED.base_url,
+    site = EXCLUDED.site,
+    tags = EXCLUDED.tags,
+    timezone = EXCLUDED.timezone,
+    credentials_ref = EXCLUDED.credentials_ref,
+    tls_ca_file = EXCLUDED.tls_ca_file,
+    tls_thumbprint = EXCLUDED.tls_thumbprint,
+    updated_at = now()
+RETURNING (xmax = 0) AS inserted
+"""
+
+
+@dataclass(frozen=True)
+class ImportSummary:
+    inserted: int
+    updated: int
+
+    @property
+    def total(self) -> int:
+        return self.inserted + self.updated
+
+
+def _row(r: asyncpg.Record) -> Appliance:
+    return Appliance(
+        id=r["id"], name=r["name"], base_url=r["base_url"], site=r["site"],
+        tags=tuple(r["tags"]), timezone=r["timezone"], credentials_ref=r["credentials_ref"],
+        tls_ca_file=r["tls_ca_file"], tls_thumbprint=r["tls_thumbprint"],
+        current_version=r["current_version"], last_seen_at=r["last_seen_at"],
+        enabled=r["enabled"],
+    )
+
+
+async def upsert_appliances(
+    conn: DB, specs: Sequence[ApplianceSpec]
+) -> ImportSummary:
+    """Insert or update by name, all in one transaction (one statement)."""
+    payload: list[dict[str, Any]] = []
+    for spec in specs:
+        item = asdict(spec)
+        item["tags"] = list(spec.tags)
+        payload.append(item)
+    rows = await conn.fetch(UPSERT, payload)
+    inserted = sum(1 for r in rows if r["inserted"])
+    return ImportSummary(inserted=inserted, updated=len(rows) - inserted)
+
+
+async def list_appliances(
+    conn: DB,
+    *,
+    site: str | None = None,
+    tag: str | None = None,
+    names: Sequence[str] | None = None,
+    after_id: int = 0,
+    limit: int | None = None,
+) -> list[Appliance]:
+    rows = await conn.fetch(
+        f"""SELECT {_COLUMNS} FROM appliances
+            WHERE ($1::text IS NULL OR site = $1)
+              AND ($2::text IS NULL OR tags @> ARRAY[$2::text])
+              AND ($3::text[] IS NULL OR name = ANY($3))
+              AND id > $4
+            ORDER BY id
+            LIMIT $5""",
+        site, tag, list(names) if names is not None else None, after_id, limit,
+    )
+    return [_row(r) for r in rows]
+
+
+async def get_appliance(conn: DB, name: str) -> Appliance | None:
+    row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM appliances WHERE name = $1", name)
+    return _row(row) if row else None
+
+
+async def count_appliances(conn: DB) -> int:
+    return int(await conn.fetchval("SELECT count(*) FROM appliances"))
