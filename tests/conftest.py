@@ -1,0 +1,89 @@
+"""Shared fixtures: a real PostgreSQL for every test above unit level.
+
+The server is the embedded one (started once per session in a temporary directory) unless
+TEST_DATABASE_URL points at another. A template database is migrated once; every test that
+asks for `db_url` gets its own database cloned from it (CREATE DATABASE ... TEMPLATE).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import asyncpg
+import pytest
+
+from orchestrator.store import migrations
+from orchestrator.store.db import connect, create_pool
+from orchestrator.store.embedded import EmbeddedPostgres
+from tests.helpers import url_with_database
+
+
+@pytest.fixture(scope="session")
+def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a database on the test server that may create and drop databases."""
+    external = os.environ.get("TEST_DATABASE_URL")
+    if external:
+        yield external
+        return
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("embedded-pg"), announce=lambda _m: None)
+    url = server.start()
+    try:
+        yield url
+    finally:
+        server.release()
+
+
+@pytest.fixture(scope="session")
+def embedded_or_external() -> str:
+    return "external" if os.environ.get("TEST_DATABASE_URL") else "embedded"
+
+
+@pytest.fixture(scope="session")
+async def template_db(pg_server_url: str) -> AsyncIterator[str]:
+    name = f"orch_tpl_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(pg_server_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        conn = await connect(url_with_database(pg_server_url, name))
+        try:
+            await migrations.migrate(conn)
+        finally:
+            await conn.close()
+        yield name
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture
+async def db_url(pg_server_url: str, template_db: str) -> AsyncIterator[str]:
+    """A fresh, migrated database for this test."""
+    name = f"orch_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(pg_server_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+        yield url_with_database(pg_server_url, name)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture
+async def empty_db_url(pg_server_url: str) -> AsyncIterator[str]:
+    """A fresh database with no schema at all (for migration tests)."""
+    name = f"orch_empty_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(pg_server_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield url_with_database(pg_server_url, name)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture
+async def pool(db_url: str) -> AsyncIterator[asyncpg.Pool]:
+    async with create_pool(db_url, min_size=1, max_size=10) as p:
+        yield p

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.settings import SettingsError, load_settings, mask_url
+
+
+def test_defaults_without_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    s = load_settings(environ={})
+    assert s.database_url is None
+    assert s.log_format == "auto"
+    assert s.data_dir == Path("~/.local/share/orchestrator").expanduser()
+
+
+def test_shipped_config_file_is_valid_and_lists_every_setting() -> None:
+    root = Path(__file__).resolve().parents[2]
+    path = root / "config" / "orchestrator.toml"
+    s = load_settings(path, environ={})
+    text = path.read_text()
+    for key in type(s).model_fields:
+        assert f"{key} =" in text, f"{key} is not documented in config/orchestrator.toml"
+
+
+def test_environment_overrides_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "o.toml"
+    cfg.write_text('log_format = "console"\napi_port = 9000\n')
+    s = load_settings(cfg, environ={"ORCHESTRATOR_LOG_FORMAT": "json"})
+    assert s.log_format == "json"
+    assert s.api_port == 9000
+
+
+def test_config_path_from_environment(tmp_path: Path) -> None:
+    cfg = tmp_path / "o.toml"
+    cfg.write_text("api_port = 9001\n")
+    s = load_settings(environ={"ORCHESTRATOR_CONFIG": str(cfg)})
+    assert s.api_port == 9001
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"ORCHESTRATOR_LOG_FORMAT": "xml"}, "log_format (from ORCHESTRATOR_LOG_FORMAT)"),
+        ({"ORCHESTRATOR_API_PORT": "70000"}, "api_port (from ORCHESTRATOR_API_PORT)"),
+        ({"ORCHESTRATOR_DB_POOL_MAX_SIZE": "many"}, "db_pool_max_size"),
+        ({"ORCHESTRATOR_DATABASE_URL": "mysql://x/y"}, "database_url"),
+        ({"ORCHESTRATOR_NO_SUCH_THING": "1"}, "ORCHESTRATOR_NO_SUCH_THING: unknown setting"),
+        ({"ORCHESTRATOR_DB_POOL_MIN_SIZE": "50", "ORCHESTRATOR_DB_POOL_MAX_SIZE": "5"},
+         "db_pool_min_size (50) is larger than db_pool_max_size (5)"),
+    ],
+)
+def test_bad_values_name_the_key(env: dict[str, str], expected: str, tmp_path: Path) -> None:
+    with pytest.raises(SettingsError) as info:
+        load_settings(None, environ=env)
+    message = str(info.value)
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_bad_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "o.toml"
+    cfg.write_text("api_port = \n")
+    with pytest.raises(SettingsError, match="not valid TOML"):
+        load_settings(cfg, environ={})
+    cfg.write_text("colour = 'blue'\n")
+    with pytest.raises(SettingsError, match="colour: unknown setting"):
+        load_settings(cfg, environ={})
+    with pytest.raises(SettingsError, match="not found"):
+        load_settings(tmp_path / "missing.toml", environ={})
+
+
+def test_secret_never_in_error_or_masked_view() -> None:
+    with pytest.raises(SettingsError) as info:
+        load_settings(environ={"ORCHESTRATOR_DATABASE_URL": "mysql://u:hunter2@h/db"})
+    assert "hunter2" not in str(info.value)
+    s = load_settings(environ={"ORCHESTRATOR_DATABASE_URL": "postgresql://u:hunter2@h:5/db"})
+    assert "hunter2" not in str(s.masked())
+    assert s.masked()["database_url"] == "postgresql://u:********@h:5/db"
+
+
+def test_mask_url_query_password() -> None:
+    assert mask_url("postgresql://h/db?password=x&sslmode=require") == (
+        "postgresql://h/db?password=********&sslmode=require"
+    )
