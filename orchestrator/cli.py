@@ -15,14 +15,19 @@ from typing import Any, NoReturn
 
 import asyncpg
 
-from orchestrator import __version__
+from orchestrator import __version__, cli_rollout
+from orchestrator.domain.selector import SelectorError
+from orchestrator.domain.states import OperationNotAllowed
+from orchestrator.domain.strategy import StrategyError
 from orchestrator.inventory import InventoryError, read_inventory
 from orchestrator.logs import configure_logging
 from orchestrator.settings import Settings, SettingsError, load_settings
+from orchestrator.simulator import cli as simulator_cli
 from orchestrator.store import appliances as appliance_store
 from orchestrator.store import migrations
 from orchestrator.store.db import connect, create_pool, database_url
 from orchestrator.store.embedded import EmbeddedPostgresError
+from orchestrator.store.rollouts import RolloutError
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -49,10 +54,13 @@ def _print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
+Body = Callable[[asyncpg.Pool], Awaitable[int]]
+
+
 async def _with_database(
     settings: Settings,
     url: str,
-    body: Callable[[asyncpg.Pool], Awaitable[int]],
+    body: Body,
     *,
     migrate_embedded: bool,
 ) -> int:
@@ -69,12 +77,14 @@ async def _with_database(
         return await body(pool)
 
 
-def run_with_database(
-    settings: Settings,
-    body: Callable[[asyncpg.Pool], Awaitable[int]],
-) -> int:
-    """Resolve the database (embedded or configured), check migrations, run `body(pool)`."""
+def run_with_database(settings: Settings, body: Body, url_out: list[str] | None = None) -> int:
+    """Resolve the database (embedded or configured), check migrations, run `body(pool)`.
+
+    `url_out`, when given, receives the URL (for a LISTEN connection of the engine).
+    """
     with database_url(settings) as url:
+        if url_out is not None:
+            url_out.append(url)
         return asyncio.run(_with_database(settings, url, body, migrate_embedded=True))
 
 
@@ -179,6 +189,43 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     return run_with_database(settings, body)
 
 
+def run_with_database_url(settings: Settings, body: Body, url_out: list[str]) -> int:
+    return run_with_database(settings, body, url_out)
+
+
+def add_rollout_parsers(sub: Any) -> None:
+    rollout = sub.add_parser("rollout", help="plan, start and steer rollouts")
+    rsub = rollout.add_subparsers(dest="rollout_command", required=True, metavar="ACTION")
+    create = rsub.add_parser("create", help="create a rollout (DRAFT) with its plan")
+    create.add_argument("--name", required=True)
+    cli_rollout.add_selector_and_strategy(create)
+    create.add_argument("--schedule-at", help="ISO 8601 time with zone: start no earlier")
+    create.add_argument("--start", action="store_true", help="start it right away")
+    create.add_argument("--json", action="store_true")
+    plan = rsub.add_parser("plan", help="preview the plan: nothing is written")
+    cli_rollout.add_selector_and_strategy(plan)
+    plan.add_argument("--json", action="store_true")
+    for name, text in (
+        ("start", "start a DRAFT rollout (or a SCHEDULED one now)"),
+        ("pause", "stop new installs; accepted ones finish"),
+        ("resume", "resume a paused rollout"),
+        ("cancel", "cancel: never-started tasks are cancelled"),
+        ("approve", "approve the next wave's gate"),
+        ("retry-failed", "put failed, timed-out and cancelled tasks back to pending"),
+        ("watch", "live progress per wave until the rollout ends"),
+    ):
+        p = rsub.add_parser(name, help=text)
+        p.add_argument("id", type=int)
+    show = rsub.add_parser("show", help="state, counts and waves of a rollout")
+    show.add_argument("id", type=int)
+    show.add_argument("--json", action="store_true")
+    lst = rsub.add_parser("list", help="recent rollouts")
+    lst.add_argument("--state", action="append", default=[])
+    lst.add_argument("--limit", type=int, default=50)
+    lst.add_argument("--json", action="store_true")
+    rollout.set_defaults(func=lambda s, a: cli_rollout.cmd_rollout(s, a, run_with_database))
+
+
 # --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -216,6 +263,17 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("--json", action="store_true")
     lst.set_defaults(func=cmd_appliances_list)
 
+    add_rollout_parsers(sub)
+
+    run = sub.add_parser("run", help="run the rollout engine until SIGTERM")
+    run.add_argument("--until-idle", action="store_true",
+                     help="exit once no rollout is active and no task runs")
+    run.set_defaults(func=lambda s, a: cli_rollout.cmd_run(s, a, run_with_database_url))
+
+    simulate = sub.add_parser("simulate", help="serve a simulated appliance fleet")
+    simulator_cli.add_arguments(simulate)
+    simulate.set_defaults(func=lambda _s, a: simulator_cli.run(a))
+
     demo = sub.add_parser("demo", help="a self-contained demonstration")
     demo.add_argument("--inventory", default="config/example-inventory.csv")
     demo.set_defaults(func=cmd_demo)
@@ -239,8 +297,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _fail(str(exc))
     except EmbeddedPostgresError as exc:
         _fail(f"embedded PostgreSQL: {exc}")
-    except CommandError as exc:
+    except (CommandError, cli_rollout.UsageError, RolloutError, OperationNotAllowed) as exc:
         _fail(str(exc))
+    except (StrategyError, SelectorError) as exc:
+        _fail(f"invalid rollout request: {exc}")
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         _fail(f"database: {type(exc).__name__}: {exc}")
     except KeyboardInterrupt:

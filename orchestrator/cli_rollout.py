@@ -1,0 +1,283 @@
+"""`orchestrator rollout ...` and `orchestrator run`: the CLI side of the rollout engine."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from orchestrator.appliance import ApplianceHttp
+from orchestrator.engine.engine import Engine, EngineConfig
+from orchestrator.settings import Settings
+from orchestrator.store import rollouts as rollout_store
+from orchestrator.store.audit import Actor
+
+TERMINAL_ROLLOUT = ("SUCCEEDED", "FAILED", "CANCELLED")
+TASK_STATES = ("PENDING", "DISPATCHING", "INSTALLING", "VERIFYING", "SUCCEEDED", "FAILED",
+               "TIMED_OUT", "SKIPPED", "CANCELLED")
+
+
+class UsageError(Exception):
+    """A bad command-line value; the message names it."""
+
+
+def cli_actor() -> Actor:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return Actor(name=user, via="cli")
+
+
+# ------------------------------------------------------------------ arguments
+def add_selector_and_strategy(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--version", dest="target_version", required=True,
+                   help="the version to install, e.g. 9.0.1-20020")
+    sel = p.add_argument_group("selector (AND across options, OR within one)")
+    sel.add_argument("--site", action="append", default=[], help="repeatable")
+    sel.add_argument("--tag", action="append", default=[], help="repeatable")
+    sel.add_argument("--appliance", action="append", default=[], help="by name, repeatable")
+    sel.add_argument("--current-version", action="append", default=[],
+                     help="only appliances last seen on this version, repeatable")
+    st = p.add_argument_group("strategy (see README: Rollout strategy)")
+    st.add_argument("--strategy", metavar="FILE", help="a JSON file with the strategy object")
+    st.add_argument("--waves", help="comma-separated sizes, e.g. 1,10%%,50%%,100%%")
+    st.add_argument("--order", choices=["spread", "site-by-site", "name", "random"])
+    st.add_argument("--max-concurrency", help="a count or a percentage")
+    st.add_argument("--per-site-concurrency", type=int)
+    st.add_argument("--max-starts-per-minute", type=int)
+    st.add_argument("--max-failures", help="a count or a percentage")
+    st.add_argument("--min-executed", type=int)
+    st.add_argument("--soak-seconds", type=float)
+    st.add_argument("--approval", choices=["none", "each-wave", "after-canary"])
+    st.add_argument("--task-timeout", type=float, help="seconds")
+    st.add_argument("--reboot-grace", type=float, help="seconds")
+
+
+def _size(text: str) -> int | str:
+    text = text.strip()
+    return text if text.endswith("%") else int(text) if text.lstrip("-").isdigit() else text
+
+
+def selector_from(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, attr in (("sites", "site"), ("tags", "tag"), ("names", "appliance"),
+                      ("current_versions", "current_version")):
+        if getattr(args, attr):
+            out[key] = list(getattr(args, attr))
+    return out
+
+
+def strategy_from(args: argparse.Namespace) -> dict[str, Any]:
+    strategy: dict[str, Any] = {}
+    if args.strategy:
+        path = Path(args.strategy)
+        try:
+            loaded = json.loads(path.read_text())
+        except OSError as exc:
+            raise UsageError(f"--strategy {path}: cannot read: {exc.strerror}") from None
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"--strategy {path}: not JSON: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise UsageError(f"--strategy {path}: must hold a JSON object")
+        strategy.update(loaded)
+    if args.waves:
+        strategy["waves"] = [_size(x) for x in args.waves.split(",")]
+    for key in ("order", "per_site_concurrency", "max_starts_per_minute", "min_executed",
+                "soak_seconds", "approval", "task_timeout", "reboot_grace"):
+        value = getattr(args, key)
+        if value is not None:
+            strategy[key] = value
+    for key in ("max_concurrency", "max_failures"):
+        value = getattr(args, key)
+        if value is not None:
+            strategy[key] = _size(value)
+    return strategy
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"--schedule-at {text!r}: not an ISO 8601 time") from None
+    if value.tzinfo is None:
+        raise UsageError(f"--schedule-at {text!r}: give a time zone, e.g. {text}+00:00")
+    return value
+
+
+# ------------------------------------------------------------------ output
+def print_plan(plan: rollout_store.Plan, *, limit: int = 20) -> None:
+    print(f"plan: {plan.target_version} on {plan.targeted} appliance(s) in "
+          f"{len(plan.waves)} wave(s) (nothing was written)")
+    for wave in plan.waves:
+        names = [a.name for a in wave.appliances]
+        sites = sorted({a.site for a in wave.appliances})
+        gate = " - then waits for approval" if wave.requires_approval else ""
+        shown = ", ".join(names[:limit]) + (f", ... (+{len(names) - limit})"
+                                            if len(names) > limit else "")
+        print(f"  wave {wave.number}: {len(names)} appliance(s) across {len(sites)} site(s)"
+              f"{gate}\n    {shown}")
+
+
+def rollout_summary(rollout: rollout_store.Rollout, counts: rollout_store.RolloutCounts) -> str:
+    states = ", ".join(f"{k.lower()} {v}" for k, v in sorted(counts.by_state.items()))
+    lines = [
+        f"rollout {rollout.id} {rollout.name!r}: {rollout.state} - {rollout.target_version} on "
+        f"{rollout.targeted} appliance(s); wave {rollout.current_wave}",
+        f"  tasks: {states}",
+    ]
+    if rollout.abort_reason:
+        lines.append(f"  reason: {rollout.abort_reason}")
+    for w in counts.waves:
+        wave_counts = counts.by_wave.get(w["number"], {})
+        done = sum(v for k, v in wave_counts.items() if k in
+                   ("SUCCEEDED", "FAILED", "TIMED_OUT", "SKIPPED", "CANCELLED"))
+        approval = ""
+        if w["requires_approval"]:
+            approval = f", approved by {w['approved_by']}" if w["approved_by"] else \
+                ", needs approval"
+        lines.append(f"  wave {w['number']}: {w['state']:<17} {done}/{w['planned_size']} done"
+                     f"{approval}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ commands
+Body = Callable[[asyncpg.Pool], Awaitable[int]]
+
+
+def cmd_rollout(settings: Settings, args: argparse.Namespace,
+                run_with_database: Callable[[Settings, Body], int]) -> int:
+    action = args.rollout_command
+    actor = cli_actor()
+
+    async def body(pool: asyncpg.Pool) -> int:
+        if action == "plan":
+            plan = await rollout_store.preview_plan(
+                pool, args.target_version, selector_from(args), strategy_from(args)
+            )
+            if args.json:
+                print(json.dumps(plan.to_dict(), indent=2))
+            else:
+                print_plan(plan)
+            return 0
+        if action == "create":
+            rollout, _ = await rollout_store.create_rollout(
+                pool, name=args.name, target_version=args.target_version,
+                selector=selector_from(args), strategy=strategy_from(args), actor=actor,
+                schedule_at=_parse_time(args.schedule_at),
+            )
+            message = f"created rollout {rollout.id} ({rollout.targeted} appliance(s), DRAFT)"
+            if args.start:
+                result = await rollout_store.start_rollout(pool, rollout.id, actor)
+                rollout, message = result.rollout, message + "; " + result.message
+            if args.json:
+                print(json.dumps(rollout.to_dict(), indent=2))
+            else:
+                print(message)
+            return 0
+        if action in ("show", "watch"):
+            if action == "watch":
+                return await watch(pool, args.id)
+            rollout = await rollout_store.get_rollout(pool, args.id)
+            counts = await rollout_store.rollout_counts(pool, args.id)
+            if args.json:
+                print(json.dumps({**rollout.to_dict(), "counts": counts.to_dict()}, indent=2))
+            else:
+                print(rollout_summary(rollout, counts))
+            return 0
+        if action == "list":
+            items = await rollout_store.list_rollouts(
+                pool, states=[s.upper() for s in args.state] or None, limit=args.limit
+            )
+            if args.json:
+                print(json.dumps([r.to_dict() for r in items], indent=2))
+            else:
+                for r in items:
+                    print(f"{r.id:>6}  {r.state:<15} {r.target_version:<16} "
+                          f"{r.targeted:>6} appliance(s)  {r.name}")
+            return 0
+        operations = {
+            "start": rollout_store.start_rollout, "pause": rollout_store.pause_rollout,
+            "resume": rollout_store.resume_rollout, "cancel": rollout_store.cancel_rollout,
+            "approve": rollout_store.approve_rollout,
+            "retry-failed": rollout_store.retry_failed,
+        }
+        result = await operations[action](pool, args.id, actor)
+        print(result.message)
+        return 0
+
+    return run_with_database(settings, body)
+
+
+async def watch(pool: asyncpg.Pool, rollout_id: int, *, interval: float = 0.5) -> int:
+    """Live progress bars per wave until the rollout ends."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    console = Console(stderr=False)
+    rollout = await rollout_store.get_rollout(pool, rollout_id)
+    counts = await rollout_store.rollout_counts(pool, rollout_id)
+    columns = (
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[detail]}"),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        bars = {
+            w["number"]: progress.add_task(f"wave {w['number']}", total=w["planned_size"],
+                                           detail="")
+            for w in counts.waves
+        }
+        while True:
+            rollout = await rollout_store.get_rollout(pool, rollout_id)
+            counts = await rollout_store.rollout_counts(pool, rollout_id)
+            for w in counts.waves:
+                c = counts.by_wave.get(w["number"], {})
+                done = sum(c.get(s, 0) for s in ("SUCCEEDED", "FAILED", "TIMED_OUT",
+                                                  "SKIPPED", "CANCELLED"))
+                failed = c.get("FAILED", 0) + c.get("TIMED_OUT", 0)
+                busy = sum(c.get(s, 0) for s in ("DISPATCHING", "INSTALLING", "VERIFYING"))
+                detail = f"{w['state'].lower()}  in flight {busy}  failed {failed}"
+                progress.update(bars[w["number"]], completed=done, detail=detail)
+            if rollout.state in TERMINAL_ROLLOUT or rollout.state == "DRAFT":
+                break
+            await asyncio.sleep(interval)
+    console.print(rollout_summary(rollout, counts))
+    return 0 if rollout.state == "SUCCEEDED" else 1
+
+
+def engine_config(settings: Settings) -> EngineConfig:
+    return EngineConfig(
+        lease_seconds=settings.engine_lease_seconds,
+        poll_interval=settings.engine_poll_interval,
+        shutdown_deadline=settings.engine_shutdown_deadline,
+        max_tasks=settings.engine_max_tasks,
+    )
+
+
+def cmd_run(settings: Settings, args: argparse.Namespace,
+            run_with_database: Callable[[Settings, Body, list[str]], int]) -> int:
+    url_holder: list[str] = []
+
+    async def body(pool: asyncpg.Pool) -> int:
+        async with ApplianceHttp(settings) as http:
+            engine = Engine(pool, http, engine_config(settings), database_url=url_holder[0])
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, engine.stop)
+            print(f"engine {engine.owner} running (SIGTERM or Ctrl-C stops it)",
+                  file=sys.stderr)
+            await engine.run(until_idle=args.until_idle)
+        return 0
+
+    return run_with_database(settings, body, url_holder)

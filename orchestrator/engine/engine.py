@@ -1,0 +1,415 @@
+"""The engine: scheduler loop, claims under the limits, leases, reconciliation, shutdown.
+
+Every orchestrator process runs the same engine; there is no leader. A tick, per active
+rollout and inside one transaction holding the rollout's advisory lock: start it when its
+schedule is due, judge the failure policy, move the wave gate, and claim as many PENDING
+tasks as `max_concurrency`, `per_site_concurrency` and `max_starts_per_minute` allow. Each
+claimed task gets a `TaskRunner`. Ticks run when a task of this process ends, when a
+`NOTIFY orchestrator` arrives (another process, the CLI, the API) and at least every
+`engine_poll_interval` seconds.
+
+Leases of all running tasks are renewed in one statement; tasks whose lease expired (their
+owner died) are reclaimed by any process and reconciled with the appliance first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from orchestrator.appliance import ApplianceHttp
+from orchestrator.domain.planning import resolve_max_concurrency
+from orchestrator.domain.policy import (
+    GateDecision,
+    count_outcomes,
+    evaluate_policy,
+    gate_next_wave,
+)
+from orchestrator.domain.states import TaskState
+from orchestrator.domain.strategy import Strategy, parse_strategy
+from orchestrator.engine.runner import (
+    DB_TRANSIENT,
+    InstallTimes,
+    ProgressBuffer,
+    RunnerContext,
+    TaskRunner,
+)
+from orchestrator.logs import get_logger
+from orchestrator.store import rollouts as rollout_store
+from orchestrator.store import tasks as task_store
+from orchestrator.store.rollouts import NOTIFY_CHANNEL
+from orchestrator.store.tasks import ClaimedTask
+
+log = get_logger("orchestrator.engine")
+
+ACTIVE_STATES = ("SCHEDULED", "RUNNING")
+
+
+def make_owner_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+@dataclass
+class EngineConfig:
+    lease_seconds: float = 30.0
+    poll_interval: float = 2.0
+    shutdown_deadline: float = 20.0
+    max_tasks: int = 2000
+    progress_interval: float = 2.0
+    batch_delay: float = 0.05
+    install_estimate: float = 60.0
+    min_poll: float = 0.5
+    max_poll: float = 15.0
+
+
+class Engine:
+    """Run rollouts until `stop()`; see the module docstring."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        http: ApplianceHttp,
+        config: EngineConfig | None = None,
+        *,
+        owner: str | None = None,
+        database_url: str | None = None,
+        on_event: Callable[[str, dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.pool = pool
+        self.http = http
+        self.config = config or EngineConfig()
+        self.owner = owner or make_owner_id()
+        self.database_url = database_url
+        self.runners: dict[int, TaskRunner] = {}
+        self._tasks: dict[int, asyncio.Task[str]] = {}
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._strategies: dict[int, Strategy] = {}
+        self.ticks = 0
+        self.claimed = 0
+        self.reclaimed = 0
+        self.ctx = RunnerContext(
+            pool=pool, http=http, owner=self.owner, progress=ProgressBuffer(),
+            install_times=InstallTimes(default=self.config.install_estimate),
+            lease_seconds=self.config.lease_seconds, min_poll=self.config.min_poll,
+            max_poll=self.config.max_poll, on_event=on_event,
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+    def stop(self) -> None:
+        """Stop claiming; `run` then drains and returns."""
+        self._stopping.set()
+        self._wake.set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self, *, until_idle: bool = False) -> None:
+        """The engine's life: returns after `stop()` (or, with until_idle, once no rollout
+        is active and no task runs here)."""
+        log.info("engine_started", owner=self.owner, max_tasks=self.config.max_tasks)
+        background = [
+            asyncio.create_task(self._lease_loop(), name="leases"),
+            asyncio.create_task(self._progress_loop(), name="progress"),
+            asyncio.create_task(self._listen_loop(), name="listen"),
+        ]
+        try:
+            while not self._stopping.is_set():
+                self._wake.clear()
+                try:
+                    active = await self.tick()
+                except DB_TRANSIENT as exc:
+                    log.warning("database_unavailable", error=type(exc).__name__,
+                                retry_in=self.config.poll_interval)
+                    active = True
+                if until_idle and not active and not self._tasks:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.config.poll_interval)
+                if not self._stopping.is_set():
+                    await asyncio.sleep(self.config.batch_delay)  # batch nearby wake-ups
+        finally:
+            await self._drain()
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            await self._flush_progress()
+            log.info("engine_stopped", owner=self.owner, claimed=self.claimed,
+                     reclaimed=self.reclaimed)
+
+    async def _drain(self) -> None:
+        """Let runners reach a safe point (not between install and its record), then stop
+        them and hand their tasks over at once by expiring their leases."""
+        deadline = time.monotonic() + self.config.shutdown_deadline
+        while any(r.critical for r in self.runners.values()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for task in list(self._tasks.values()):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        left = [tid for tid, r in self.runners.items() if r.state in task_store.IN_FLIGHT]
+        if left:
+            with contextlib.suppress(*DB_TRANSIENT):
+                async with self.pool.acquire() as conn:
+                    n = await task_store.release_leases(conn, owner=self.owner, task_ids=left)
+                log.info("leases_released", tasks=n)
+        self.runners.clear()
+        self._tasks.clear()
+
+    # ------------------------------------------------------------------ ticks
+    async def tick(self) -> bool:
+        """One pass over the active rollouts; returns whether any rollout is active."""
+        self.ticks += 1
+        capacity = self.config.max_tasks - len(self._tasks)
+        if capacity > 0:
+            async with self.pool.acquire() as conn:
+                stale = await task_store.reclaim_expired(
+                    conn, owner=self.owner, lease_seconds=self.config.lease_seconds,
+                    limit=capacity,
+                )
+            if stale:
+                self.reclaimed += len(stale)
+                log.info("tasks_reclaimed", count=len(stale))
+                self._spawn(stale)
+        rows = await self.pool.fetch(
+            "SELECT id FROM rollouts WHERE state = ANY($1::text[]) ORDER BY id",
+            list(ACTIVE_STATES),
+        )
+        for row in rows:
+            if self._stopping.is_set():
+                break
+            claimed = await self._advance(int(row["id"]))
+            self._spawn(claimed)
+        return bool(rows)
+
+    def _strategy(self, rollout_id: int, raw: dict[str, Any]) -> Strategy:
+        strategy = self._strategies.get(rollout_id)
+        if strategy is None:
+            strategy = self._strategies[rollout_id] = parse_strategy(raw)
+        return strategy
+
+    async def _advance(self, rollout_id: int) -> list[ClaimedTask]:
+        now = datetime.now(UTC)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await task_store.lock_rollout(conn, rollout_id)
+            r = await conn.fetchrow(
+                """SELECT state, current_wave, strategy, abort_reason, schedule_at
+                   FROM rollouts WHERE id = $1 FOR UPDATE""",
+                rollout_id,
+            )
+            if r is None:
+                return []
+            strategy = self._strategy(rollout_id, r["strategy"])
+            state = r["state"]
+            if state == "SCHEDULED":
+                if r["schedule_at"] is not None and r["schedule_at"] > now:
+                    return []
+                await rollout_store.begin_running(conn, rollout_id)
+                log.info("rollout_started", rollout=rollout_id, reason="schedule reached")
+                state, current = "RUNNING", 0
+            else:
+                current = int(r["current_wave"] or 0)
+            if state != "RUNNING":
+                return []
+            rows = await conn.fetch(
+                """SELECT wave, state, count(*)::int AS n, max(finished_at) AS last
+                   FROM tasks WHERE rollout_id = $1 GROUP BY wave, state""",
+                rollout_id,
+            )
+            targeted = sum(x["n"] for x in rows)
+            in_flight = sum(x["n"] for x in rows if x["state"] in task_store.IN_FLIGHT)
+            all_states: list[TaskState] = []
+            gated: list[TaskState] = []
+            last_finished = None
+            for x in rows:
+                states = [TaskState(x["state"])] * x["n"]
+                all_states += states
+                if x["wave"] <= current:
+                    gated += states
+                    if x["last"] and (last_finished is None or x["last"] > last_finished):
+                        last_finished = x["last"]
+            if r["abort_reason"]:
+                if in_flight == 0:
+                    await self._finish_rollout(conn, rollout_id, "FAILED")
+                return []
+            outcomes = count_outcomes(all_states)
+            verdict = evaluate_policy(strategy.max_failures, strategy.min_executed,
+                                      outcomes.executed, outcomes.failed)
+            wave = await conn.fetchrow(
+                """SELECT state, requires_approval, approved_at FROM rollout_waves
+                   WHERE rollout_id = $1 AND number = $2""",
+                rollout_id, current,
+            )
+            last_wave = await conn.fetchval(
+                "SELECT max(number) FROM rollout_waves WHERE rollout_id = $1", rollout_id
+            )
+            gate = gate_next_wave(
+                gated, verdict=verdict, is_last_wave=current >= last_wave,
+                finished_at=last_finished, soak_seconds=strategy.soak_seconds,
+                requires_approval=bool(wave and wave["requires_approval"]),
+                approved=bool(wave and wave["approved_at"]), now=now,
+            )
+            decision = gate.decision
+            if decision == GateDecision.TRIPPED:
+                await self._trip(conn, rollout_id, current, gate.reason, in_flight)
+                return []
+            if decision == GateDecision.DONE:
+                await self._set_wave(conn, rollout_id, current, "SUCCEEDED")
+                await self._finish_rollout(conn, rollout_id, "SUCCEEDED")
+                return []
+            if decision in (GateDecision.WAIT_SOAK, GateDecision.WAIT_APPROVAL):
+                wanted = "SOAKING" if decision == GateDecision.WAIT_SOAK else "AWAITING_APPROVAL"
+                if wave and wave["state"] != wanted:
+                    await self._set_wave(conn, rollout_id, current, wanted)
+                    log.info("wave_gate", rollout=rollout_id, wave=current, gate=str(decision),
+                             reason=gate.reason)
+                return []
+            if decision == GateDecision.OPEN:
+                await self._set_wave(conn, rollout_id, current, "SUCCEEDED")
+                current += 1
+                await conn.execute(
+                    "UPDATE rollouts SET current_wave = $2, updated_at = now() WHERE id = $1",
+                    rollout_id, current,
+                )
+                await conn.execute(
+                    """UPDATE rollout_waves SET state = 'RUNNING', started_at = now()
+                       WHERE rollout_id = $1 AND number = $2""",
+                    rollout_id, current,
+                )
+                log.info("wave_started", rollout=rollout_id, wave=current, reason=gate.reason)
+            capacity = self.config.max_tasks - len(self._tasks)
+            if capacity <= 0 or self._stopping.is_set():
+                return []
+            claimed = await task_store.claim_tasks(
+                conn, rollout_id=rollout_id, current_wave=current, owner=self.owner,
+                lease_seconds=self.config.lease_seconds,
+                max_in_flight=resolve_max_concurrency(strategy.max_concurrency, targeted),
+                per_site=strategy.per_site_concurrency,
+                starts_per_minute=strategy.max_starts_per_minute, limit=capacity,
+            )
+            self.claimed += len(claimed)
+            return claimed
+
+    async def _set_wave(self, conn: Any, rollout_id: int, number: int, state: str) -> None:
+        finished = state in ("SUCCEEDED", "FAILED", "CANCELLED")
+        await conn.execute(
+            """UPDATE rollout_waves SET state = $3,
+                      finished_at = CASE WHEN $4 THEN coalesce(finished_at, now())
+                                         ELSE finished_at END
+               WHERE rollout_id = $1 AND number = $2""",
+            rollout_id, number, state, finished,
+        )
+
+    async def _trip(
+        self, conn: Any, rollout_id: int, wave: int, reason: str, in_flight: int
+    ) -> None:
+        cancelled = await rollout_store.cancel_pending_tasks(
+            conn, rollout_id, f"failure policy tripped: {reason}"
+        )
+        await self._set_wave(conn, rollout_id, wave, "FAILED")
+        await conn.execute(
+            "UPDATE rollouts SET abort_reason = $2, updated_at = now() WHERE id = $1",
+            rollout_id, f"failure policy tripped: {reason}",
+        )
+        log.warning("failure_policy_tripped", rollout=rollout_id, wave=wave, reason=reason,
+                    cancelled=cancelled, in_flight=in_flight)
+        if in_flight == 0:
+            await self._finish_rollout(conn, rollout_id, "FAILED")
+
+    async def _finish_rollout(self, conn: Any, rollout_id: int, state: str) -> None:
+        await conn.execute(
+            """UPDATE rollouts SET state = $2, finished_at = now(), updated_at = now()
+               WHERE id = $1""",
+            rollout_id, state,
+        )
+        await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, f"rollout:{rollout_id}")
+        self._strategies.pop(rollout_id, None)
+        log.info("rollout_finished", rollout=rollout_id, state=state)
+
+    # ------------------------------------------------------------------ runners
+    def _spawn(self, claimed: list[ClaimedTask]) -> None:
+        for task in claimed:
+            strategy = self._strategy(task.rollout_id, task.strategy)
+            runner = TaskRunner(self.ctx, task, strategy)
+            self.runners[task.id] = runner
+            handle = asyncio.create_task(runner.run(), name=f"task-{task.id}")
+            self._tasks[task.id] = handle
+            handle.add_done_callback(functools.partial(self._runner_done, task.id))
+
+    def _runner_done(self, task_id: int, handle: asyncio.Task[str]) -> None:
+        self._tasks.pop(task_id, None)
+        self.runners.pop(task_id, None)
+        if not handle.cancelled() and handle.exception() is not None:
+            log.error("runner_crashed", task=task_id, error=repr(handle.exception()))
+        self._wake.set()
+
+    # ------------------------------------------------------------------ background
+    async def _lease_loop(self) -> None:
+        interval = self.config.lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            ids = list(self.runners)
+            if not ids:
+                continue
+            try:
+                async with self.pool.acquire() as conn:
+                    kept = await task_store.renew_leases(
+                        conn, owner=self.owner, task_ids=ids,
+                        lease_seconds=self.config.lease_seconds,
+                    )
+            except DB_TRANSIENT as exc:
+                log.warning("lease_renewal_failed", error=type(exc).__name__, tasks=len(ids))
+                continue
+            for tid in ids:
+                runner = self.runners.get(tid)
+                if tid not in kept and runner and runner.state in task_store.IN_FLIGHT:
+                    handle = self._tasks.get(tid)
+                    if handle:
+                        log.warning("lease_lost", task=tid)
+                        handle.cancel()
+
+    async def _flush_progress(self) -> None:
+        batch = self.ctx.progress.drain()
+        if not batch:
+            return
+        try:
+            async with self.pool.acquire() as conn:
+                await task_store.write_progress(conn, owner=self.owner, progress=batch)
+        except DB_TRANSIENT:
+            for tid, value in batch.items():  # keep it for the next flush
+                self.ctx.progress.pending.setdefault(tid, value)
+
+    async def _progress_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.progress_interval)
+            await self._flush_progress()
+
+    async def _listen_loop(self) -> None:
+        """LISTEN on a dedicated connection; the poll interval covers any gap."""
+        if not self.database_url:
+            return
+        while True:
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncpg.connect(self.database_url)
+                await conn.add_listener(NOTIFY_CHANNEL, lambda *_a: self._wake.set())
+                while not conn.is_closed():
+                    await asyncio.sleep(self.config.poll_interval)
+            except DB_TRANSIENT as exc:
+                log.debug("listen_connection_lost", error=type(exc).__name__)
+            finally:
+                if conn is not None and not conn.is_closed():
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+            await asyncio.sleep(self.config.poll_interval)

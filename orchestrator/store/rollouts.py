@@ -1,0 +1,591 @@
+"""Rollouts: creation (plan snapshot), plan preview, and the operator controls.
+
+These functions are the one implementation behind the CLI and the REST API. Each control
+locks the rollout row, checks the state machine (`check_operation`), changes what it must,
+writes `audit_log`, and notifies the engines (`NOTIFY orchestrator`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from orchestrator.domain.planning import PlanItem, plan_waves
+from orchestrator.domain.policy import wave_requires_approval
+from orchestrator.domain.selector import Selector, parse_selector
+from orchestrator.domain.states import (
+    RolloutState,
+    TaskState,
+    WaveState,
+    check_operation,
+)
+from orchestrator.domain.strategy import Strategy, parse_strategy
+from orchestrator.store.audit import Actor, record_audit
+from orchestrator.store.db import DB
+
+NOTIFY_CHANNEL = "orchestrator"
+
+
+class RolloutError(Exception):
+    """A rollout request is refused; the message says why in terms of the request."""
+
+
+class RolloutNotFound(RolloutError):
+    pass
+
+
+class IdempotencyConflict(RolloutError):
+    """The idempotency key was used before with another request body."""
+
+
+@dataclass(frozen=True)
+class Rollout:
+    id: int
+    name: str
+    target_version: str
+    selector: Selector
+    strategy: Strategy
+    state: RolloutState
+    current_wave: int | None
+    schedule_at: datetime | None
+    created_by: str
+    abort_reason: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    targeted: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "target_version": self.target_version,
+            "selector": self.selector.to_dict(),
+            "strategy": self.strategy.to_dict(),
+            "state": str(self.state),
+            "current_wave": self.current_wave,
+            "schedule_at": _iso(self.schedule_at),
+            "created_by": self.created_by,
+            "abort_reason": self.abort_reason,
+            "created_at": _iso(self.created_at),
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+            "targeted": self.targeted,
+        }
+
+
+@dataclass(frozen=True)
+class WavePlan:
+    """One wave of a plan. `requires_approval`: the gate AFTER this wave waits for an
+    operator before the next wave starts (the `rollout_waves.requires_approval` column)."""
+
+    number: int
+    appliances: list[PlanItem]
+    requires_approval: bool
+
+
+@dataclass(frozen=True)
+class Plan:
+    target_version: str
+    selector: Selector
+    strategy: Strategy
+    waves: list[WavePlan] = field(default_factory=list)
+
+    @property
+    def targeted(self) -> int:
+        return sum(len(w.appliances) for w in self.waves)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target_version": self.target_version,
+            "targeted": self.targeted,
+            "selector": self.selector.to_dict(),
+            "strategy": self.strategy.to_dict(),
+            "waves": [
+                {
+                    "number": w.number,
+                    "size": len(w.appliances),
+                    "requires_approval": w.requires_approval,
+                    "sites": sorted({a.site for a in w.appliances}),
+                    "appliances": [a.name for a in w.appliances],
+                }
+                for w in self.waves
+            ],
+        }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+_ROLLOUT_COLUMNS = """
+    r.id, r.name, r.target_version, r.selector, r.strategy, r.state, r.current_wave,
+    r.schedule_at, r.created_by, r.abort_reason, r.created_at, r.started_at, r.finished_at,
+    (SELECT count(*) FROM tasks t WHERE t.rollout_id = r.id) AS targeted
+"""
+
+
+def _rollout(row: asyncpg.Record) -> Rollout:
+    return Rollout(
+        id=row["id"], name=row["name"], target_version=row["target_version"],
+        selector=parse_selector(row["selector"]), strategy=parse_strategy(row["strategy"]),
+        state=RolloutState(row["state"]), current_wave=row["current_wave"],
+        schedule_at=row["schedule_at"], created_by=row["created_by"],
+        abort_reason=row["abort_reason"], created_at=row["created_at"],
+        started_at=row["started_at"], finished_at=row["finished_at"],
+        targeted=int(row["targeted"]),
+    )
+
+
+async def select_targets(conn: DB, selector: Selector) -> list[PlanItem]:
+    rows = await conn.fetch(
+        """SELECT id, name, site FROM appliances
+           WHERE enabled
+             AND (cardinality($1::text[]) = 0 OR site = ANY($1))
+             AND (cardinality($2::text[]) = 0 OR tags && $2)
+             AND (cardinality($3::text[]) = 0 OR name = ANY($3))
+             AND (cardinality($4::text[]) = 0 OR current_version = ANY($4))
+           ORDER BY name""",
+        list(selector.sites), list(selector.tags), list(selector.names),
+        list(selector.current_versions),
+    )
+    return [PlanItem(appliance_id=r["id"], name=r["name"], site=r["site"]) for r in rows]
+
+
+def _parse_request(
+    target_version: str, selector: Mapping[str, Any] | None, strategy: Mapping[str, Any] | None
+) -> tuple[str, Selector, Strategy]:
+    version = (target_version or "").strip()
+    if not version:
+        raise RolloutError("target_version: required, got an empty value")
+    return version, parse_selector(selector or {}), parse_strategy(strategy or {})
+
+
+async def preview_plan(
+    conn: DB,
+    target_version: str,
+    selector: Mapping[str, Any] | None = None,
+    strategy: Mapping[str, Any] | None = None,
+) -> Plan:
+    """The plan a rollout would get now; nothing is written."""
+    version, sel, strat = _parse_request(target_version, selector, strategy)
+    items = await select_targets(conn, sel)
+    if not items:
+        raise RolloutError(f"the selector matches no enabled appliance: {sel.to_dict()}")
+    waves = plan_waves(items, strat.waves, strat.order, strat.seed)
+    return Plan(
+        target_version=version, selector=sel, strategy=strat,
+        waves=[
+            WavePlan(i, wave, wave_requires_approval(strat.approval, i, len(waves)))
+            for i, wave in enumerate(waves)
+        ],
+    )
+
+
+def request_hash(body: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+async def create_rollout(
+    pool: asyncpg.Pool,
+    *,
+    name: str,
+    target_version: str,
+    selector: Mapping[str, Any] | None = None,
+    strategy: Mapping[str, Any] | None = None,
+    actor: Actor,
+    schedule_at: datetime | None = None,
+    idempotency_key: str | None = None,
+) -> tuple[Rollout, bool]:
+    """Create a DRAFT rollout with its plan snapshot (waves and one task per appliance).
+
+    Returns (rollout, created). With an idempotency key, the same key and body return the
+    existing rollout (created False); the same key with another body raises
+    IdempotencyConflict.
+    """
+    if not (name or "").strip():
+        raise RolloutError("name: required, got an empty value")
+    body = {
+        "name": name, "target_version": target_version, "selector": selector or {},
+        "strategy": strategy or {}, "schedule_at": _iso(schedule_at),
+    }
+    digest = request_hash(body) if idempotency_key else None
+    async with pool.acquire() as conn, conn.transaction():
+        if idempotency_key:
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtext('idempotency'), hashtext($1))",
+                idempotency_key,
+            )
+            existing = await conn.fetchrow(
+                "SELECT id, request_hash FROM rollouts WHERE idempotency_key = $1",
+                idempotency_key,
+            )
+            if existing:
+                if existing["request_hash"] != digest:
+                    raise IdempotencyConflict(
+                        f"Idempotency-Key {idempotency_key!r} was used for rollout "
+                        f"{existing['id']} with a different request"
+                    )
+                return await _get(conn, existing["id"]), False
+        plan = await preview_plan(conn, target_version, selector, strategy)
+        rollout_id = await conn.fetchval(
+            """INSERT INTO rollouts (name, target_version, selector, strategy, created_by,
+                                     schedule_at, idempotency_key, request_hash)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id""",
+            name.strip(), plan.target_version, plan.selector.to_dict(), plan.strategy.to_dict(),
+            actor.name, schedule_at, idempotency_key, digest,
+        )
+        await conn.executemany(
+            """INSERT INTO rollout_waves (rollout_id, number, planned_size, requires_approval)
+               VALUES ($1, $2, $3, $4)""",
+            [(rollout_id, w.number, len(w.appliances), w.requires_approval) for w in plan.waves],
+        )
+        ids: list[int] = []
+        waves: list[int] = []
+        sites: list[str] = []
+        for wave in plan.waves:
+            for item in wave.appliances:
+                ids.append(item.appliance_id)
+                waves.append(wave.number)
+                sites.append(item.site)
+        await conn.execute(
+            """WITH planned AS (
+                   INSERT INTO tasks (rollout_id, appliance_id, wave, position, site)
+                   SELECT $1, a, w, p - 1, s
+                   FROM unnest($2::bigint[], $3::int[], $4::text[]) WITH ORDINALITY AS u(a, w, s, p)
+                   RETURNING id, rollout_id)
+               INSERT INTO task_events (task_id, rollout_id, from_state, to_state, detail)
+               SELECT id, rollout_id, NULL, 'PENDING', '{"reason": "planned"}' FROM planned""",
+            rollout_id, ids, waves, sites,
+        )
+        await record_audit(
+            conn, actor, "rollout.create", "rollout", rollout_id,
+            {"name": name, "target_version": plan.target_version, "targeted": plan.targeted},
+        )
+        await _notify(conn, rollout_id)
+        return await _get(conn, rollout_id), True
+
+
+async def _notify(conn: DB, rollout_id: int) -> None:
+    await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, f"rollout:{rollout_id}")
+
+
+async def _get(conn: DB, rollout_id: int, *, lock: bool = False) -> Rollout:
+    if lock:
+        await conn.execute("SELECT 1 FROM rollouts WHERE id = $1 FOR UPDATE", rollout_id)
+    row = await conn.fetchrow(
+        f"SELECT {_ROLLOUT_COLUMNS} FROM rollouts r WHERE r.id = $1", rollout_id
+    )
+    if row is None:
+        raise RolloutNotFound(f"rollout {rollout_id} does not exist")
+    return _rollout(row)
+
+
+async def get_rollout(conn: DB, rollout_id: int) -> Rollout:
+    return await _get(conn, rollout_id)
+
+
+async def list_rollouts(
+    conn: DB, *, states: Sequence[str] | None = None, after_id: int | None = None,
+    limit: int = 100,
+) -> list[Rollout]:
+    rows = await conn.fetch(
+        f"""SELECT {_ROLLOUT_COLUMNS} FROM rollouts r
+            WHERE ($1::text[] IS NULL OR r.state = ANY($1))
+              AND ($2::bigint IS NULL OR r.id < $2)
+            ORDER BY r.id DESC LIMIT $3""",
+        list(states) if states else None, after_id, limit,
+    )
+    return [_rollout(r) for r in rows]
+
+
+# ------------------------------------------------------------------ operator controls
+@dataclass(frozen=True)
+class OperationResult:
+    rollout: Rollout
+    message: str
+
+
+async def start_rollout(pool: asyncpg.Pool, rollout_id: int, actor: Actor) -> OperationResult:
+    async with pool.acquire() as conn, conn.transaction():
+        rollout = await _get(conn, rollout_id, lock=True)
+        check_operation("start", rollout.state)
+        scheduled = (
+            rollout.state == RolloutState.DRAFT
+            and rollout.schedule_at is not None
+            and rollout.schedule_at > await conn.fetchval("SELECT now()")
+        )
+        if scheduled:
+            await conn.execute(
+                "UPDATE rollouts SET state = 'SCHEDULED', updated_at = now() WHERE id = $1",
+                rollout_id,
+            )
+            message = f"rollout {rollout_id} is scheduled to start at {_iso(rollout.schedule_at)}"
+        else:
+            await begin_running(conn, rollout_id)
+            message = f"rollout {rollout_id} started"
+        await record_audit(conn, actor, "rollout.start", "rollout", rollout_id, {})
+        await _notify(conn, rollout_id)
+        return OperationResult(await _get(conn, rollout_id), message)
+
+
+async def begin_running(conn: DB, rollout_id: int) -> None:
+    """DRAFT/SCHEDULED -> RUNNING with the first wave open (also used by the scheduler)."""
+    await conn.execute(
+        """UPDATE rollouts SET state = 'RUNNING', current_wave = 0,
+                  started_at = coalesce(started_at, now()), updated_at = now()
+           WHERE id = $1""",
+        rollout_id,
+    )
+    await conn.execute(
+        """UPDATE rollout_waves SET state = 'RUNNING', started_at = now()
+           WHERE rollout_id = $1 AND number = 0 AND state = 'PENDING'""",
+        rollout_id,
+    )
+
+
+async def pause_rollout(pool: asyncpg.Pool, rollout_id: int, actor: Actor) -> OperationResult:
+    async with pool.acquire() as conn, conn.transaction():
+        rollout = await _get(conn, rollout_id, lock=True)
+        check_operation("pause", rollout.state)
+        await conn.execute(
+            "UPDATE rollouts SET state = 'PAUSED', updated_at = now() WHERE id = $1", rollout_id
+        )
+        in_flight = await _in_flight(conn, rollout_id)
+        await record_audit(conn, actor, "rollout.pause", "rollout", rollout_id,
+                           {"from_state": str(rollout.state)})
+        await _notify(conn, rollout_id)
+        return OperationResult(
+            await _get(conn, rollout_id),
+            f"rollout {rollout_id} paused: no new installs start"
+            + (f"; {in_flight} install(s) already accepted run to completion" if in_flight
+               else ""),
+        )
+
+
+async def resume_rollout(pool: asyncpg.Pool, rollout_id: int, actor: Actor) -> OperationResult:
+    async with pool.acquire() as conn, conn.transaction():
+        rollout = await _get(conn, rollout_id, lock=True)
+        check_operation("resume", rollout.state)
+        if rollout.started_at is None:
+            await begin_running(conn, rollout_id)
+        else:
+            await conn.execute(
+                "UPDATE rollouts SET state = 'RUNNING', updated_at = now() WHERE id = $1",
+                rollout_id,
+            )
+        await record_audit(conn, actor, "rollout.resume", "rollout", rollout_id, {})
+        await _notify(conn, rollout_id)
+        return OperationResult(await _get(conn, rollout_id), f"rollout {rollout_id} resumed")
+
+
+async def cancel_pending_tasks(conn: DB, rollout_id: int, reason: str) -> int:
+    """PENDING -> CANCELLED for every never-started task of the rollout, with events."""
+    count = await conn.fetchval(
+        """WITH cancelled AS (
+               UPDATE tasks SET state = 'CANCELLED', finished_at = now(), updated_at = now(),
+                                error_code = 'CANCELLED', error_message = $2
+               WHERE rollout_id = $1 AND state = 'PENDING'
+               RETURNING id, rollout_id),
+           events AS (
+               INSERT INTO task_events (task_id, rollout_id, from_state, to_state, detail)
+               SELECT id, rollout_id, 'PENDING', 'CANCELLED', jsonb_build_object('reason', $2::text)
+               FROM cancelled)
+           SELECT count(*) FROM cancelled""",
+        rollout_id, reason,
+    )
+    await conn.execute(
+        """UPDATE rollout_waves SET state = 'CANCELLED', finished_at = now()
+           WHERE rollout_id = $1 AND state IN ('PENDING', 'AWAITING_APPROVAL', 'SOAKING')""",
+        rollout_id,
+    )
+    return int(count)
+
+
+async def cancel_rollout(pool: asyncpg.Pool, rollout_id: int, actor: Actor) -> OperationResult:
+    async with pool.acquire() as conn, conn.transaction():
+        rollout = await _get(conn, rollout_id, lock=True)
+        check_operation("cancel", rollout.state)
+        cancelled = await cancel_pending_tasks(conn, rollout_id, f"cancelled by {actor.name}")
+        in_flight = await _in_flight(conn, rollout_id)
+        await conn.execute(
+            """UPDATE rollouts SET state = 'CANCELLED', updated_at = now(),
+                      abort_reason = coalesce(abort_reason, $2),
+                      finished_at = now()
+               WHERE id = $1""",
+            rollout_id, f"cancelled by {actor.name}",
+        )
+        await record_audit(conn, actor, "rollout.cancel", "rollout", rollout_id,
+                           {"cancelled_tasks": cancelled, "in_flight": in_flight})
+        await _notify(conn, rollout_id)
+        message = f"rollout {rollout_id} cancelled: {cancelled} task(s) will not start"
+        if in_flight:
+            message += (
+                f"; {in_flight} install(s) already accepted by appliances cannot be stopped "
+                "and are followed to their end"
+            )
+        return OperationResult(await _get(conn, rollout_id), message)
+
+
+async def approve_rollout(pool: asyncpg.Pool, rollout_id: int, actor: Actor) -> OperationResult:
+    async with pool.acquire() as conn, conn.transaction():
+        rollout = await _get(conn, rollout_id, lock=True)
+        check_operation("approve", rollout.state)
+        wave = await conn.fetchval(
+            """UPDATE rollout_waves SET approved_by = $2, approved_at = now()
+               WHERE (rollout_id, number) = (
+                   SELECT rollout_id, number FROM rollout_waves
+                   WHERE rollout_id = $1 AND requires_approval AND approved_at IS NULL
+                     AND number >= coalesce($3::int, 0)
+                   ORDER BY number LIMIT 1)
+               RETURNING number""",
+            rollout_id, actor.name, rollout.current_wave,
+        )
+        if wave is None:
+            raise RolloutError(
+                f"rollout {rollout_id} has no wave waiting for approval "
+                f"(current wave {rollout.current_wave}, approval "
+                f"{rollout.strategy.approval!r})"
+            )
+        await record_audit(conn, actor, "rollout.approve", "rollout", rollout_id, {"wave": wave})
+        await _notify(conn, rollout_id)
+        return OperationResult(
+            await _get(conn, rollout_id), f"rollout {rollout_id}: wave {wave} approved"
+        )
+
+
+async def retry_failed(pool: asyncpg.Pool, rollout_id: int, actor: Actor) -> OperationResult:
+    """FAILED, TIMED_OUT and CANCELLED tasks go back to PENDING; the rollout runs again."""
+    async with pool.acquire() as conn, conn.transaction():
+        rollout = await _get(conn, rollout_id, lock=True)
+        check_operation("retry-failed", rollout.state)
+        rows = await conn.fetch(
+            """WITH retried AS (
+                   UPDATE tasks t SET state = 'PENDING', finished_at = NULL, not_before = NULL,
+                          error_code = NULL, error_message = NULL, progress = NULL,
+                          remote_task_id = NULL, updated_at = now()
+                   FROM (SELECT id, state FROM tasks WHERE rollout_id = $1
+                         AND state IN ('FAILED', 'TIMED_OUT', 'CANCELLED') FOR UPDATE) old
+                   WHERE t.id = old.id
+                   RETURNING t.id, t.rollout_id, t.wave, old.state AS from_state),
+               events AS (
+                   INSERT INTO task_events (task_id, rollout_id, from_state, to_state, detail)
+                   SELECT id, rollout_id, from_state, 'PENDING',
+                          jsonb_build_object('reason', 'retry-failed', 'by', $2::text)
+                   FROM retried)
+               SELECT wave, count(*) AS n FROM retried GROUP BY wave ORDER BY wave""",
+            rollout_id, actor.name,
+        )
+        if not rows:
+            raise RolloutError(f"rollout {rollout_id} has no failed, timed-out or cancelled task")
+        retried = sum(int(r["n"]) for r in rows)
+        current = rollout.current_wave if rollout.current_wave is not None else 0
+        if rollout.state in (RolloutState.FAILED, RolloutState.SUCCEEDED, RolloutState.CANCELLED):
+            await conn.execute(
+                """UPDATE rollouts SET state = 'RUNNING', abort_reason = NULL, finished_at = NULL,
+                          current_wave = $2, started_at = coalesce(started_at, now()),
+                          updated_at = now()
+                   WHERE id = $1""",
+                rollout_id, current,
+            )
+        # Waves up to the current one run their retried tasks at once; later waves (whose
+        # tasks a tripped policy or a cancel never started) wait for their gate again.
+        await conn.execute(
+            """UPDATE rollout_waves SET finished_at = NULL,
+                      state = CASE WHEN number <= $2 THEN 'RUNNING' ELSE 'PENDING' END
+               WHERE rollout_id = $1 AND (number = ANY($3::int[])
+                     OR (number > $2 AND state = 'CANCELLED'))""",
+            rollout_id, current, [int(r["wave"]) for r in rows],
+        )
+        await record_audit(conn, actor, "rollout.retry-failed", "rollout", rollout_id,
+                           {"tasks": retried})
+        await _notify(conn, rollout_id)
+        return OperationResult(
+            await _get(conn, rollout_id),
+            f"rollout {rollout_id}: {retried} task(s) will be retried",
+        )
+
+
+async def _in_flight(conn: DB, rollout_id: int) -> int:
+    return int(await conn.fetchval(
+        """SELECT count(*) FROM tasks WHERE rollout_id = $1
+           AND state IN ('DISPATCHING', 'INSTALLING', 'VERIFYING')""",
+        rollout_id,
+    ))
+
+
+# ------------------------------------------------------------------ progress views
+@dataclass(frozen=True)
+class RolloutCounts:
+    by_state: dict[str, int]
+    by_wave: dict[int, dict[str, int]]
+    by_site: dict[str, dict[str, int]]
+    waves: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "by_state": self.by_state,
+            "by_wave": {str(k): v for k, v in self.by_wave.items()},
+            "by_site": self.by_site,
+            "waves": self.waves,
+        }
+
+
+async def rollout_counts(conn: DB, rollout_id: int) -> RolloutCounts:
+    rows = await conn.fetch(
+        """SELECT wave, site, state, count(*) AS n FROM tasks WHERE rollout_id = $1
+           GROUP BY wave, site, state""",
+        rollout_id,
+    )
+    by_state: dict[str, int] = {}
+    by_wave: dict[int, dict[str, int]] = {}
+    by_site: dict[str, dict[str, int]] = {}
+    for r in rows:
+        n = int(r["n"])
+        by_state[r["state"]] = by_state.get(r["state"], 0) + n
+        w = by_wave.setdefault(int(r["wave"]), {})
+        w[r["state"]] = w.get(r["state"], 0) + n
+        s = by_site.setdefault(r["site"], {})
+        s[r["state"]] = s.get(r["state"], 0) + n
+    waves = [
+        {
+            "number": w["number"], "planned_size": w["planned_size"], "state": w["state"],
+            "requires_approval": w["requires_approval"], "approved_by": w["approved_by"],
+            "started_at": _iso(w["started_at"]), "finished_at": _iso(w["finished_at"]),
+        }
+        for w in await conn.fetch(
+            "SELECT * FROM rollout_waves WHERE rollout_id = $1 ORDER BY number", rollout_id
+        )
+    ]
+    return RolloutCounts(by_state, dict(sorted(by_wave.items())), dict(sorted(by_site.items())),
+                         waves)
+
+
+__all__ = [
+    "IdempotencyConflict",
+    "OperationResult",
+    "Plan",
+    "Rollout",
+    "RolloutCounts",
+    "RolloutError",
+    "RolloutNotFound",
+    "TaskState",
+    "WaveState",
+    "approve_rollout",
+    "cancel_rollout",
+    "create_rollout",
+    "get_rollout",
+    "list_rollouts",
+    "pause_rollout",
+    "preview_plan",
+    "resume_rollout",
+    "retry_failed",
+    "rollout_counts",
+    "start_rollout",
+]

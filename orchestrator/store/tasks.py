@@ -1,0 +1,325 @@
+"""Tasks: claiming under the concurrency limits, guarded transitions, leases, progress.
+
+Every transition is ONE statement: an UPDATE guarded by the expected state and the lease
+owner, plus its `task_events` row (and, for outcomes, the appliance's last known version).
+An update that matches no row means another worker owns the task now: the caller drops it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from orchestrator.domain.states import TaskState, check_task_transition
+from orchestrator.store.db import DB
+
+IN_FLIGHT = ("DISPATCHING", "INSTALLING", "VERIFYING")
+TERMINAL = ("SUCCEEDED", "FAILED", "TIMED_OUT", "SKIPPED", "CANCELLED")
+
+# Columns a transition may set, besides state (a whitelist: names are put into SQL).
+_SETTABLE = frozenset({
+    "remote_task_id", "progress", "from_version", "final_version", "error_code",
+    "error_message", "reconfigure_required", "not_before", "accepted_at",
+})
+_CASTS = {
+    "remote_task_id": "text", "progress": "smallint", "from_version": "text",
+    "final_version": "text", "error_code": "text", "error_message": "text",
+    "reconfigure_required": "boolean", "not_before": "timestamptz", "accepted_at": "timestamptz",
+}
+
+
+@dataclass(frozen=True)
+class ClaimedTask:
+    """A task this worker owns, with what the runner needs to drive the appliance."""
+
+    id: int
+    rollout_id: int
+    appliance_id: int
+    appliance: str
+    base_url: str
+    credentials_ref: str | None
+    tls_ca_file: str | None
+    tls_thumbprint: str | None
+    site: str
+    wave: int
+    state: str
+    attempt: int
+    remote_task_id: str | None
+    from_version: str | None
+    dispatched_at: datetime | None
+    accepted_at: datetime | None
+    target_version: str
+    strategy: dict[str, Any]
+    reclaimed: bool
+
+
+_CLAIMED_FIELDS = """
+    c.id, c.rollout_id, c.appliance_id, a.name AS appliance, a.base_url, a.credentials_ref,
+    a.tls_ca_file, a.tls_thumbprint, c.site, c.wave, c.state, c.attempt, c.remote_task_id,
+    c.from_version, c.dispatched_at, c.accepted_at, r.target_version, r.strategy
+"""
+
+
+def _claimed(row: asyncpg.Record, reclaimed: bool) -> ClaimedTask:
+    return ClaimedTask(reclaimed=reclaimed, **dict(row))
+
+
+CLAIM = f"""
+WITH inflight AS (
+    SELECT site, count(*)::int AS n FROM tasks
+    WHERE rollout_id = $1 AND state IN ('DISPATCHING', 'INSTALLING', 'VERIFYING')
+    GROUP BY site
+),
+ranked AS (
+    SELECT t.id, t.position,
+           row_number() OVER (PARTITION BY t.site ORDER BY t.position) AS rn,
+           coalesce(f.n, 0) AS site_busy
+    FROM tasks t LEFT JOIN inflight f ON f.site = t.site
+    WHERE t.rollout_id = $1 AND t.state = 'PENDING' AND t.wave <= $2
+      AND (t.not_before IS NULL OR t.not_before <= now())
+),
+eligible AS (
+    SELECT id FROM ranked
+    WHERE $3::int IS NULL OR rn + site_busy <= $3
+    ORDER BY position
+    LIMIT greatest(0, least(
+        $4::int - (SELECT coalesce(sum(n), 0) FROM inflight),
+        $5::int,
+        coalesce($6::int - (SELECT count(*) FROM tasks WHERE rollout_id = $1
+                            AND dispatched_at > now() - interval '60 seconds'), 2147483647)))
+),
+locked AS (
+    SELECT id FROM tasks WHERE id IN (SELECT id FROM eligible) AND state = 'PENDING'
+    FOR UPDATE SKIP LOCKED
+),
+c AS (
+    UPDATE tasks t SET state = 'DISPATCHING', attempt = t.attempt + 1, lease_owner = $7,
+           lease_expires_at = now() + make_interval(secs => $8), dispatched_at = now(),
+           accepted_at = NULL, remote_task_id = NULL, progress = NULL, not_before = NULL,
+           updated_at = now()
+    FROM locked WHERE t.id = locked.id
+    RETURNING t.*
+),
+events AS (
+    INSERT INTO task_events (task_id, rollout_id, from_state, to_state, detail)
+    SELECT id, rollout_id, 'PENDING', 'DISPATCHING',
+           jsonb_build_object('owner', $7::text, 'attempt', attempt)
+    FROM c
+)
+SELECT {_CLAIMED_FIELDS}
+FROM c JOIN appliances a ON a.id = c.appliance_id JOIN rollouts r ON r.id = c.rollout_id
+ORDER BY c.position
+"""
+
+
+async def claim_tasks(
+    conn: DB,
+    *,
+    rollout_id: int,
+    current_wave: int,
+    owner: str,
+    lease_seconds: float,
+    max_in_flight: int,
+    per_site: int | None,
+    starts_per_minute: int | None,
+    limit: int,
+) -> list[ClaimedTask]:
+    """PENDING -> DISPATCHING for as many tasks as the limits allow (and at most `limit`).
+
+    Call inside a transaction that holds the rollout's advisory lock (`lock_rollout`): the
+    in-flight counts it reads then cannot change underneath it, so several engine
+    processes together never exceed the limits.
+    """
+    rows = await conn.fetch(
+        CLAIM, rollout_id, current_wave, per_site, max_in_flight, limit, starts_per_minute,
+        owner, lease_seconds,
+    )
+    return [_claimed(r, reclaimed=False) for r in rows]
+
+
+async def lock_rollout(conn: DB, rollout_id: int) -> None:
+    """Transaction-scoped advisory lock serialising claims and gates of one rollout."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext('rollout'), $1::int)", rollout_id)
+
+
+RECLAIM = f"""
+WITH stale AS (
+    SELECT id, lease_owner FROM tasks
+    WHERE state IN ('DISPATCHING', 'INSTALLING', 'VERIFYING') AND lease_expires_at < now()
+    ORDER BY lease_expires_at
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+),
+c AS (
+    UPDATE tasks t SET lease_owner = $1, lease_expires_at = now() + make_interval(secs => $2),
+           updated_at = now()
+    FROM stale WHERE t.id = stale.id
+    RETURNING t.*, stale.lease_owner AS previous_owner
+),
+events AS (
+    INSERT INTO task_events (task_id, rollout_id, from_state, to_state, detail)
+    SELECT id, rollout_id, state, state,
+           jsonb_build_object('reason', 'lease expired: reclaimed for reconciliation',
+                              'previous_owner', previous_owner, 'owner', $1::text)
+    FROM c
+)
+SELECT {_CLAIMED_FIELDS}
+FROM c JOIN appliances a ON a.id = c.appliance_id JOIN rollouts r ON r.id = c.rollout_id
+"""
+
+
+async def reclaim_expired(
+    conn: DB, *, owner: str, lease_seconds: float, limit: int
+) -> list[ClaimedTask]:
+    """Take over in-flight tasks whose owner stopped renewing their lease."""
+    rows = await conn.fetch(RECLAIM, owner, lease_seconds, limit)
+    return [_claimed(r, reclaimed=True) for r in rows]
+
+
+async def renew_leases(
+    conn: DB, *, owner: str, task_ids: Sequence[int], lease_seconds: float
+) -> set[int]:
+    """Extend the leases of `task_ids` in one statement; return the ids still owned."""
+    if not task_ids:
+        return set()
+    rows = await conn.fetch(
+        """UPDATE tasks SET lease_expires_at = now() + make_interval(secs => $3)
+           WHERE id = ANY($1::bigint[]) AND lease_owner = $2
+           RETURNING id""",
+        list(task_ids), owner, lease_seconds,
+    )
+    return {int(r["id"]) for r in rows}
+
+
+async def release_leases(conn: DB, *, owner: str, task_ids: Sequence[int]) -> int:
+    """On shutdown: make in-flight tasks reclaimable at once by any other process."""
+    if not task_ids:
+        return 0
+    status = await conn.execute(
+        """UPDATE tasks SET lease_expires_at = now() - interval '1 second'
+           WHERE id = ANY($1::bigint[]) AND lease_owner = $2""",
+        list(task_ids), owner,
+    )
+    return int(status.split()[-1])
+
+
+async def write_progress(conn: DB, *, owner: str, progress: dict[int, int]) -> None:
+    """Batched progress percentages of installing tasks (one statement)."""
+    if not progress:
+        return
+    ids = list(progress)
+    await conn.execute(
+        """UPDATE tasks SET progress = u.p
+           FROM unnest($1::bigint[], $2::smallint[]) AS u(id, p)
+           WHERE tasks.id = u.id AND tasks.lease_owner = $3 AND tasks.state = 'INSTALLING'
+             AND tasks.progress IS DISTINCT FROM u.p""",
+        ids, [max(0, min(100, progress[i])) for i in ids], owner,
+    )
+
+
+async def transition(
+    conn: DB,
+    *,
+    task_id: int,
+    owner: str,
+    from_state: str,
+    to_state: str,
+    detail: dict[str, Any] | None = None,
+    **fields: Any,
+) -> bool:
+    """Move one task from `from_state` to `to_state` if this worker still owns it.
+
+    Terminal states release the lease and set finished_at; PENDING (a retry) releases the
+    lease too. `final_version` also becomes the appliance's last known version. Returns
+    False when the guard matched no row: another worker owns the task now.
+    """
+    check_task_transition(TaskState(from_state), TaskState(to_state))
+    unknown = set(fields) - _SETTABLE
+    if unknown:
+        raise ValueError(f"not settable by a transition: {sorted(unknown)}")
+    releases = to_state in TERMINAL or to_state == "PENDING"
+    params: list[Any] = [task_id, from_state, to_state, owner, detail or {}]
+    sets = ["state = $3", "updated_at = now()"]
+    for name, value in fields.items():
+        params.append(value)
+        sets.append(f"{name} = ${len(params)}::{_CASTS[name]}")
+    if releases:
+        sets += ["lease_owner = NULL", "lease_expires_at = NULL"]
+    if to_state in TERMINAL:
+        sets.append("finished_at = now()")
+    version_param = None  # $n of final_version: $1..$5 are fixed, fields follow in order
+    if fields.get("final_version") is not None:
+        version_param = 6 + list(fields).index("final_version")
+    seen = (
+        f""", seen AS (
+            UPDATE appliances SET current_version = ${version_param}::text, last_seen_at = now()
+            WHERE id = (SELECT appliance_id FROM t))"""
+        if version_param else ""
+    )
+    notify = "pg_notify('orchestrator', 'rollout:' || t.rollout_id)" if to_state in TERMINAL \
+        else "NULL"
+    sql = f"""
+        WITH t AS (
+            UPDATE tasks SET {', '.join(sets)}
+            WHERE id = $1 AND state = $2 AND lease_owner = $4
+            RETURNING id, rollout_id, appliance_id
+        ),
+        ev AS (
+            INSERT INTO task_events (task_id, rollout_id, from_state, to_state, detail)
+            SELECT id, rollout_id, $2, $3, $5::jsonb FROM t
+        ){seen}
+        SELECT t.id, {notify} FROM t"""
+    row = await conn.fetchrow(sql, *params)
+    return row is not None
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    id: int
+    appliance: str
+    site: str
+    wave: int
+    state: str
+    attempt: int
+    progress: int | None
+    from_version: str | None
+    final_version: str | None
+    error_code: str | None
+    error_message: str | None
+    reconfigure_required: bool | None
+    dispatched_at: datetime | None
+    finished_at: datetime | None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        for key in ("dispatched_at", "finished_at"):
+            out[key] = out[key].isoformat() if out[key] else None
+        return out
+
+
+async def list_tasks(
+    conn: DB,
+    rollout_id: int,
+    *,
+    states: Sequence[str] | None = None,
+    site: str | None = None,
+    wave: int | None = None,
+    after_id: int = 0,
+    limit: int = 100,
+) -> list[TaskRow]:
+    rows = await conn.fetch(
+        """SELECT t.id, a.name AS appliance, t.site, t.wave, t.state, t.attempt, t.progress,
+                  t.from_version, t.final_version, t.error_code, t.error_message,
+                  t.reconfigure_required, t.dispatched_at, t.finished_at
+           FROM tasks t JOIN appliances a ON a.id = t.appliance_id
+           WHERE t.rollout_id = $1 AND ($2::text[] IS NULL OR t.state = ANY($2))
+             AND ($3::text IS NULL OR t.site = $3) AND ($4::int IS NULL OR t.wave = $4)
+             AND t.id > $5
+           ORDER BY t.id LIMIT $6""",
+        rollout_id, list(states) if states else None, site, wave, after_id, limit,
+    )
+    return [TaskRow(**dict(r)) for r in rows]
