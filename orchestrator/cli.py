@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 import asyncpg
 
 from orchestrator import __version__, cli_rollout
+from orchestrator import demo as demo_cli
 from orchestrator.domain.selector import SelectorError
 from orchestrator.domain.states import OperationNotAllowed
 from orchestrator.domain.strategy import StrategyError
@@ -170,25 +171,6 @@ def cmd_appliances_list(settings: Settings, args: argparse.Namespace) -> int:
     return run_with_database(settings, body)
 
 
-def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
-    inventory = Path(args.inventory)
-    print(f"demo: importing {inventory} into the embedded database")
-    result = read_inventory(inventory)
-
-    async def body(pool: asyncpg.Pool) -> int:
-        summary = await appliance_store.upsert_appliances(pool, result.specs)
-        print(f"imported {summary.total} appliance(s): {summary.inserted} new, "
-              f"{summary.updated} updated\n")
-        items = await appliance_store.list_appliances(pool)
-        _print_table(
-            ["name", "site", "tags", "base_url"],
-            [(a.name, a.site, ";".join(a.tags), a.base_url) for a in items],
-        )
-        return 0
-
-    return run_with_database(settings, body)
-
-
 def run_with_database_url(settings: Settings, body: Body, url_out: list[str]) -> int:
     return run_with_database(settings, body, url_out)
 
@@ -274,9 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
     simulator_cli.add_arguments(simulate)
     simulate.set_defaults(func=lambda _s, a: simulator_cli.run(a))
 
-    demo = sub.add_parser("demo", help="a self-contained demonstration")
-    demo.add_argument("--inventory", default="config/example-inventory.csv")
-    demo.set_defaults(func=cmd_demo)
+    demo = sub.add_parser(
+        "demo", help="a whole rollout on a simulated fleet with faults, in about a minute"
+    )
+    demo_cli.add_arguments(demo)
+    demo.set_defaults(func=demo_cli.cmd_demo)
 
     return parser
 

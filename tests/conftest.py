@@ -8,8 +8,11 @@ asks for `db_url` gets its own database cloned from it (CREATE DATABASE ... TEMP
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -21,18 +24,22 @@ from tests.helpers import url_with_database
 
 
 @pytest.fixture(scope="session")
-def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_server_url() -> Iterator[str]:
     """URL of a database on the test server that may create and drop databases."""
     external = os.environ.get("TEST_DATABASE_URL")
     if external:
         yield external
         return
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("embedded-pg"), announce=lambda _m: None)
+    # Not under pytest's own temporary directory: pytest resets that to mode 0700 when any
+    # session starts, which would lock out the server's system user when running as root.
+    data_dir = Path(tempfile.mkdtemp(prefix="orchestrator-test-pg-"))
+    server = EmbeddedPostgres(data_dir, announce=lambda _m: None)
     url = server.start()
     try:
         yield url
     finally:
         server.release()
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

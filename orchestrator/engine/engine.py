@@ -154,11 +154,13 @@ class Engine:
         deadline = time.monotonic() + self.config.shutdown_deadline
         while any(r.critical for r in self.runners.values()) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        for task in list(self._tasks.values()):
+        runners = dict(self.runners)  # the done-callbacks empty self.runners as tasks end
+        handles = list(self._tasks.values())
+        for task in handles:
             task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
-        left = [tid for tid, r in self.runners.items() if r.state in task_store.IN_FLIGHT]
+        if handles:
+            await asyncio.gather(*handles, return_exceptions=True)
+        left = [tid for tid, r in runners.items() if r.state in task_store.IN_FLIGHT]
         if left:
             with contextlib.suppress(*DB_TRANSIENT):
                 async with self.pool.acquire() as conn:

@@ -383,12 +383,18 @@ class TaskRunner:
 
     # ------------------------------------------------------------------ monitor
     def _poll_interval(self, progress: int | None) -> float:
-        expected = self.ctx.install_times.expected()
+        """Half the expected remaining time, bounded: few polls for long installs, a prompt
+        one near the end. The remaining time comes from the task's own progress when it
+        reports some, else from the median install time observed so far; the first look
+        comes early (within 2 s), to learn the task's pace."""
         elapsed = time.monotonic() - (self.accepted_mono or time.monotonic())
         if progress and 0 < progress < 100 and elapsed > 0:
             remaining = elapsed * (100 - progress) / progress
-        else:
-            remaining = max(expected - elapsed, 0.0)
+            return max(self.ctx.min_poll, min(self.ctx.max_poll, remaining / 2))
+        expected = self.ctx.install_times.expected()
+        if elapsed < 0.1:
+            return max(self.ctx.min_poll, min(2.0, expected / 4))
+        remaining = max(expected - elapsed, 0.0)
         return max(self.ctx.min_poll, min(self.ctx.max_poll, remaining / 2))
 
     async def _monitor(self) -> None:
@@ -428,7 +434,11 @@ class TaskRunner:
                 await self.ctx.sleep(self._poll_interval(remote.progress))
                 continue
             if remote.status == TaskStatus.SUCCESS:
-                self.ctx.install_times.add(time.monotonic() - self.accepted_mono)
+                if remote.start_time and remote.complete_time:
+                    # the appliance's own clock: exact, unlike when we happened to look
+                    took = (remote.complete_time - remote.start_time).total_seconds()
+                    if took > 0:
+                        self.ctx.install_times.add(took)
                 await self._to("VERIFYING", {"reason": "install task SUCCESS"}, progress=100)
                 break
             message = remote.error_message or f"install task ended {remote.status}"

@@ -107,10 +107,7 @@ class EmbeddedPostgres:
                 self._initdb()
             info = self._read_info()
             if self._running_port() is None:
-                port = _free_port()
-                info = EmbeddedInfo(port=port, password=info.password)
-                self._write_info(info)
-                self._pg_ctl("start", port=port)
+                info = self._start_on_free_port(info)
             self.handles.mkdir(exist_ok=True)
             (self.handles / str(os.getpid())).touch()
             self._started = True
@@ -122,6 +119,19 @@ class EmbeddedPostgres:
                     "(set ORCHESTRATOR_DATABASE_URL to use your own server)"
                 )
             return info.url()
+
+    def _start_on_free_port(self, info: EmbeddedInfo) -> EmbeddedInfo:
+        """Start on a port free right now; once more on another if it was taken meanwhile."""
+        for attempt in (1, 2):
+            info = EmbeddedInfo(port=_free_port(), password=info.password)
+            self._write_info(info)
+            try:
+                self._pg_ctl("start", port=info.port)
+                return info
+            except EmbeddedPostgresError:
+                if attempt == 2 or self._running_port() is not None:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def release(self) -> None:
         """Drop this process's handle; stop the server when no other process uses it."""

@@ -1,0 +1,328 @@
+"""Fault names, fault parameters and fault profiles (seeded, deterministic assignment).
+
+A profile says which appliances misbehave and how: `rates` gives each fault a probability
+per appliance (drawn once, at start, from the profile's seed), `appliances` names faults
+for given appliances (replacing whatever the rates drew for them), `params` tunes the
+faults. Profiles load from JSON or TOML files, or by name (`mixed`).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import tomllib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+INSTALL_ERROR = "install_error"
+INSTALL_500 = "install_500"
+POLL_5XX = "poll_5xx"
+POLL_503 = "poll_503"
+HANG = "hang"
+SLOW = "slow"
+SESSION_EXPIRY = "session_expiry"
+LONG_REBOOT = "long_reboot"
+SILENT_FAILURE = "silent_failure"
+FORBIDDEN = "forbidden"
+BAD_CREDENTIALS = "bad_credentials"
+MALFORMED_JSON = "malformed_json"
+WRONG_TYPES = "wrong_types"
+API_V1_TASKS = "api_v1_tasks"
+
+FAULTS: tuple[str, ...] = (
+    INSTALL_ERROR,
+    INSTALL_500,
+    POLL_5XX,
+    POLL_503,
+    HANG,
+    SLOW,
+    SESSION_EXPIRY,
+    LONG_REBOOT,
+    SILENT_FAILURE,
+    FORBIDDEN,
+    BAD_CREDENTIALS,
+    MALFORMED_JSON,
+    WRONG_TYPES,
+    API_V1_TASKS,
+)
+"""Every fault the simulator knows, in a fixed order (the order rates are drawn in)."""
+
+_FAULT_SET = frozenset(FAULTS)
+
+
+class FaultProfileError(ValueError):
+    """A profile (file, dict or flag) is invalid; the message says where and why."""
+
+
+def check_faults(faults: Iterable[str]) -> frozenset[str]:
+    """Validate fault names; raise FaultProfileError naming any unknown one."""
+    result = frozenset(faults)
+    unknown = sorted(result - _FAULT_SET)
+    if unknown:
+        raise FaultProfileError(
+            f"unknown fault(s) {', '.join(map(repr, unknown))} (known: {', '.join(FAULTS)})"
+        )
+    return result
+
+
+@dataclass(frozen=True)
+class FaultParams:
+    """Knobs of the faults. Every field can be set in a profile's `params` table."""
+
+    slow_seconds: float = 1.0
+    """`slow`: delay added before every answer."""
+    session_expiry_seconds: float = 2.0
+    """`session_expiry`: a session answers 401 this long after it was created."""
+    long_reboot_seconds: float = 3600.0
+    """`long_reboot`: how long the reboot after an install lasts."""
+    poll_error_probability: float = 0.3
+    """`poll_5xx` / `poll_503`: the chance that a GET is answered with the error."""
+    malformed_probability: float = 1.0
+    """`malformed_json`: the chance that a 200 GET answer is truncated."""
+    max_faults_per_appliance: int = 3
+    """Rate-drawn faults per appliance are capped at this many."""
+    v1_time_format: str = "iso"
+    """`api_v1_tasks`: `iso` ("2024-05-01T12:00:00.123Z") or `epoch_ms` ("1714564800123")."""
+
+    def __post_init__(self) -> None:
+        for name in ("slow_seconds", "session_expiry_seconds", "long_reboot_seconds"):
+            if getattr(self, name) < 0:
+                raise FaultProfileError(f"params.{name}: must be >= 0")
+        for name in ("poll_error_probability", "malformed_probability"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise FaultProfileError(f"params.{name}: must be between 0 and 1")
+        if self.max_faults_per_appliance < 1:
+            raise FaultProfileError("params.max_faults_per_appliance: must be >= 1")
+        if self.v1_time_format not in ("iso", "epoch_ms"):
+            raise FaultProfileError("params.v1_time_format: must be 'iso' or 'epoch_ms'")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FaultParams:
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise FaultProfileError(
+                f"params: unknown key(s) {', '.join(map(repr, unknown))} "
+                f"(known: {', '.join(known)})"
+            )
+        values: dict[str, Any] = {}
+        for key, value in data.items():
+            kind = known[key].type
+            try:
+                if kind == "float":
+                    if isinstance(value, bool):
+                        raise TypeError
+                    values[key] = float(value)
+                elif kind == "int":
+                    if isinstance(value, bool) or float(value) != int(value):
+                        raise TypeError
+                    values[key] = int(value)
+                else:
+                    values[key] = str(value)
+            except (TypeError, ValueError):
+                raise FaultProfileError(
+                    f"params.{key}: expected a {kind}, got {value!r}"
+                ) from None
+        return cls(**values)
+
+
+def _normal_appliances(data: Any) -> dict[str, tuple[str, ...]]:
+    if not isinstance(data, Mapping):
+        raise FaultProfileError("appliances: expected a table of name -> fault(s)")
+    result: dict[str, tuple[str, ...]] = {}
+    for name, value in data.items():
+        if isinstance(value, str):
+            items: Sequence[Any] = [value] if value else []
+        elif isinstance(value, list | tuple):
+            items = value
+        else:
+            raise FaultProfileError(
+                f"appliances.{name}: expected a fault name or a list of them, got {value!r}"
+            )
+        if not all(isinstance(v, str) for v in items):
+            raise FaultProfileError(f"appliances.{name}: fault names must be text")
+        try:
+            check_faults(items)
+        except FaultProfileError as exc:
+            raise FaultProfileError(f"appliances.{name}: {exc}") from None
+        result[str(name)] = tuple(dict.fromkeys(items))
+    return result
+
+
+def _normal_rates(data: Any) -> dict[str, float]:
+    if not isinstance(data, Mapping):
+        raise FaultProfileError("rates: expected a table of fault -> probability")
+    check_faults(data)
+    result: dict[str, float] = {}
+    for fault, rate in data.items():
+        if isinstance(rate, bool) or not isinstance(rate, int | float):
+            raise FaultProfileError(f"rates.{fault}: expected a number, got {rate!r}")
+        if not 0.0 <= float(rate) <= 1.0:
+            raise FaultProfileError(f"rates.{fault}: {rate} is not between 0 and 1")
+        result[fault] = float(rate)
+    return result
+
+
+@dataclass(frozen=True)
+class FaultProfile:
+    """Which appliances get which faults.
+
+    `appliances` values may be given as a single fault name or a sequence; `params` may be
+    given as a `FaultParams` or a plain mapping. Both are normalised on construction.
+    """
+
+    seed: int | None = None
+    """Seed of the rate draw; None uses `SimulatorConfig.seed`."""
+    rates: Mapping[str, float] = field(default_factory=dict)
+    appliances: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    params: FaultParams = field(default_factory=FaultParams)
+    name: str = "custom"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rates", _normal_rates(self.rates))
+        object.__setattr__(self, "appliances", _normal_appliances(self.appliances))
+        params: Any = self.params
+        if isinstance(params, Mapping):
+            object.__setattr__(self, "params", FaultParams.from_dict(params))
+        elif not isinstance(params, FaultParams):
+            raise FaultProfileError("params: expected a table")
+        if self.seed is not None and (isinstance(self.seed, bool) or
+                                      not isinstance(self.seed, int)):
+            raise FaultProfileError(f"seed: expected an integer, got {self.seed!r}")
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, name: str = "custom") -> FaultProfile:
+        """Build from the JSON/TOML shape; raise FaultProfileError on anything unknown."""
+        if not isinstance(data, Mapping):
+            raise FaultProfileError("a fault profile must be a JSON object / TOML table")
+        unknown = sorted(set(data) - {"seed", "rates", "appliances", "params", "name"})
+        if unknown:
+            raise FaultProfileError(
+                f"unknown key(s) {', '.join(map(repr, unknown))} "
+                "(known: seed, rates, appliances, params, name)"
+            )
+        params = data.get("params", {})
+        if not isinstance(params, Mapping):
+            raise FaultProfileError("params: expected a table")
+        return cls(
+            seed=data.get("seed"),
+            rates=data.get("rates", {}),
+            appliances=data.get("appliances", {}),
+            params=FaultParams.from_dict(params),
+            name=str(data.get("name", name)),
+        )
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> FaultProfile:
+        """Load a `.json` or `.toml` profile (the suffix decides; default JSON)."""
+        path = Path(path)
+        text = path.read_text(encoding="utf-8")
+        try:
+            if path.suffix.lower() == ".toml":
+                data: Any = tomllib.loads(text)
+            else:
+                data = json.loads(text)
+        except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise FaultProfileError(f"{path}: not valid {path.suffix or 'JSON'}: {exc}") from None
+        try:
+            return cls.from_dict(data, name=path.stem)
+        except FaultProfileError as exc:
+            raise FaultProfileError(f"{path}: {exc}") from None
+
+    @classmethod
+    def named(cls, name: str) -> FaultProfile:
+        """A built-in profile by name (`none`, `mixed`)."""
+        try:
+            return _NAMED[name]()
+        except KeyError:
+            raise FaultProfileError(
+                f"no built-in profile {name!r} (built-in: {', '.join(sorted(_NAMED))})"
+            ) from None
+
+    @classmethod
+    def load(cls, spec: str | Path) -> FaultProfile:
+        """A built-in profile name (`mixed`) or a path to a JSON/TOML file."""
+        if isinstance(spec, str) and spec in _NAMED:
+            return cls.named(spec)
+        return cls.from_file(spec)
+
+    @classmethod
+    def mixed(cls) -> FaultProfile:
+        """A realistic mix: 5xx storms, hangs, lost tasks, session expiry, long reboots,
+        silent failures, malformed bodies, old-style task bodies, failed installs."""
+        return cls(
+            name="mixed",
+            rates={
+                POLL_5XX: 0.06,
+                POLL_503: 0.04,
+                HANG: 0.01,
+                SLOW: 0.03,
+                SESSION_EXPIRY: 0.05,
+                LONG_REBOOT: 0.02,
+                SILENT_FAILURE: 0.02,
+                INSTALL_ERROR: 0.03,
+                INSTALL_500: 0.01,
+                MALFORMED_JSON: 0.01,
+                API_V1_TASKS: 0.05,
+            },
+            params=FaultParams(
+                slow_seconds=2.0,
+                session_expiry_seconds=20.0,
+                long_reboot_seconds=3600.0,
+                poll_error_probability=0.3,
+                malformed_probability=0.2,
+                max_faults_per_appliance=2,
+            ),
+        )
+
+    def with_changes(self, **changes: Any) -> FaultProfile:
+        """A copy with some fields replaced (e.g. `params={"slow_seconds": 0.1}`)."""
+        data: dict[str, Any] = {
+            "seed": self.seed, "rates": dict(self.rates),
+            "appliances": dict(self.appliances), "params": self.params, "name": self.name,
+        }
+        data.update(changes)
+        return FaultProfile(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "seed": self.seed,
+            "rates": dict(self.rates),
+            "appliances": {k: list(v) for k, v in self.appliances.items()},
+            "params": asdict(self.params),
+        }
+
+    # ------------------------------------------------------------------ assignment
+    def assign(self, names: Sequence[str], seed: int) -> list[frozenset[str]]:
+        """The faults of each appliance, in the order of `names`.
+
+        Deterministic: one `random.Random(seed)` draws one number per (appliance, fault
+        with a rate), appliances in order, faults in `FAULTS` order; at most
+        `params.max_faults_per_appliance` are kept. Named appliances then replace theirs.
+        """
+        rng = random.Random(self.seed if self.seed is not None else seed)
+        rated = [(fault, self.rates[fault]) for fault in FAULTS if self.rates.get(fault)]
+        cap = self.params.max_faults_per_appliance
+        result: list[frozenset[str]] = []
+        empty: frozenset[str] = frozenset()
+        for name in names:
+            if rated:
+                drawn = [fault for fault, rate in rated if rng.random() < rate]
+                faults = frozenset(drawn[:cap]) if drawn else empty
+            else:
+                faults = empty
+            explicit = self.appliances.get(name)
+            if explicit is not None:
+                faults = frozenset(explicit)
+            result.append(faults)
+        return result
+
+
+_NAMED: dict[str, Callable[[], FaultProfile]] = {
+    "none": lambda: FaultProfile(name="none"),
+    "mixed": FaultProfile.mixed,
+}
