@@ -177,8 +177,11 @@ async def run_demo(settings: Settings, args: argparse.Namespace, server_url: str
         profile=profile,
     )
     strategy = demo_strategy(args)
-    async with demo_database(server_url, args.database_name) as url, create_pool(url, settings) as pool, \
-            run_simulator(config, host="127.0.0.1", port=0) as sim:
+    async with (
+        demo_database(server_url, args.database_name) as url,
+        create_pool(url, settings) as pool,
+        run_simulator(config, host="127.0.0.1", port=0) as sim,
+    ):
         say(f"simulated fleet: {args.appliances} appliances over {args.sites} sites at "
             f"{sim.url} (fault profile {profile.name!r})")
         with tempfile.TemporaryDirectory() as tmp:

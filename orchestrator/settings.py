@@ -56,6 +56,7 @@ class Settings(BaseModel):
     appliance_request_timeout: float = Field(default=30.0, gt=0, le=3600)
     appliance_max_connections: int = Field(default=1000, ge=1, le=100_000)
     appliance_max_connections_per_host: int = Field(default=4, ge=0, le=1000)
+    appliance_retries: int = Field(default=2, ge=0, le=10)
     appliance_session_max_age: float = Field(default=300.0, gt=0, le=86_400)
     appliance_verify_tls: bool = True
 

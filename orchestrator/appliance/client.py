@@ -159,7 +159,7 @@ class ApplianceHttp:
         max_connections_per_host: int | None = None,
         session_max_age: float | None = None,
         verify_tls: bool | None = None,
-        retries: int = 2,
+        retries: int | None = None,
         backoff_base: float = 0.2,
         backoff_cap: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
@@ -185,6 +185,7 @@ class ApplianceHttp:
             session_max_age if session_max_age is not None else s.appliance_session_max_age
         )
         self.verify_tls = verify_tls if verify_tls is not None else s.appliance_verify_tls
+        retries = s.appliance_retries if retries is None else retries
         if retries < 0:
             raise ValueError("retries must be >= 0")
         self.retries = retries

@@ -38,6 +38,7 @@ from orchestrator.domain.policy import (
 )
 from orchestrator.domain.states import TaskState
 from orchestrator.domain.strategy import Strategy, parse_strategy
+from orchestrator.engine import failpoints
 from orchestrator.engine.runner import (
     DB_TRANSIENT,
     InstallTimes,
@@ -97,6 +98,8 @@ class Engine:
         self._stopping = asyncio.Event()
         self._strategies: dict[int, Strategy] = {}
         self.ticks = 0
+        self.max_loop_lag = 0.0
+        self.loop_lag_observers: list[Callable[[float], None]] = []
         self.claimed = 0
         self.reclaimed = 0
         self.ctx = RunnerContext(
@@ -123,6 +126,7 @@ class Engine:
             asyncio.create_task(self._lease_loop(), name="leases"),
             asyncio.create_task(self._progress_loop(), name="progress"),
             asyncio.create_task(self._listen_loop(), name="listen"),
+            asyncio.create_task(self._loop_lag_monitor(), name="loop-lag"),
         ]
         try:
             while not self._stopping.is_set():
@@ -145,8 +149,9 @@ class Engine:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await self._flush_progress()
-            log.info("engine_stopped", owner=self.owner, claimed=self.claimed,
-                     reclaimed=self.reclaimed)
+            log.warning("engine_stopped", owner=self.owner, claimed=self.claimed,
+                        reclaimed=self.reclaimed,
+                        max_loop_lag_ms=round(self.max_loop_lag * 1000, 1))
 
     async def _drain(self) -> None:
         """Let runners reach a safe point (not between install and its record), then stop
@@ -180,6 +185,7 @@ class Engine:
                     conn, owner=self.owner, lease_seconds=self.config.lease_seconds,
                     limit=capacity,
                 )
+            stale = [t for t in stale if t.id not in self.runners]  # never run a task twice
             if stale:
                 self.reclaimed += len(stale)
                 log.info("tasks_reclaimed", count=len(stale))
@@ -192,6 +198,8 @@ class Engine:
             if self._stopping.is_set():
                 break
             claimed = await self._advance(int(row["id"]))
+            if claimed:
+                failpoints.hit("after_claim")
             self._spawn(claimed)
         return bool(rows)
 
@@ -396,6 +404,18 @@ class Engine:
         while True:
             await asyncio.sleep(self.config.progress_interval)
             await self._flush_progress()
+
+    async def _loop_lag_monitor(self, interval: float = 0.1) -> None:
+        """How late the event loop wakes a 100 ms sleeper: a stalled loop delays every
+        appliance poll and lease renewal of this process."""
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(interval)
+            lag = max(0.0, loop.time() - before - interval)
+            self.max_loop_lag = max(self.max_loop_lag, lag)
+            for observe in self.loop_lag_observers:
+                observe(lag)
 
     async def _listen_loop(self) -> None:
         """LISTEN on a dedicated connection; the poll interval covers any gap."""

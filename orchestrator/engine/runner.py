@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -32,32 +32,36 @@ from orchestrator.appliance import (
     BadRequest,
     CredentialsError,
     Forbidden,
-    MalformedResponse,
     NotFound,
     Task,
     TaskStatus,
     Unauthorized,
 )
 from orchestrator.domain.strategy import Strategy, missing_services
+from orchestrator.engine import failpoints
 from orchestrator.logs import bind_context, get_logger
 from orchestrator.store import tasks as task_store
 from orchestrator.store.tasks import ClaimedTask
 
 log = get_logger("orchestrator.engine.runner")
+_T = TypeVar("_T")
 
 # Database errors worth waiting out: the connection or the server went away.
 DB_TRANSIENT = (
     OSError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
+    asyncpg.exceptions.OperatorInterventionError,  # shutdown, starting up, cancelled
     asyncio.TimeoutError,
 )
 
 
 class TaskLost(Exception):
     """Another worker owns the task now (or the engine is stopping): drop it."""
+
+
+class DeadlinePassed(Exception):
+    """The task's task_timeout ran out while waiting on the appliance."""
 
 
 @dataclass
@@ -165,6 +169,12 @@ class TaskRunner:
                     await self._monitor()
                 elif self.state == "VERIFYING":
                     await self._verify()
+            except DeadlinePassed:
+                await self._finish(
+                    "TIMED_OUT", "TASK_TIMEOUT",
+                    f"no verified outcome within task_timeout {self.strategy.task_timeout:g} s "
+                    f"(last state {self.state})",
+                )
             except TaskLost:
                 log.info("task_dropped", reason="owned by another worker now")
             return self.state
@@ -228,6 +238,21 @@ class TaskRunner:
     def _remaining(self) -> float:
         return (self.deadline - _now()).total_seconds()
 
+    async def _bounded(self, awaitable: Awaitable[_T]) -> _T:
+        """Await an appliance call, but never past the task's deadline."""
+        remaining = self._remaining()
+        if remaining <= 0:
+            raise DeadlinePassed()
+        try:
+            async with asyncio.timeout(remaining):
+                return await awaitable
+        except TimeoutError:
+            raise DeadlinePassed() from None
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep before the next look at the appliance, never past the deadline."""
+        await self.ctx.sleep(max(0.0, min(seconds, self._remaining())))
+
     async def _check_timeout(self, what: str) -> None:
         if self._remaining() <= 0:
             await self._finish(
@@ -258,7 +283,16 @@ class TaskRunner:
                 final_version=self.from_version,
             )
             return
+        await self._record_from_version()
         await self._install(client)
+
+    async def _record_from_version(self) -> None:
+        """Write the version seen before the install, before sending it: reconciliation
+        after a crash tells "we installed it" from "it was there already" by it."""
+        async with self.ctx.pool.acquire() as conn:
+            await task_store.set_from_version(
+                conn, task_id=self.task.id, owner=self.ctx.owner, version=self.from_version
+            )
 
     async def _install(self, client: ApplianceClient) -> None:
         self.critical = True
@@ -287,6 +321,7 @@ class TaskRunner:
                 remote = adopted
             self.remote_id = remote.id
             self.accepted_mono = time.monotonic()
+            failpoints.hit("after_install_sent")
             await self._to(
                 "INSTALLING", {"remote_task_id": remote.id},
                 remote_task_id=remote.id, from_version=self.from_version, accepted_at=_now(),
@@ -352,12 +387,12 @@ class TaskRunner:
             await self._verify()
             return
         if info.appliance_version == self.version:
-            if self.from_version is None or self.from_version == self.version:
-                if self.state == "DISPATCHING" and self.from_version is None:
-                    # never recorded a dispatch: the appliance was already there
-                    await self._finish("SKIPPED", None, None, from_version=self.version,
-                                       final_version=self.version)
-                    return
+            if self.state == "DISPATCHING" and self.from_version in (None, self.version):
+                # from_version is written before any install is sent: without it, no install
+                # left this orchestrator, so the appliance was at the target already
+                await self._finish("SKIPPED", None, None, from_version=self.version,
+                                   final_version=self.version)
+                return
             if self.state == "DISPATCHING":
                 await self._to("INSTALLING", {"reason": "reconcile: already at target"})
             await self._to("VERIFYING", {"reason": "reconcile: already at target"})
@@ -375,6 +410,7 @@ class TaskRunner:
             await self._monitor()
             return
         if self.state == "DISPATCHING":
+            await self._record_from_version()
             await self._install(client)
             return
         # INSTALLING without an id and nothing running: it went through or it did not
@@ -402,7 +438,7 @@ class TaskRunner:
         outage_since: float | None = None
         if self.accepted_mono is None:
             self.accepted_mono = time.monotonic()
-        await self.ctx.sleep(self._poll_interval(None))
+        await self._pause(self._poll_interval(None))
         while True:
             await self._check_timeout("installing")
             if self.state == "TIMED_OUT":
@@ -410,7 +446,7 @@ class TaskRunner:
             if not self.remote_id:
                 break  # nothing to poll: prove the outcome from the version
             try:
-                remote = await client.get_task(self.remote_id)
+                remote = await self._bounded(client.get_task(self.remote_id))
             except NotFound:
                 self.saw_outage = True  # tasks live in memory: the appliance restarted
                 await self._to("VERIFYING", {"reason": "install task gone (404): restarted"})
@@ -426,12 +462,12 @@ class TaskRunner:
                         f"{self.strategy.reboot_grace:g} s during the install ({exc.kind})",
                     )
                     return
-                await self.ctx.sleep(self._outage_poll(now - outage_since))
+                await self._pause(self._outage_poll(now - outage_since))
                 continue
             outage_since = None
             if remote.status in (TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.UNKNOWN):
                 self.ctx.progress.record(self.task.id, remote.progress)
-                await self.ctx.sleep(self._poll_interval(remote.progress))
+                await self._pause(self._poll_interval(remote.progress))
                 continue
             if remote.status == TaskStatus.SUCCESS:
                 if remote.start_time and remote.complete_time:
@@ -474,8 +510,8 @@ class TaskRunner:
                 return
             now = time.monotonic()
             try:
-                info = await client.get_appliance()
-                running = await self._services(client)
+                info = await self._bounded(client.get_appliance())
+                running = await self._bounded(self._services(client))
             except ApplianceError as exc:
                 outage_since = outage_since or now
                 self.saw_outage = True
@@ -486,7 +522,7 @@ class TaskRunner:
                         f"{self.strategy.reboot_grace:g} s ({exc})",
                     )
                     return
-                await self.ctx.sleep(self._outage_poll(now - outage_since))
+                await self._pause(self._outage_poll(now - outage_since))
                 continue
             outage_since = None
             missing = missing_services(self.strategy.verify_services, running)
@@ -516,7 +552,7 @@ class TaskRunner:
                         final_version=info.appliance_version,
                     )
                     return
-            await self.ctx.sleep(self._outage_poll(0))
+            await self._pause(self._outage_poll(0))
 
     async def _services(self, client: ApplianceClient) -> dict[str, bool]:
         services = await client.get_services()
@@ -525,8 +561,8 @@ class TaskRunner:
     async def _succeed(self, client: ApplianceClient, info: ApplianceInfo) -> None:
         reconfigure: bool | None
         try:
-            reconfigure = await client.reconfigure_required()
-        except (ApplianceError, MalformedResponse):
+            reconfigure = await self._bounded(client.reconfigure_required())
+        except (ApplianceError, DeadlinePassed):
             reconfigure = None
         await self._finish(
             "SUCCEEDED", None, None, final_version=info.appliance_version,

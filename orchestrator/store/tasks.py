@@ -150,6 +150,7 @@ RECLAIM = f"""
 WITH stale AS (
     SELECT id, lease_owner FROM tasks
     WHERE state IN ('DISPATCHING', 'INSTALLING', 'VERIFYING') AND lease_expires_at < now()
+      AND lease_owner <> $1  -- our own lapsed leases are renewed, not reclaimed
     ORDER BY lease_expires_at
     LIMIT $3
     FOR UPDATE SKIP LOCKED
@@ -205,6 +206,14 @@ async def release_leases(conn: DB, *, owner: str, task_ids: Sequence[int]) -> in
         list(task_ids), owner,
     )
     return int(status.split()[-1])
+
+
+async def set_from_version(conn: DB, *, task_id: int, owner: str, version: str | None) -> None:
+    """Record the appliance's version before an install is sent (not a transition)."""
+    await conn.execute(
+        "UPDATE tasks SET from_version = $3 WHERE id = $1 AND lease_owner = $2",
+        task_id, owner, version,
+    )
 
 
 async def write_progress(conn: DB, *, owner: str, progress: dict[int, int]) -> None:
