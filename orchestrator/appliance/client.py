@@ -464,7 +464,9 @@ class ApplianceClient:
             request_timeout=request_timeout,
         )
 
-    async def get_task(self, task_id: str, *, request_timeout: float | None = None) -> Task:
+    async def get_task(
+        self, task_id: str, *, request_timeout: float | None = None, retries: int | None = None
+    ) -> Task:
         """`GET /tasks/{id}`. NotFound when the appliance forgot the task (e.g. rebooted)."""
         return await self._call(
             "GET",
@@ -472,6 +474,7 @@ class ApplianceClient:
             op=f"task {task_id}",
             parse=self._task,
             request_timeout=request_timeout,
+            retries=retries,
         )
 
     async def list_tasks(
@@ -507,7 +510,9 @@ class ApplianceClient:
             request_timeout=request_timeout,
         )
 
-    async def get_appliance(self, *, request_timeout: float | None = None) -> ApplianceInfo:
+    async def get_appliance(
+        self, *, request_timeout: float | None = None, retries: int | None = None
+    ) -> ApplianceInfo:
         """`GET /appliance`: hostname, product and `appliance_version` (required)."""
         return await self._call(
             "GET",
@@ -515,9 +520,12 @@ class ApplianceClient:
             op="appliance info",
             parse=lambda body: parse_appliance(body, appliance=self.name),
             request_timeout=request_timeout,
+            retries=retries,
         )
 
-    async def get_services(self, *, request_timeout: float | None = None) -> list[Service]:
+    async def get_services(
+        self, *, request_timeout: float | None = None, retries: int | None = None
+    ) -> list[Service]:
         """`GET /services`; accepts a `{"list": [...]}` envelope or a bare list."""
         return await self._call(
             "GET",
@@ -525,6 +533,7 @@ class ApplianceClient:
             op="service list",
             parse=lambda body: [parse_service(item, appliance=self.name) for item in _items(body)],
             request_timeout=request_timeout,
+            retries=retries,
         )
 
     async def get_service(
@@ -570,8 +579,12 @@ class ApplianceClient:
         params: Mapping[str, str] | None = None,
         safe: bool = True,
         request_timeout: float | None = None,
+        retries: int | None = None,
     ) -> _T:
-        """One authenticated call with re-login on 401 and retries; returns `parse(body)`."""
+        """One authenticated call with re-login on 401 and retries; returns `parse(body)`.
+
+        `retries` overrides the client's count for this call (0: the caller paces its own
+        repeats, as the engine's polling loops do through a reboot)."""
 
         async def attempt(state: _Attempt) -> _T:
             sid = await self._current_session(request_timeout)
@@ -604,12 +617,14 @@ class ApplianceClient:
                     self.name, f"{op}: {exc.detail}", op=op, status=answer.status
                 ) from None
 
-        return await self._retrying(attempt, op=op, safe=safe)
+        return await self._retrying(attempt, op=op, safe=safe, retries=retries)
 
     async def _retrying(
-        self, attempt: Callable[[_Attempt], Awaitable[_T]], *, op: str, safe: bool
+        self, attempt: Callable[[_Attempt], Awaitable[_T]], *, op: str, safe: bool,
+        retries: int | None = None,
     ) -> _T:
         http = self._http
+        limit = http.retries if retries is None else retries
         number = 0
         while True:
             state = _Attempt()
@@ -618,7 +633,7 @@ class ApplianceClient:
             except ApplianceError as exc:
                 self._count(exc)
                 may_have_run = state.reached and exc.request_sent
-                if number >= http.retries or not exc.transient or (may_have_run and not safe):
+                if number >= limit or not exc.transient or (may_have_run and not safe):
                     raise
                 delay = http._backoff(number)
                 number += 1

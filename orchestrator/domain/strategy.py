@@ -139,6 +139,12 @@ class Strategy:
     dispatch_retries: how many transient errors before an install was accepted are retried.
     verify_services: services that must be running for a task to be verified; an entry
         "hms|srm" is satisfied by any one of its alternatives (see missing_services).
+    windows: "required" (an appliance is dispatched only while one of its maintenance
+        windows is open with at least the window's cutoff left), "ignore", or None (the
+        default: "required" when any window covers a targeted appliance).
+    at_window_end: "finish-in-flight" (never-started tasks wait for the next opening) or
+        "cancel-pending" (when no targeted appliance may start any more, the never-started
+        tasks are cancelled and the rollout ends once in-flight installs finish).
     """
 
     waves: tuple[Size, ...] = (
@@ -159,6 +165,8 @@ class Strategy:
     install_retries: int = 0
     dispatch_retries: int = 3
     verify_services: tuple[str, ...] = ("hms|srm", "drrest")
+    windows: str | None = None
+    at_window_end: str = "finish-in-flight"
 
     def to_dict(self) -> dict[str, Any]:
         """The normalised JSON object, every key present; `parse_strategy` reads it back."""
@@ -178,8 +186,13 @@ class Strategy:
             "install_retries": self.install_retries,
             "dispatch_retries": self.dispatch_retries,
             "verify_services": list(self.verify_services),
+            "windows": self.windows,
+            "at_window_end": self.at_window_end,
         }
 
+
+WINDOW_MODES: Final = ("required", "ignore")
+AT_WINDOW_END: Final = ("finish-in-flight", "cancel-pending")
 
 STRATEGY_KEYS: Final = tuple(field.name for field in fields(Strategy))
 
@@ -331,6 +344,8 @@ def parse_strategy(data: Mapping[str, Any] | None) -> Strategy:
         "install_retries": _int_at_least(0),
         "dispatch_retries": _int_at_least(0),
         "verify_services": _parse_services,
+        "windows": lambda v: None if v is None else _choice(WINDOW_MODES)(v),
+        "at_window_end": _choice(AT_WINDOW_END),
     }
     for name, parse in parsers.items():
         values[name] = (

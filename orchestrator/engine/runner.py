@@ -29,13 +29,16 @@ from orchestrator.appliance import (
     ApplianceHttp,
     ApplianceInfo,
     ApplianceTarget,
+    ApplianceTimeout,
     BadRequest,
     CredentialsError,
     Forbidden,
     NotFound,
+    ServiceUnavailable,
     Task,
     TaskStatus,
     Unauthorized,
+    Unreachable,
 )
 from orchestrator.domain.strategy import Strategy, missing_services
 from orchestrator.engine import failpoints
@@ -117,6 +120,12 @@ class RunnerContext:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _signals_restart(exc: ApplianceError) -> bool:
+    """Whether an error looks like the appliance restarting (not a passing 5xx or a slow
+    answer): refused or reset connections, connect timeouts, 503, a session it forgot."""
+    return isinstance(exc, Unreachable | ApplianceTimeout | ServiceUnavailable | Unauthorized)
 
 
 def _install_task_matches(task: Task, version: str) -> bool:
@@ -446,7 +455,7 @@ class TaskRunner:
             if not self.remote_id:
                 break  # nothing to poll: prove the outcome from the version
             try:
-                remote = await self._bounded(client.get_task(self.remote_id))
+                remote = await self._bounded(client.get_task(self.remote_id, retries=0))
             except NotFound:
                 self.saw_outage = True  # tasks live in memory: the appliance restarted
                 await self._to("VERIFYING", {"reason": "install task gone (404): restarted"})
@@ -454,7 +463,7 @@ class TaskRunner:
             except ApplianceError as exc:
                 now = time.monotonic()
                 outage_since = outage_since or now
-                self.saw_outage = True
+                self.saw_outage = self.saw_outage or _signals_restart(exc)
                 if now - outage_since > self.strategy.reboot_grace:
                     await self._finish(
                         "TIMED_OUT", "UNREACHABLE",
@@ -510,11 +519,11 @@ class TaskRunner:
                 return
             now = time.monotonic()
             try:
-                info = await self._bounded(client.get_appliance())
+                info = await self._bounded(client.get_appliance(retries=0))
                 running = await self._bounded(self._services(client))
             except ApplianceError as exc:
                 outage_since = outage_since or now
-                self.saw_outage = True
+                self.saw_outage = self.saw_outage or _signals_restart(exc)
                 if now - outage_since > self.strategy.reboot_grace:
                     await self._finish(
                         "TIMED_OUT", "UNREACHABLE",
@@ -555,7 +564,7 @@ class TaskRunner:
             await self._pause(self._outage_poll(0))
 
     async def _services(self, client: ApplianceClient) -> dict[str, bool]:
-        services = await client.get_services()
+        services = await client.get_services(retries=0)
         return {s.id: bool(s.is_running) for s in services}
 
     async def _succeed(self, client: ApplianceClient, info: ApplianceInfo) -> None:

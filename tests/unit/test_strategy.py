@@ -135,6 +135,8 @@ def test_defaults() -> None:
         "install_retries": 0,
         "dispatch_retries": 3,
         "verify_services": ["hms|srm", "drrest"],
+        "windows": None,
+        "at_window_end": "finish-in-flight",
     }
     assert tuple(strategy.to_dict()) == STRATEGY_KEYS
 
@@ -156,6 +158,8 @@ def test_everything_set() -> None:
         "install_retries": 1,
         "dispatch_retries": 0,
         "verify_services": ["drrest"],
+        "windows": "ignore",
+        "at_window_end": "cancel-pending",
     }
     strategy = parse_strategy(data)
     assert strategy.waves == (Size(count=2), Size(percent=Decimal(5)),
@@ -166,6 +170,14 @@ def test_everything_set() -> None:
     assert strategy.task_timeout == 1800.0
     assert strategy.verify_services == ("drrest",)
     assert strategy.to_dict() == data
+
+
+def test_window_modes_are_validated() -> None:
+    assert parse_strategy({"windows": "required"}).windows == "required"
+    with pytest.raises(StrategyError, match="strategy.windows"):
+        parse_strategy({"windows": "sometimes"})
+    with pytest.raises(StrategyError, match="strategy.at_window_end"):
+        parse_strategy({"at_window_end": "panic"})
 
 
 def test_to_dict_normalises() -> None:
