@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import random
+import resource
 import shutil
 import signal
 import socket
@@ -247,6 +248,7 @@ def main() -> int:
                 if time.monotonic() > deadline:
                     break
             # the survivor: runs until the rollout is over
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             engine = subprocess.Popen([str(BIN / "orchestrator"), "run", "--until-idle"],
                                       env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.PIPE, text=True)
@@ -255,6 +257,8 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 engine.kill()
                 _, err = engine.communicate()
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            last_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
             stats = sim_stats(sim_url)
             versions = {n: a["version"] for n, a in stats["appliances"].items()}
             result = asyncio.run(outcome(db_url, versions, opts.task_timeout))
@@ -276,6 +280,8 @@ def main() -> int:
                 "max_loop_lag_ms": lag[-1] if lag else None,
                 "profile": opts.profile or "none",
                 "installs_accepted": stats["installs_accepted"],
+                "last_engine_cpu_s": round(last_cpu, 2),
+                "requests_per_appliance": round(stats["requests"] / opts.appliances, 1),
                 "seed": opts.seed,
                 "wall_s": round(time.monotonic() - started, 1),
                 "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
