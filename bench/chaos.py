@@ -184,6 +184,7 @@ def main() -> int:
                 "ORCHESTRATOR_LOG_FORMAT": "json", "SIM_CREDENTIALS": "admin:admin",
                 "ORCHESTRATOR_ENGINE_LEASE_SECONDS": str(opts.lease_seconds),
                 "ORCHESTRATOR_ENGINE_POLL_INTERVAL": "0.5",
+                "ORCHESTRATOR_APPLIANCE_MAX_CONNECTIONS_PER_HOST": "0",
                 "ORCHESTRATOR_APPLIANCE_REQUEST_TIMEOUT": str(opts.request_timeout),
                 "ORCHESTRATOR_APPLIANCE_RETRIES": str(opts.appliance_retries),
             }
@@ -282,6 +283,10 @@ def main() -> int:
                 "installs_accepted": stats["installs_accepted"],
                 "last_engine_cpu_s": round(last_cpu, 2),
                 "requests_per_appliance": round(stats["requests"] / opts.appliances, 1),
+                "requests_per_appliance_by_kind": {
+                    k: round(v / opts.appliances, 2)
+                    for k, v in stats.get("requests_by_kind", {}).items()
+                },
                 "seed": opts.seed,
                 "wall_s": round(time.monotonic() - started, 1),
                 "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),

@@ -15,11 +15,12 @@ from typing import Any, NoReturn
 
 import asyncpg
 
-from orchestrator import __version__, cli_rollout
+from orchestrator import __version__, cli_rollout, cli_windows
 from orchestrator import demo as demo_cli
 from orchestrator.domain.selector import SelectorError
 from orchestrator.domain.states import OperationNotAllowed
 from orchestrator.domain.strategy import StrategyError
+from orchestrator.domain.windows import WindowError
 from orchestrator.inventory import InventoryError, read_inventory
 from orchestrator.logs import configure_logging
 from orchestrator.settings import Settings, SettingsError, load_settings
@@ -29,6 +30,7 @@ from orchestrator.store import migrations
 from orchestrator.store.db import connect, create_pool, database_url
 from orchestrator.store.embedded import EmbeddedPostgresError
 from orchestrator.store.rollouts import RolloutError
+from orchestrator.store.windows import WindowStoreError
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -246,6 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
     lst.set_defaults(func=cmd_appliances_list)
 
     add_rollout_parsers(sub)
+    cli_windows.add_arguments(sub)
+    sub.choices["windows"].set_defaults(
+        func=lambda s, a: cli_windows.cmd_windows(s, a, run_with_database, cli_rollout.cli_actor())
+    )
 
     run = sub.add_parser("run", help="run the rollout engine until SIGTERM")
     run.add_argument("--until-idle", action="store_true",
@@ -285,6 +291,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _fail(str(exc))
     except (StrategyError, SelectorError) as exc:
         _fail(f"invalid rollout request: {exc}")
+    except WindowError as exc:
+        _fail(f"invalid maintenance window: {exc}")
+    except WindowStoreError as exc:
+        _fail(str(exc))
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         _fail(f"database: {type(exc).__name__}: {exc}")
     except KeyboardInterrupt:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ def fast_engine_config(**overrides: Any) -> EngineConfig:
     values: dict[str, Any] = {
         "lease_seconds": 5.0, "poll_interval": 0.2, "shutdown_deadline": 5.0,
         "progress_interval": 0.2, "batch_delay": 0.01, "install_estimate": 0.3,
+        "reboot_estimate": 0.5,
         "min_poll": 0.05, "max_poll": 0.3,
     }
     values.update(overrides)
@@ -87,11 +89,13 @@ async def create(
 
 @contextlib.asynccontextmanager
 async def engine(
-    f: Fleet, *, http: ApplianceHttp | None = None, **config: Any
+    f: Fleet, *, http: ApplianceHttp | None = None,
+    clock: Callable[[], datetime] | None = None, **config: Any,
 ) -> AsyncIterator[Engine]:
     """An engine running in the background of the test's event loop."""
     async with http or http_client() as client:
-        eng = Engine(f.pool, client, fast_engine_config(**config), database_url=f.db_url)
+        eng = Engine(f.pool, client, fast_engine_config(**config), database_url=f.db_url,
+                     clock=clock)
         task = asyncio.create_task(eng.run())
         try:
             yield eng

@@ -38,6 +38,7 @@ from orchestrator.domain.policy import (
 )
 from orchestrator.domain.states import TaskState
 from orchestrator.domain.strategy import Strategy, parse_strategy
+from orchestrator.domain.windows import can_start_any, covering
 from orchestrator.engine import failpoints
 from orchestrator.engine.runner import (
     DB_TRANSIENT,
@@ -49,12 +50,13 @@ from orchestrator.engine.runner import (
 from orchestrator.logs import get_logger
 from orchestrator.store import rollouts as rollout_store
 from orchestrator.store import tasks as task_store
+from orchestrator.store import windows as window_store
 from orchestrator.store.rollouts import NOTIFY_CHANNEL
 from orchestrator.store.tasks import ClaimedTask
 
 log = get_logger("orchestrator.engine")
 
-ACTIVE_STATES = ("SCHEDULED", "RUNNING")
+ACTIVE_STATES = ("SCHEDULED", "RUNNING", "WAITING_WINDOW")
 
 
 def make_owner_id() -> str:
@@ -70,6 +72,7 @@ class EngineConfig:
     progress_interval: float = 2.0
     batch_delay: float = 0.05
     install_estimate: float = 60.0
+    reboot_estimate: float = 10.0
     min_poll: float = 0.5
     max_poll: float = 15.0
 
@@ -86,12 +89,15 @@ class Engine:
         owner: str | None = None,
         database_url: str | None = None,
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.pool = pool
         self.http = http
         self.config = config or EngineConfig()
         self.owner = owner or make_owner_id()
         self.database_url = database_url
+        # the wall clock of schedules, soak times and maintenance windows (tests inject one)
+        self.clock = clock or (lambda: datetime.now(UTC))
         self.runners: dict[int, TaskRunner] = {}
         self._tasks: dict[int, asyncio.Task[str]] = {}
         self._wake = asyncio.Event()
@@ -105,6 +111,7 @@ class Engine:
         self.ctx = RunnerContext(
             pool=pool, http=http, owner=self.owner, progress=ProgressBuffer(),
             install_times=InstallTimes(default=self.config.install_estimate),
+            reboot_times=InstallTimes(default=self.config.reboot_estimate),
             lease_seconds=self.config.lease_seconds, min_poll=self.config.min_poll,
             max_poll=self.config.max_poll, on_event=on_event,
         )
@@ -210,7 +217,7 @@ class Engine:
         return strategy
 
     async def _advance(self, rollout_id: int) -> list[ClaimedTask]:
-        now = datetime.now(UTC)
+        now = self.clock()
         async with self.pool.acquire() as conn, conn.transaction():
             await task_store.lock_rollout(conn, rollout_id)
             r = await conn.fetchrow(
@@ -230,7 +237,7 @@ class Engine:
                 state, current = "RUNNING", 0
             else:
                 current = int(r["current_wave"] or 0)
-            if state != "RUNNING":
+            if state not in ("RUNNING", "WAITING_WINDOW"):
                 return []
             rows = await conn.fetch(
                 """SELECT wave, state, count(*)::int AS n, max(finished_at) AS last
@@ -298,6 +305,23 @@ class Engine:
                     rollout_id, current,
                 )
                 log.info("wave_started", rollout=rollout_id, wave=current, reason=gate.reason)
+            allowed, waiting = await self._window_filter(conn, rollout_id, current, strategy, now)
+            if waiting:
+                # no targeted appliance may start now: wait for the next opening, or with
+                # at_window_end=cancel-pending give up on the never-started tasks
+                started = outcomes.executed + in_flight > 0
+                if strategy.at_window_end == "cancel-pending" and started:
+                    n = await rollout_store.cancel_pending_tasks(
+                        conn, rollout_id, "the maintenance window ended (cancel-pending)"
+                    )
+                    log.info("window_ended_pending_cancelled", rollout=rollout_id, tasks=n)
+                    self.wake()
+                    return []
+                if state != "WAITING_WINDOW" and in_flight == 0:
+                    await self._set_rollout_state(conn, rollout_id, "WAITING_WINDOW")
+                return []
+            if state == "WAITING_WINDOW":
+                await self._set_rollout_state(conn, rollout_id, "RUNNING")
             capacity = self.config.max_tasks - len(self._tasks)
             if capacity <= 0 or self._stopping.is_set():
                 return []
@@ -307,9 +331,55 @@ class Engine:
                 max_in_flight=resolve_max_concurrency(strategy.max_concurrency, targeted),
                 per_site=strategy.per_site_concurrency,
                 starts_per_minute=strategy.max_starts_per_minute, limit=capacity,
+                allowed_appliances=allowed,
             )
             self.claimed += len(claimed)
             return claimed
+
+    async def _window_filter(
+        self, conn: Any, rollout_id: int, current: int, strategy: Strategy, now: datetime
+    ) -> tuple[list[int] | None, bool]:
+        """(appliances that may start now, or None for all; whether the rollout must wait).
+
+        With windows in force, an appliance starts only while one of the windows covering
+        its site or tags is open with at least the window's cutoff left, in its own time
+        zone when the inventory gives one. Appliances no window covers are unrestricted.
+        """
+        if strategy.windows == "ignore" or not await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM maintenance_windows)"
+        ):
+            return None, False
+        specs = await window_store.all_specs(conn)
+        if not specs:
+            return None, False
+        rows = await conn.fetch(
+            """SELECT t.appliance_id, a.site, a.tags, a.timezone FROM tasks t
+               JOIN appliances a ON a.id = t.appliance_id
+               WHERE t.rollout_id = $1 AND t.state = 'PENDING' AND t.wave <= $2""",
+            rollout_id, current,
+        )
+        if not rows:
+            return None, False
+        verdicts: dict[tuple[str, tuple[str, ...], str | None], bool | None] = {}
+        allowed: list[int] = []
+        for row in rows:
+            key = (row["site"], tuple(row["tags"]), row["timezone"])
+            if key not in verdicts:
+                mine = covering(specs, key[0], key[1])
+                verdicts[key] = can_start_any(mine, now, key[2]) if mine else None
+            verdict = verdicts[key]
+            if verdict is None or verdict:
+                allowed.append(int(row["appliance_id"]))
+        if all(v is None for v in verdicts.values()):
+            return None, False  # no window covers what is left of this rollout
+        return allowed, not allowed
+
+    async def _set_rollout_state(self, conn: Any, rollout_id: int, state: str) -> None:
+        await conn.execute(
+            "UPDATE rollouts SET state = $2, updated_at = now() WHERE id = $1", rollout_id, state
+        )
+        await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, f"rollout:{rollout_id}")
+        log.info("rollout_state", rollout=rollout_id, state=state)
 
     async def _set_wave(self, conn: Any, rollout_id: int, number: int, state: str) -> None:
         finished = state in ("SUCCEEDED", "FAILED", "CANCELLED")

@@ -84,7 +84,8 @@ class ProgressBuffer:
 
 @dataclass
 class InstallTimes:
-    """Observed install durations (seconds), for the polling cadence of later tasks."""
+    """Observed durations (seconds) of installs, or of restarts, for the polling cadence of
+    later tasks."""
 
     default: float = 60.0
     samples: list[float] = field(default_factory=list)
@@ -111,6 +112,7 @@ class RunnerContext:
     progress: ProgressBuffer
     install_times: InstallTimes
     lease_seconds: float
+    reboot_times: InstallTimes = field(default_factory=lambda: InstallTimes(default=10.0))
     min_poll: float = 0.5
     max_poll: float = 15.0
     db_retry_deadline: float = 600.0
@@ -153,6 +155,8 @@ class TaskRunner:
         self.deadline = dispatched + timedelta(seconds=strategy.task_timeout)
         self.accepted_mono: float | None = None
         self.saw_outage = False
+        self.session_reset = False
+        self.outage_mono: float | None = None
         self.client: ApplianceClient | None = None
 
     # ------------------------------------------------------------------ entry point
@@ -428,19 +432,22 @@ class TaskRunner:
 
     # ------------------------------------------------------------------ monitor
     def _poll_interval(self, progress: int | None) -> float:
-        """Half the expected remaining time, bounded: few polls for long installs, a prompt
-        one near the end. The remaining time comes from the task's own progress when it
-        reports some, else from the median install time observed so far; the first look
-        comes early (within 2 s), to learn the task's pace."""
+        """When to look at the install task again: just after it is expected to end, so
+        that a long install costs a few polls and its end is seen promptly. The expected
+        end comes from the task's own progress when it reports some, else from the median
+        install time observed so far; the first look comes early (within 2 s) to learn the
+        task's pace."""
         elapsed = time.monotonic() - (self.accepted_mono or time.monotonic())
         if progress and 0 < progress < 100 and elapsed > 0:
             remaining = elapsed * (100 - progress) / progress
-            return max(self.ctx.min_poll, min(self.ctx.max_poll, remaining / 2))
-        expected = self.ctx.install_times.expected()
-        if elapsed < 0.1:
-            return max(self.ctx.min_poll, min(2.0, expected / 4))
-        remaining = max(expected - elapsed, 0.0)
-        return max(self.ctx.min_poll, min(self.ctx.max_poll, remaining / 2))
+        elif elapsed < 0.1:
+            if self.ctx.install_times.samples:  # the pace is known: look near the end
+                return max(self.ctx.min_poll,
+                           min(self.ctx.max_poll, 0.9 * self.ctx.install_times.expected()))
+            return max(self.ctx.min_poll, min(2.0, self.ctx.install_times.expected() / 4))
+        else:
+            remaining = max(self.ctx.install_times.expected() - elapsed, 0.0)
+        return max(self.ctx.min_poll, min(self.ctx.max_poll, remaining + 0.25))
 
     async def _monitor(self) -> None:
         client = self._client()
@@ -463,7 +470,17 @@ class TaskRunner:
             except ApplianceError as exc:
                 now = time.monotonic()
                 outage_since = outage_since or now
-                self.saw_outage = self.saw_outage or _signals_restart(exc)
+                if _signals_restart(exc) and not isinstance(exc, Unauthorized):
+                    first = not self.saw_outage
+                    self.saw_outage = True
+                    client.forget_session()  # the restart ends the session: log in anew
+                    if first and self.ctx.reboot_times.samples:
+                        # restarting: look again when restarts usually end
+                        self.outage_mono = now
+                        await self._pause(0.8 * self.ctx.reboot_times.expected())
+                        if await self._back_on_target(client):
+                            return
+                        continue
                 if now - outage_since > self.strategy.reboot_grace:
                     await self._finish(
                         "TIMED_OUT", "UNREACHABLE",
@@ -502,22 +519,56 @@ class TaskRunner:
             await self._to("VERIFYING", {"reason": "no install task id to follow"})
         await self._verify()
 
+    async def _back_on_target(self, client: ApplianceClient) -> bool:
+        """After a restart: when the appliance answers on the target version, go straight to
+        verification (the install task is gone with the restart anyway)."""
+        try:
+            info = await self._bounded(client.get_appliance(retries=0))
+        except ApplianceError:
+            return False
+        if info.appliance_version != self.version:
+            return False  # still installing (a service restart), or a silent failure
+        if self.outage_mono is not None:
+            self.ctx.reboot_times.add(time.monotonic() - self.outage_mono)
+        self.session_reset = True
+        await self._to("VERIFYING", {"reason": "back up on the target version"}, progress=100)
+        await self._verify(known=info)
+        return True
+
     def _outage_poll(self, outage_for: float) -> float:
-        # frequent at first (reboots are often short), then back off to spare the appliance
-        return max(self.ctx.min_poll, min(5.0, 0.5 + outage_for / 10))
+        """Between looks at a restarting appliance: an eighth of the usual restart time
+        observed so far, growing with the outage, at most 5 s."""
+        base = self.ctx.reboot_times.expected() / 8
+        return max(self.ctx.min_poll, min(5.0, base + outage_for / 20))
 
     # ------------------------------------------------------------------ verify
-    async def _verify(self) -> None:
+    async def _verify(self, known: ApplianceInfo | None = None) -> None:
         """Prove the outcome from the version the appliance reports."""
         client = self._client()
+        if known is not None:
+            # the version was just read: only the services and reconfigure remain
+            try:
+                running = await self._bounded(self._services(client))
+                if not missing_services(self.strategy.verify_services, running):
+                    await self._succeed(client, known)
+                    return
+            except ApplianceError:
+                pass
         outage_since: float | None = None
         old_since: float | None = None
         target_since: float | None = None
+        verify_started = time.monotonic()
+        if self.saw_outage and self.ctx.reboot_times.samples:
+            # it is restarting: look again when restarts usually end, not before
+            await self._pause(0.7 * self.ctx.reboot_times.expected())
         while True:
             await self._check_timeout("verifying")
             if self.state == "TIMED_OUT":
                 return
             now = time.monotonic()
+            if self.saw_outage and not self.session_reset:
+                client.forget_session()  # a restart ends sessions: log in, skip the 401
+                self.session_reset = True
             try:
                 info = await self._bounded(client.get_appliance(retries=0))
                 running = await self._bounded(self._services(client))
@@ -533,6 +584,8 @@ class TaskRunner:
                     return
                 await self._pause(self._outage_poll(now - outage_since))
                 continue
+            if outage_since is not None and self.saw_outage:
+                self.ctx.reboot_times.add(now - (self.outage_mono or verify_started))
             outage_since = None
             missing = missing_services(self.strategy.verify_services, running)
             if info.appliance_version == self.version:

@@ -45,6 +45,13 @@ async def connect(url: str) -> asyncpg.Connection:
     return conn
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Release a connection to the pool without asyncpg's default reset round trip
+    (advisory unlock, CLOSE ALL, UNLISTEN, RESET ALL): pooled connections take only
+    transaction-scoped advisory locks, LISTEN on a dedicated connection, and never change
+    session settings, so there is nothing to reset."""
+
+
 @contextlib.asynccontextmanager
 async def create_pool(
     url: str, settings: Settings | None = None, **overrides: Any
@@ -57,7 +64,7 @@ async def create_pool(
             "command_timeout": settings.db_command_timeout,
         }
     opts.update(overrides)
-    pool = await asyncpg.create_pool(url, init=_init_connection, **opts)
+    pool = await asyncpg.create_pool(url, init=_init_connection, reset=_keep_session, **opts)
     try:
         yield pool
     finally:

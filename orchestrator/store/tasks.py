@@ -81,6 +81,7 @@ ranked AS (
     FROM tasks t LEFT JOIN inflight f ON f.site = t.site
     WHERE t.rollout_id = $1 AND t.state = 'PENDING' AND t.wave <= $2
       AND (t.not_before IS NULL OR t.not_before <= now())
+      AND ($9::bigint[] IS NULL OR t.appliance_id = ANY($9::bigint[]))
 ),
 eligible AS (
     SELECT id FROM ranked
@@ -127,8 +128,10 @@ async def claim_tasks(
     per_site: int | None,
     starts_per_minute: int | None,
     limit: int,
+    allowed_appliances: Sequence[int] | None = None,
 ) -> list[ClaimedTask]:
-    """PENDING -> DISPATCHING for as many tasks as the limits allow (and at most `limit`).
+    """PENDING -> DISPATCHING for as many tasks as the limits allow (and at most `limit`),
+    among `allowed_appliances` when given (those whose maintenance window is open).
 
     Call inside a transaction that holds the rollout's advisory lock (`lock_rollout`): the
     in-flight counts it reads then cannot change underneath it, so several engine
@@ -137,6 +140,7 @@ async def claim_tasks(
     rows = await conn.fetch(
         CLAIM, rollout_id, current_wave, per_site, max_in_flight, limit, starts_per_minute,
         owner, lease_seconds,
+        list(allowed_appliances) if allowed_appliances is not None else None,
     )
     return [_claimed(r, reclaimed=False) for r in rows]
 

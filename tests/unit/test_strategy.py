@@ -174,9 +174,9 @@ def test_everything_set() -> None:
 
 def test_window_modes_are_validated() -> None:
     assert parse_strategy({"windows": "required"}).windows == "required"
-    with pytest.raises(StrategyError, match="strategy.windows"):
+    with pytest.raises(StrategyError, match=r"strategy\.windows"):
         parse_strategy({"windows": "sometimes"})
-    with pytest.raises(StrategyError, match="strategy.at_window_end"):
+    with pytest.raises(StrategyError, match=r"strategy\.at_window_end"):
         parse_strategy({"at_window_end": "panic"})
 
 
