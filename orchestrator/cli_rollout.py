@@ -9,7 +9,7 @@ import json
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from orchestrator.engine.engine import Engine, EngineConfig
 from orchestrator.settings import Settings
 from orchestrator.store import rollouts as rollout_store
 from orchestrator.store.audit import Actor
+from orchestrator.store.forecast import rollout_forecast
 
 TERMINAL_ROLLOUT = ("SUCCEEDED", "FAILED", "CANCELLED")
 TASK_STATES = ("PENDING", "DISPATCHING", "INSTALLING", "VERIFYING", "SUCCEEDED", "FAILED",
@@ -191,10 +192,15 @@ def cmd_rollout(settings: Settings, args: argparse.Namespace,
                 return await watch(pool, args.id)
             rollout = await rollout_store.get_rollout(pool, args.id)
             counts = await rollout_store.rollout_counts(pool, args.id)
+            forecast = await rollout_forecast(pool, args.id, datetime.now(UTC),
+                                              settings.eta_task_seconds)
             if args.json:
-                print(json.dumps({**rollout.to_dict(), "counts": counts.to_dict()}, indent=2))
+                print(json.dumps({**rollout.to_dict(), "counts": counts.to_dict(),
+                                  "forecast": forecast.to_dict()}, indent=2))
             else:
                 print(rollout_summary(rollout, counts))
+                if rollout.state not in TERMINAL_ROLLOUT and forecast.eta:
+                    print(f"  eta: {forecast.eta:%Y-%m-%d %H:%M:%S} UTC ({forecast.basis})")
             return 0
         if action == "list":
             items = await rollout_store.list_rollouts(

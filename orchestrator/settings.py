@@ -64,6 +64,7 @@ class Settings(BaseModel):
     engine_lease_seconds: float = Field(default=30.0, ge=2, le=3600)
     engine_poll_interval: float = Field(default=2.0, gt=0, le=300)
     engine_shutdown_deadline: float = Field(default=20.0, ge=0, le=3600)
+    eta_task_seconds: float = Field(default=900.0, gt=0, le=86_400)
     engine_max_tasks: int = Field(default=2000, ge=1, le=100_000)
 
     # --- REST API -------------------------------------------------------------------

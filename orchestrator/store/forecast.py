@@ -1,0 +1,100 @@
+"""The forecast of a rollout's completion (ETA), from what the database knows now.
+
+The plan that is left (never-started tasks per wave, in plan order), the installs in
+flight, the median time a task took from dispatch to its outcome in this rollout (or
+`estimate_seconds` before the first one finished), the concurrency limits and the
+maintenance windows go into `domain.eta.forecast_completion`. Recomputed on every call,
+so it follows the rollout as it runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from orchestrator.domain.eta import ApplianceSlot, InFlight, forecast_completion
+from orchestrator.domain.planning import resolve_max_concurrency
+from orchestrator.domain.strategy import parse_strategy
+from orchestrator.domain.windows import WindowError, WindowSpec, covering
+from orchestrator.store import windows as window_store
+from orchestrator.store.db import DB
+
+TERMINAL_ROLLOUT = ("SUCCEEDED", "FAILED", "CANCELLED")
+
+
+@dataclass(frozen=True)
+class Forecast:
+    eta: datetime | None
+    task_seconds: float
+    observed: int
+    basis: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"eta": self.eta.isoformat() if self.eta else None,
+                "task_seconds": round(self.task_seconds, 1), "observed_tasks": self.observed,
+                "basis": self.basis}
+
+
+async def rollout_forecast(
+    conn: DB, rollout_id: int, now: datetime, estimate_seconds: float
+) -> Forecast:
+    r = await conn.fetchrow(
+        "SELECT state, strategy, current_wave, finished_at FROM rollouts WHERE id = $1",
+        rollout_id,
+    )
+    if r is None:
+        return Forecast(None, estimate_seconds, 0, "no such rollout")
+    if r["state"] in TERMINAL_ROLLOUT:
+        return Forecast(r["finished_at"], estimate_seconds, 0, f"rollout {r['state']}")
+    strategy = parse_strategy(r["strategy"])
+    stats = await conn.fetchrow(
+        """SELECT percentile_cont(0.5) WITHIN GROUP (
+                      ORDER BY extract(epoch FROM finished_at - dispatched_at)) AS median,
+                  count(*) AS n
+           FROM tasks WHERE rollout_id = $1 AND state = 'SUCCEEDED'
+             AND dispatched_at IS NOT NULL""",
+        rollout_id,
+    )
+    observed = int(stats["n"]) if stats else 0
+    median = stats["median"] if stats else None
+    seconds = float(median) if observed and median is not None else estimate_seconds
+    rows = await conn.fetch(
+        """SELECT t.wave, t.state, t.site, t.dispatched_at, a.tags, a.timezone
+           FROM tasks t JOIN appliances a ON a.id = t.appliance_id
+           WHERE t.rollout_id = $1
+             AND t.state IN ('PENDING', 'DISPATCHING', 'INSTALLING', 'VERIFYING')
+           ORDER BY t.wave, t.position""",
+        rollout_id,
+    )
+    if not rows:
+        return Forecast(now, seconds, observed, "nothing left to run")
+    targeted = int(await conn.fetchval(
+        "SELECT count(*) FROM tasks WHERE rollout_id = $1", rollout_id))
+    waves: dict[int, list[ApplianceSlot]] = {}
+    in_flight: list[InFlight] = []
+    for row in rows:
+        if row["state"] == "PENDING":
+            waves.setdefault(row["wave"], []).append(
+                ApplianceSlot(row["site"], tuple(row["tags"]), row["timezone"]))
+        else:
+            started = row["dispatched_at"] or now
+            in_flight.append(InFlight(row["site"], started + timedelta(seconds=seconds)))
+    specs: list[WindowSpec] = []
+    if strategy.windows != "ignore":
+        specs = await window_store.all_specs(conn)
+
+    def windows_for(slot: ApplianceSlot) -> tuple[list[WindowSpec], str | None]:
+        return covering(specs, slot.site, slot.tags), slot.timezone
+
+    try:
+        eta = forecast_completion(
+            now, [waves[w] for w in sorted(waves)] or [[]], seconds,
+            resolve_max_concurrency(strategy.max_concurrency, targeted),
+            strategy.per_site_concurrency, in_flight, windows_for if specs else None,
+        )
+    except WindowError as exc:
+        return Forecast(None, seconds, observed, f"no forecast: {exc}")
+    basis = (f"median of {observed} finished task(s)" if observed
+             else "the configured estimate (no task finished yet)")
+    return Forecast(eta, seconds, observed, basis)
