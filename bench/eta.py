@@ -28,6 +28,7 @@ import asyncpg
 from orchestrator.appliance import ApplianceHttp
 from orchestrator.engine.engine import Engine, EngineConfig
 from orchestrator.inventory import read_inventory
+from orchestrator.logs import configure_logging
 from orchestrator.simulator import SimulatorConfig, run_simulator
 from orchestrator.store import appliances as appliance_store
 from orchestrator.store import migrations
@@ -136,6 +137,7 @@ def main() -> int:
     parser.add_argument("--at", type=float, default=0.25, help="fraction done at forecast")
     parser.add_argument("--timeout", type=float, default=900)
     opts = parser.parse_args()
+    configure_logging("json", "warning")
     server = os.environ.get("ORCHESTRATOR_DATABASE_URL") or os.environ.get("TEST_DATABASE_URL")
     data_dir = Path(tempfile.mkdtemp(prefix="orch-eta-pg-"))
     embedded = None
