@@ -1,10 +1,12 @@
 """The forecast of a rollout's completion (ETA), from what the database knows now.
 
 The plan that is left (never-started tasks per wave, in plan order), the installs in
-flight, the median time a task took from dispatch to its outcome in this rollout (or
-`estimate_seconds` before the first one finished), the concurrency limits and the
-maintenance windows go into `domain.eta.forecast_completion`. Recomputed on every call,
-so it follows the rollout as it runs.
+flight, the time a task holds a slot in this rollout, the concurrency limits and the
+maintenance windows go into `domain.eta.forecast_completion`. The slot time is the median
+time from dispatch to outcome of the finished tasks, or, once 20 have finished and when it
+is larger, concurrency x the time the rollout could dispatch / tasks finished (which counts
+the gaps between one task and the next); `estimate_seconds` before any task finished.
+Recomputed on every call, so it follows the rollout as it runs.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 from orchestrator.domain.eta import ApplianceSlot, InFlight, forecast_completion
 from orchestrator.domain.planning import resolve_max_concurrency
 from orchestrator.domain.strategy import parse_strategy
-from orchestrator.domain.windows import WindowError, WindowSpec, covering
+from orchestrator.domain.windows import WindowError, WindowSpec, covering, openings
 from orchestrator.store import windows as window_store
 from orchestrator.store.db import DB
 
@@ -40,7 +42,8 @@ async def rollout_forecast(
     conn: DB, rollout_id: int, now: datetime, estimate_seconds: float
 ) -> Forecast:
     r = await conn.fetchrow(
-        "SELECT state, strategy, current_wave, finished_at FROM rollouts WHERE id = $1",
+        """SELECT state, strategy, current_wave, started_at, finished_at
+           FROM rollouts WHERE id = $1""",
         rollout_id,
     )
     if r is None:
@@ -87,14 +90,50 @@ async def rollout_forecast(
     def windows_for(slot: ApplianceSlot) -> tuple[list[WindowSpec], str | None]:
         return covering(specs, slot.site, slot.tags), slot.timezone
 
+    concurrency = resolve_max_concurrency(strategy.max_concurrency, targeted)
+    slot_seconds = await _observed_slot_seconds(
+        conn, rollout_id, r["started_at"], now, concurrency, specs, observed
+    )
+    if slot_seconds is not None and slot_seconds > seconds:
+        seconds = slot_seconds
     try:
         eta = forecast_completion(
             now, [waves[w] for w in sorted(waves)] or [[]], seconds,
-            resolve_max_concurrency(strategy.max_concurrency, targeted),
-            strategy.per_site_concurrency, in_flight, windows_for if specs else None,
+            concurrency, strategy.per_site_concurrency, in_flight, windows_for if specs else None,
         )
     except WindowError as exc:
         return Forecast(None, seconds, observed, f"no forecast: {exc}")
-    basis = (f"median of {observed} finished task(s)" if observed
+    basis = (f"{seconds:.1f} s per task from {observed} finished task(s)" if observed
              else "the configured estimate (no task finished yet)")
     return Forecast(eta, seconds, observed, basis)
+
+
+async def _observed_slot_seconds(
+    conn: DB, rollout_id: int, started_at: datetime | None, now: datetime, concurrency: int,
+    specs: list[WindowSpec], observed: int,
+) -> float | None:
+    """How long a slot stayed taken per finished task, gaps between tasks included:
+    concurrency x the time the rollout could dispatch (its windows open) / tasks finished.
+    None until enough tasks finished for it to mean something."""
+    if started_at is None or observed < 20:
+        return None
+    if specs:
+        intervals = sorted(
+            (max(opens, started_at), min(closes, now))
+            for spec in specs for opens, closes in openings(spec, started_at, now)
+        )
+        active = 0.0
+        end = started_at
+        for opens, closes in intervals:
+            opens = max(opens, end)
+            if closes > opens:
+                active += (closes - opens).total_seconds()
+                end = closes
+    else:
+        active = (now - started_at).total_seconds()
+    finished = await conn.fetchval(
+        """SELECT count(*) FROM tasks WHERE rollout_id = $1
+           AND state IN ('SUCCEEDED', 'FAILED', 'TIMED_OUT')""", rollout_id)
+    if not finished or active <= 0:
+        return None
+    return concurrency * active / int(finished)
