@@ -174,7 +174,7 @@ async def run_demo(settings: Settings, args: argparse.Namespace, server_url: str
         appliances=args.appliances, sites=args.sites, seed=args.seed,
         install_seconds=args.install_seconds, install_jitter=0.3,
         reboot_seconds=args.reboot_seconds, services_starting_seconds=0.5,
-        profile=profile,
+        profile=profile, duplicate_install="accept",  # count, do not refuse, a 2nd install
     )
     strategy = demo_strategy(args)
     async with (

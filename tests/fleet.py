@@ -27,6 +27,8 @@ TARGET = "9.0.1-20020"
 FAST = {
     "install_seconds": 0.3, "install_jitter": 0.2, "reboot_seconds": 0.3,
     "services_starting_seconds": 0.2, "queued_seconds": 0.05,
+    # appliances accept a second install and the simulator counts it as a duplicate
+    "duplicate_install": "accept",
 }
 FAST_STRATEGY: dict[str, Any] = {
     "waves": ["100%"], "max_concurrency": 50, "reboot_grace": 5, "task_timeout": 20,

@@ -144,6 +144,9 @@ class Engine:
                     log.warning("database_unavailable", error=type(exc).__name__,
                                 retry_in=self.config.poll_interval)
                     active = True
+                except Exception as exc:  # the engine outlives any one bad tick
+                    log.error("tick_failed", error=repr(exc), retry_in=self.config.poll_interval)
+                    active = True
                 if until_idle and not active and not self._tasks:
                     break
                 with contextlib.suppress(TimeoutError):
@@ -190,7 +193,7 @@ class Engine:
             async with self.pool.acquire() as conn:
                 stale = await task_store.reclaim_expired(
                     conn, owner=self.owner, lease_seconds=self.config.lease_seconds,
-                    limit=capacity,
+                    limit=capacity, running=list(self.runners),
                 )
             stale = [t for t in stale if t.id not in self.runners]  # never run a task twice
             if stale:

@@ -55,6 +55,7 @@ DB_TRANSIENT = (
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
     asyncpg.exceptions.OperatorInterventionError,  # shutdown, starting up, cancelled
+    asyncpg.exceptions._base.InternalClientError,  # a connection left mid-protocol by a drop
     asyncio.TimeoutError,
 )
 
@@ -193,25 +194,28 @@ class TaskRunner:
             return self.state
 
     # ------------------------------------------------------------------ transitions
-    async def _to(self, to_state: str, detail: dict[str, Any] | None = None, **fields: Any) -> None:
-        """One guarded transition; waits out a database outage (state is kept in memory)."""
+    async def _db(self, what: str, call: Callable[[Any], Awaitable[_T]]) -> _T:
+        """Run `call(conn)`, waiting out a database outage (state is kept in memory)."""
         delay = 0.2
         started = time.monotonic()
         while True:
             try:
                 async with self.ctx.pool.acquire() as conn:
-                    ok = await task_store.transition(
-                        conn, task_id=self.task.id, owner=self.ctx.owner,
-                        from_state=self.state, to_state=to_state, detail=detail, **fields,
-                    )
-                break
+                    return await call(conn)
             except DB_TRANSIENT as exc:
                 if time.monotonic() - started > self.ctx.db_retry_deadline:
                     raise TaskLost() from exc
                 log.warning("database_unavailable", retry_in=round(delay, 2),
-                            error=type(exc).__name__, pending_transition=to_state)
+                            error=type(exc).__name__, pending=what)
                 await self.ctx.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    async def _to(self, to_state: str, detail: dict[str, Any] | None = None, **fields: Any) -> None:
+        """One guarded transition; waits out a database outage (state is kept in memory)."""
+        ok = await self._db(to_state, lambda conn: task_store.transition(
+            conn, task_id=self.task.id, owner=self.ctx.owner,
+            from_state=self.state, to_state=to_state, detail=detail, **fields,
+        ))
         if not ok:
             raise TaskLost()
         log.info("task_transition", from_state=self.state, to_state=to_state,
@@ -302,10 +306,9 @@ class TaskRunner:
     async def _record_from_version(self) -> None:
         """Write the version seen before the install, before sending it: reconciliation
         after a crash tells "we installed it" from "it was there already" by it."""
-        async with self.ctx.pool.acquire() as conn:
-            await task_store.set_from_version(
-                conn, task_id=self.task.id, owner=self.ctx.owner, version=self.from_version
-            )
+        await self._db("from_version", lambda conn: task_store.set_from_version(
+            conn, task_id=self.task.id, owner=self.ctx.owner, version=self.from_version
+        ))
 
     async def _install(self, client: ApplianceClient) -> None:
         self.critical = True

@@ -154,7 +154,7 @@ RECLAIM = f"""
 WITH stale AS (
     SELECT id, lease_owner FROM tasks
     WHERE state IN ('DISPATCHING', 'INSTALLING', 'VERIFYING') AND lease_expires_at < now()
-      AND lease_owner <> $1  -- our own lapsed leases are renewed, not reclaimed
+      AND NOT (id = ANY($4::bigint[]))  -- tasks this worker is driving right now
     ORDER BY lease_expires_at
     LIMIT $3
     FOR UPDATE SKIP LOCKED
@@ -178,10 +178,12 @@ FROM c JOIN appliances a ON a.id = c.appliance_id JOIN rollouts r ON r.id = c.ro
 
 
 async def reclaim_expired(
-    conn: DB, *, owner: str, lease_seconds: float, limit: int
+    conn: DB, *, owner: str, lease_seconds: float, limit: int, running: Sequence[int] = ()
 ) -> list[ClaimedTask]:
-    """Take over in-flight tasks whose owner stopped renewing their lease."""
-    rows = await conn.fetch(RECLAIM, owner, lease_seconds, limit)
+    """Take over in-flight tasks whose owner stopped renewing their lease (a dead process,
+    or a runner of this one that crashed); `running`: the tasks this worker still drives,
+    whose lease lapsed only because the database was away (renewed, not reclaimed)."""
+    rows = await conn.fetch(RECLAIM, owner, lease_seconds, limit, list(running))
     return [_claimed(r, reclaimed=True) for r in rows]
 
 

@@ -56,7 +56,8 @@ async def test_three_replicas_limits_hold_and_survivors_finish_a_killed_ones_tas
     db_url: str, tmp_path: Path
 ) -> None:
     config = SimulatorConfig(appliances=200, sites=4, install_seconds=1.0, install_jitter=0.3,
-                             reboot_seconds=0.4, services_starting_seconds=0.1)
+                             reboot_seconds=0.4, services_starting_seconds=0.1,
+                             duplicate_install="accept")
     async with run_simulator(config, host="127.0.0.1", port=0) as sim:
         inventory = tmp_path / "fleet.csv"
         sim.write_inventory(inventory)

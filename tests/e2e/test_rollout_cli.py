@@ -33,7 +33,8 @@ def engine_process(db_url: str, *extra: str) -> subprocess.Popen[str]:
 
 async def test_plan_create_start_show_and_refusals(db_url: str, tmp_path: Path) -> None:
     config = SimulatorConfig(appliances=12, sites=3, install_seconds=0.3, reboot_seconds=0.2,
-                             services_starting_seconds=0.1)
+                             services_starting_seconds=0.1,
+                             duplicate_install="accept")
     async with run_simulator(config, host="127.0.0.1", port=0) as sim:
         inventory = tmp_path / "fleet.csv"
         sim.write_inventory(inventory)
@@ -93,7 +94,8 @@ async def test_two_engine_processes_share_one_rollout(db_url: str, tmp_path: Pat
     """300 appliances, two `orchestrator run` processes: limits hold across both, nothing
     is installed twice (simulator ground truth), and both processes took part."""
     config = SimulatorConfig(appliances=300, sites=5, install_seconds=0.6, install_jitter=0.3,
-                             reboot_seconds=0.3, services_starting_seconds=0.1)
+                             reboot_seconds=0.3, services_starting_seconds=0.1,
+                             duplicate_install="accept")
     async with run_simulator(config, host="127.0.0.1", port=0) as sim:
         inventory = tmp_path / "fleet.csv"
         sim.write_inventory(inventory)
