@@ -20,7 +20,12 @@ lint: install
 	$(BIN)/ruff check orchestrator tests bench
 	$(BIN)/mypy orchestrator
 
+# The HTML report test opens a report in headless Chromium: installed here when missing and
+# we may (root with apt-get); otherwise that one test is skipped and says why.
 test: lint
+	-@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+		&& (apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 \
+		&& apt-get install -y -q chromium >/dev/null 2>&1)) || echo "chromium not installed: the HTML report browser test will be skipped"; }
 	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 unit: install

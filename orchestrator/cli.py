@@ -23,6 +23,7 @@ from orchestrator.domain.strategy import StrategyError
 from orchestrator.domain.windows import WindowError
 from orchestrator.inventory import InventoryError, read_inventory
 from orchestrator.logs import configure_logging
+from orchestrator.reports import cli as report_cli
 from orchestrator.settings import Settings, SettingsError, load_settings
 from orchestrator.simulator import cli as simulator_cli
 from orchestrator.store import appliances as appliance_store
@@ -252,6 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.choices["windows"].set_defaults(
         func=lambda s, a: cli_windows.cmd_windows(s, a, run_with_database, cli_rollout.cli_actor())
     )
+
+    report = sub.add_parser("report", help="a rollout's report: JSON, CSV or HTML")
+    report_cli.add_arguments(report)
+    report.set_defaults(func=lambda s, a: report_cli.cmd_report(s, a, run_with_database))
 
     run = sub.add_parser("run", help="run the rollout engine until SIGTERM")
     run.add_argument("--until-idle", action="store_true",

@@ -28,6 +28,7 @@ from orchestrator.appliance import ApplianceHttp
 from orchestrator.engine.engine import Engine, EngineConfig
 from orchestrator.inventory import read_inventory
 from orchestrator.logs import configure_logging
+from orchestrator.reports import write_reports
 from orchestrator.settings import Settings
 from orchestrator.simulator import FaultProfile, SimulatorConfig, run_simulator
 from orchestrator.store import appliances as appliance_store
@@ -66,6 +67,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "--reboot-grace: those tasks end TIMED_OUT)")
     p.add_argument("--database-name", default=DEMO_DATABASE,
                    help="the database the demo recreates on the server (default %(default)s)")
+    p.add_argument("--report-dir", metavar="DIR", default="reports",
+                   help="where the rollout's reports (JSON, CSV, HTML) are written "
+                        "(default %(default)s)")
     p.add_argument("--json", action="store_true",
                    help="print only the summary, as one JSON object")
 
@@ -249,6 +253,9 @@ async def run_demo(settings: Settings, args: argparse.Namespace, server_url: str
         }
         if mismatches:
             result["mismatched"] = mismatches[:20]
+        if args.report_dir:
+            paths = await write_reports(pool, rollout.id, Path(args.report_dir))
+            result["reports"] = {fmt: str(path.resolve()) for fmt, path in paths.items()}
     if args.json:
         print(json.dumps(result))
     else:
@@ -273,6 +280,8 @@ def print_summary(r: dict[str, Any]) -> None:
         f"{r['duplicate_installs']} duplicates, {r['truth_mismatches']} outcomes that "
         "disagree with the appliances",
     ]
+    for fmt, path in r.get("reports", {}).items():
+        lines.append(f"  report ({fmt}):".ljust(20) + path)
     print("\n".join(lines))
 
 
