@@ -19,11 +19,10 @@ import shutil
 import sys
 import tempfile
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-import asyncpg
+from benchdb import temporary_database
 
 from orchestrator.appliance import ApplianceHttp
 from orchestrator.engine.engine import Engine, EngineConfig
@@ -36,7 +35,6 @@ from orchestrator.store import rollouts as rollout_store
 from orchestrator.store import windows as window_store
 from orchestrator.store.audit import Actor
 from orchestrator.store.db import connect, create_pool
-from orchestrator.store.embedded import EmbeddedPostgres
 from orchestrator.store.forecast import rollout_forecast
 
 ACTOR = Actor(name="bench", via="cli")
@@ -138,32 +136,9 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=900)
     opts = parser.parse_args()
     configure_logging("json", "warning")
-    server = os.environ.get("ORCHESTRATOR_DATABASE_URL") or os.environ.get("TEST_DATABASE_URL")
-    data_dir = Path(tempfile.mkdtemp(prefix="orch-eta-pg-"))
-    embedded = None
-    if not server:
-        embedded = EmbeddedPostgres(data_dir, announce=lambda _m: None)
-        server = embedded.start()
-    name = f"eta_{uuid.uuid4().hex[:8]}"
-
-    async def admin(sql: str) -> None:
-        c = await asyncpg.connect(server)
-        try:
-            await c.execute(sql)
-        finally:
-            await c.close()
-
-    try:
-        asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-        base, _, _ = server.rpartition("/")
-        print(json.dumps(asyncio.run(run(opts, f"{base}/{name}"))))
-        return 0
-    finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        if embedded:
-            embedded.release()
-        shutil.rmtree(data_dir, ignore_errors=True)
-
+    with temporary_database("eta") as url:
+        print(json.dumps(asyncio.run(run(opts, url))))
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -25,22 +25,19 @@ import asyncio
 import json
 import os
 import platform
-import shutil
 import statistics
 import sys
-import tempfile
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import asyncpg
+from benchdb import temporary_database
 
 from orchestrator.logs import configure_logging
 from orchestrator.reports import render, write_reports
 from orchestrator.store import migrations
 from orchestrator.store.db import connect, create_pool
-from orchestrator.store.embedded import EmbeddedPostgres
 
 GOAL_SECONDS = 3.0
 
@@ -323,32 +320,9 @@ def main() -> int:
     if opts.appliances < 100:
         parser.error("--appliances: at least 100")
     configure_logging("json", "warning")
-    server = _external()
-    data_dir = Path(tempfile.mkdtemp(prefix="orch-report-pg-"))
-    embedded = None
-    if not server:
-        embedded = EmbeddedPostgres(data_dir, announce=lambda _m: None)
-        server = embedded.start()
-    name = f"report_{uuid.uuid4().hex[:8]}"
-
-    async def admin(sql: str) -> None:
-        c = await asyncpg.connect(server)
-        try:
-            await c.execute(sql)
-        finally:
-            await c.close()
-
-    try:
-        asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-        base, _, _ = server.rpartition("/")
-        print(json.dumps(asyncio.run(run(opts, f"{base}/{name}"))))
-        return 0
-    finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        if embedded:
-            embedded.release()
-        shutil.rmtree(data_dir, ignore_errors=True)
-
+    with temporary_database("report") as url:
+        print(json.dumps(asyncio.run(run(opts, url))))
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main())
