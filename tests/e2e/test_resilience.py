@@ -79,8 +79,19 @@ async def test_three_replicas_limits_hold_and_survivors_finish_a_killed_ones_tas
                              stderr=subprocess.PIPE, text=True)
             for _ in range(3)
         ]
-        while sim.stats()["installs_accepted"] < 60:
-            await asyncio.sleep(0.05)
+        victim = f":{engines[0].pid}:"
+        conn = await asyncpg.connect(db_url)
+        try:
+            # kill the first replica while it drives installs of its own
+            deadline = time.monotonic() + 120
+            while not (sim.stats()["installs_accepted"] >= 40 and await conn.fetchval(
+                """SELECT count(*) FROM tasks WHERE position($1 in lease_owner) > 0
+                   AND state IN ('INSTALLING', 'VERIFYING')""", victim,
+            )):
+                assert time.monotonic() < deadline, "the first replica never took a task"
+                await asyncio.sleep(0.05)
+        finally:
+            await conn.close()
         engines[0].send_signal(signal.SIGKILL)
         deadline = time.monotonic() + 180
         while any(p.poll() is None for p in engines[1:]):
