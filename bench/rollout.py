@@ -1,0 +1,452 @@
+"""Rollout benchmark: a whole rollout of a large simulated fleet, end to end.
+
+PostgreSQL, the simulator and the orchestrator run as separate processes:
+
+- PostgreSQL: a fresh database on ORCHESTRATOR_DATABASE_URL (or TEST_DATABASE_URL) when set,
+  dropped at the end; else an embedded server in a temporary data directory, with
+  pg_stat_statements loaded;
+- the simulator: `python -m orchestrator.simulator` without faults;
+- the orchestrator: `orchestrator appliances import`, `orchestrator rollout create --start`
+  (waves 1%, 10%, 100%; max_concurrency = --concurrency), then `orchestrator run --until-idle`
+  as the engine process that is measured.
+
+    .venv/bin/python bench/rollout.py                                  # 10,000 appliances
+    .venv/bin/python bench/rollout.py --appliances 2000 --concurrency 200   # quick
+    .venv/bin/python bench/rollout.py --profile-out /tmp/engine.speedscope.json
+
+Prints one JSON object; docs/benchmarks.md explains each field. Goals: efficiency >= 0.95,
+cpu_ms_per_appliance <= 2, peak_rss_mb <= 300, duplicate_installs 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import math
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (
+    BIN,
+    ROOT,
+    TARGET_VERSION,
+    ChildResult,
+    Processes,
+    ProcSampler,
+    StatementCounter,
+    cli,
+    create_rollout,
+    database,
+    fetch,
+    git_state,
+    machine,
+    orchestrator_env,
+    proc_children,
+    remove,
+    rollout_outcome,
+    start_simulator,
+    temp_dir,
+    wait_child,
+)
+
+UVLOOP_ENGINE = (
+    "import asyncio, sys, uvloop; asyncio.set_event_loop_policy(uvloop.EventLoopPolicy()); "
+    "from orchestrator.cli import main; sys.exit(main(['run', '--until-idle']))"
+)
+GOALS = {"efficiency": 0.95, "cpu_ms_per_appliance": 2.0, "peak_rss_mb": 300.0,
+         "duplicate_installs": 0}
+
+
+def ideal_seconds(sizes: list[int], concurrency: int, slot_s: float) -> float:
+    """Sum over waves of ceil(wave size / concurrency) x (install + reboot)."""
+    return sum(math.ceil(n / concurrency) for n in sizes) * slot_s
+
+
+def jitter_ideal_seconds(sizes: list[int], concurrency: int, opts: argparse.Namespace,
+                         runs: int = 20) -> float:
+    """The makespan of an engine with no overhead at all on the simulated fleet: each
+    install lasts install x (1 +- jitter) (uniform, as the simulator draws it), plus the
+    queued, reboot and services-starting times; a sliding window of `concurrency` slots
+    per wave, each wave after the previous one. Mean of `runs` draws. With jitter the
+    slots drift apart, so the last wave ends about half a task after total work /
+    concurrency, later than the ceil() rounds of `ideal_s` assume."""
+    rng = random.Random(1)
+    fixed = 0.1 + opts.reboot_seconds + opts.services_starting_seconds
+    total = 0.0
+    for _ in range(runs):
+        t = 0.0
+        for size in sizes:
+            slots = [t] * min(concurrency, size)
+            heapq.heapify(slots)
+            end = t
+            for _ in range(size):
+                start = heapq.heappop(slots)
+                finish = start + fixed + opts.install_seconds * (
+                    1 + rng.uniform(-opts.install_jitter, opts.install_jitter))
+                end = max(end, finish)
+                heapq.heappush(slots, finish)
+            t = end
+        total += t
+    return total / runs
+
+
+def task_timing(db_url: str, rollout_id: int, concurrency: int,
+                expected_hold: float) -> dict[str, Any]:
+    """Where a task's time goes, from the database (seconds, means over the tasks):
+    claim -> install accepted -> VERIFYING -> outcome, the slot hold time against what the
+    simulated appliance needs, and how long a freed slot stays empty before the next claim
+    (k-th dispatch after the first `concurrency` of a wave vs the (k - concurrency)-th end),
+    plus the reasons the engine gave for moving to VERIFYING."""
+    rows = fetch(db_url, """
+        SELECT t.wave, extract(epoch FROM t.dispatched_at) AS d,
+               extract(epoch FROM t.accepted_at) AS a,
+               extract(epoch FROM t.finished_at) AS f,
+               (SELECT extract(epoch FROM e.at) FROM task_events e
+                 WHERE e.task_id = t.id AND e.to_state = 'VERIFYING' ORDER BY e.id DESC
+                 LIMIT 1) AS v
+        FROM tasks t WHERE t.rollout_id = $1 AND t.state = 'SUCCEEDED'""", rollout_id)
+    reasons = {r["reason"]: int(r["n"]) for r in fetch(db_url, """
+        SELECT detail->>'reason' AS reason, count(*) AS n FROM task_events
+        WHERE rollout_id = $1 AND to_state = 'VERIFYING' GROUP BY 1""", rollout_id)}
+    if not rows:
+        return {}
+
+    def mean(values: list[float]) -> float | None:
+        return round(statistics.fmean(values), 3) if values else None
+
+    def pct(values: list[float], q: float) -> float | None:
+        if not values:
+            return None
+        ordered = sorted(values)
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
+
+    hold = [float(r["f"] - r["d"]) for r in rows]
+    accept = [float(r["a"] - r["d"]) for r in rows if r["a"] is not None]
+    to_verify = [float(r["v"] - r["a"]) for r in rows if r["a"] is not None and r["v"]]
+    verify = [float(r["f"] - r["v"]) for r in rows if r["v"] is not None]
+    refill: list[float] = []
+    for wave in sorted({r["wave"] for r in rows}):
+        mine = [r for r in rows if r["wave"] == wave]
+        starts = sorted(float(r["d"]) for r in mine)
+        ends = sorted(float(r["f"]) for r in mine)
+        refill += [starts[k] - ends[k - concurrency] for k in range(concurrency, len(starts))]
+    return {
+        "expected_hold_s": round(expected_hold, 3),
+        "hold_s_mean": mean(hold), "hold_s_p50": pct(hold, 0.5), "hold_s_p95": pct(hold, 0.95),
+        "overhead_per_task_s": round(statistics.fmean(hold) - expected_hold, 3),
+        "claim_to_accepted_s_mean": mean(accept),
+        "accepted_to_verifying_s_mean": mean(to_verify),
+        "verifying_to_outcome_s_mean": mean(verify),
+        "slot_refill_s_mean": mean(refill), "slot_refill_s_p95": pct(refill, 0.95),
+        "verifying_reasons": reasons,
+    }
+
+
+def py_spy() -> str:
+    """The py-spy binary: the project's virtualenv, else PATH, else pip-installed into it."""
+    for candidate in (BIN / "py-spy", shutil.which("py-spy")):
+        if candidate and Path(candidate).exists():
+            return str(candidate)
+    subprocess.run([str(BIN / "python"), "-m", "pip", "install", "--quiet", "py-spy"],
+                   check=True)
+    return str(BIN / "py-spy")
+
+
+# innermost match wins: a sample is charged to the first of these found walking its stack
+# from the leaf outwards (so a statement run by a runner counts as "database")
+ACTIVITIES = (
+    ("asyncpg/", None, "database (asyncpg)"),
+    (None, "ApplianceClient._login_locked", "appliance: login"),
+    (None, "ApplianceClient.get_task", "appliance: poll install task"),
+    (None, "ApplianceClient.get_appliance", "appliance: GET /appliance"),
+    (None, "ApplianceClient.get_services", "appliance: GET /services"),
+    (None, "ApplianceClient.reconfigure_required", "appliance: reconfigure-required"),
+    (None, "ApplianceClient.install", "appliance: install"),
+    (None, "ApplianceClient.list_tasks", "appliance: list tasks"),
+    (None, "Engine.tick", "engine: scheduler tick"),
+    (None, "Engine._lease_loop", "engine: lease renewal"),
+    (None, "Engine._progress_loop", "engine: progress flush"),
+    (None, "Engine._loop_lag_monitor", "engine: loop-lag monitor"),
+    (None, "TaskRunner.", "runner: own code"),
+    ("structlog/", None, "logging"),
+    ("/logging/", None, "logging"),
+)
+
+
+def _activity(frames: list[dict[str, Any]], stack: list[int]) -> str:
+    for i in reversed(stack):
+        f = frames[i]
+        where, name = f.get("file") or "", f["name"]
+        for file_part, name_part, label in ACTIVITIES:
+            if (file_part and file_part in where) or (name_part and name.startswith(name_part)):
+                return label
+    return "event loop, transports, aiohttp callbacks (no task frame)"
+
+
+def profile_summary(path: Path, top: int = 25) -> dict[str, Any]:
+    """Top functions of a py-spy speedscope profile (idle samples are not recorded, so
+    these are shares of the engine's CPU): self (the function is the innermost frame of the
+    sample) and total (the function is anywhere on the sample's stack); functions are
+    merged over their lines, and `top_files_self` sums self time by source file."""
+    data = json.loads(path.read_text())
+    frames = data["shared"]["frames"]
+
+    def short(where: str) -> str:
+        for marker in ("site-packages/", "/lib/python3.11/", "/work/main/"):
+            if marker in where:
+                return where.split(marker, 1)[1]
+        return where
+
+    labels = [f"{f['name']} ({short(f.get('file') or '?')})" for f in frames]
+    files = [short(f.get("file") or "?") for f in frames]
+    own: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    by_file: Counter[str] = Counter()
+    by_activity: Counter[str] = Counter()
+    samples = 0.0
+    for prof in data["profiles"]:
+        for stack, weight in zip(prof["samples"], prof["weights"], strict=True):
+            if not stack:
+                continue
+            samples += weight
+            own[labels[stack[-1]]] += weight
+            by_file[files[stack[-1]]] += weight
+            by_activity[_activity(frames, stack)] += weight
+            for label in {labels[i] for i in stack}:
+                total[label] += weight
+    if not samples:
+        return {"samples": 0}
+
+    def share(counter: Counter[str]) -> list[dict[str, Any]]:
+        return [{"pct": round(100 * v / samples, 1), "function": k}
+                for k, v in counter.most_common(top)]
+
+    return {
+        "sampled_cpu_s": round(samples, 1) if data["profiles"][0].get("unit") == "seconds"
+        else None,
+        "cpu_by_activity": share(by_activity),
+        "top_self": share(own),
+        "top_total": share(total),
+        "top_files_self": share(by_file),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--appliances", type=int, default=10_000)
+    parser.add_argument("--concurrency", type=int, default=1_000)
+    parser.add_argument("--install-seconds", type=float, default=20.0)
+    parser.add_argument("--reboot-seconds", type=float, default=5.0)
+    parser.add_argument("--sites", type=int, default=20)
+    parser.add_argument("--install-jitter", type=float, default=0.0,
+                        help="simulator: each install lasts install-seconds x (1 +- this), "
+                             "uniform (simulator default 0.2). 0 (the default here): fixed "
+                             "durations, as ideal_s assumes")
+    parser.add_argument("--services-starting-seconds", type=float, default=0.0,
+                        help="simulator: key services still starting after the reboot")
+    parser.add_argument("--waves", default="1%,10%,100%")
+    parser.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
+                        help="an orchestrator setting for the engine process, e.g. "
+                             "engine_poll_interval=0.5 (repeatable)")
+    parser.add_argument("--timeout", type=float, default=900.0,
+                        help="the engine is stopped after this many seconds")
+    parser.add_argument("--profile-out", metavar="FILE",
+                        help="run the engine under py-spy; write a speedscope profile here")
+    parser.add_argument("--profile-rate", type=int, default=100, help="py-spy samples/s")
+    parser.add_argument("--uvloop", action="store_true",
+                        help="what-if: run the engine on uvloop's event loop (uvloop must be "
+                             "importable by the engine, e.g. on PYTHONPATH)")
+    opts = parser.parse_args()
+    bench_started = time.monotonic()
+    load_start = [round(x, 2) for x in os.getloadavg()]
+    tmp = temp_dir("orch-bench-rollout-")
+    try:
+        with Processes() as procs, database("bench_rollout", tmp) as db:
+            return run(opts, procs, db, tmp, bench_started, load_start)
+    except KeyboardInterrupt:
+        print(json.dumps({"error": "interrupted"}))
+        return 130
+    finally:
+        remove(tmp)
+
+
+def run(opts: argparse.Namespace, procs: Processes, db: Any, tmp: Path,
+        bench_started: float, load_start: list[float]) -> int:
+    sim = start_simulator(
+        procs, tmp, appliances=opts.appliances, sites=opts.sites,
+        install_seconds=opts.install_seconds, reboot_seconds=opts.reboot_seconds,
+        services_starting_seconds=opts.services_starting_seconds,
+        install_jitter=opts.install_jitter,
+    )
+    settings: dict[str, Any] = {
+        "engine_max_tasks": max(2000, opts.concurrency),
+        "appliance_max_connections": max(1000, opts.concurrency),
+        # every simulated appliance shares one host:port: no per-host limit
+        "appliance_max_connections_per_host": 0,
+    }
+    for item in opts.setting:
+        key, _, value = item.partition("=")
+        settings[key.strip().lower()] = value.strip()
+    env = orchestrator_env(db.url, **settings)
+    cli(env, "migrate")
+    cli(env, "appliances", "import", str(sim.inventory))
+    waves: list[Any] = [w if w.endswith("%") else int(w) for w in opts.waves.split(",")]
+    strategy = {
+        "waves": waves, "max_concurrency": opts.concurrency,
+        "reboot_grace": max(600.0, 10 * opts.reboot_seconds),
+        "task_timeout": max(3600.0, 10 * (opts.install_seconds + opts.reboot_seconds)),
+    }
+    # the fixed cost of an engine process (interpreter, imports, pool, exit) with no work
+    idle = procs.popen([str(BIN / "orchestrator"), "run", "--until-idle"], env=env, cwd=ROOT,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.monotonic()
+    idle_run = wait_child(idle, t0 + 120, t0)
+    rollout_id = create_rollout(env, tmp, strategy)
+    counter = StatementCounter(db)  # from here on only the engine uses the database
+    counter.before()
+
+    command = [str(BIN / "orchestrator"), "run", "--until-idle"]
+    if opts.uvloop:
+        command = [str(BIN / "python"), "-c", UVLOOP_ENGINE]
+    profile = Path(opts.profile_out).resolve() if opts.profile_out else None
+    if profile:
+        command = [py_spy(), "record", "-o", str(profile), "--format", "speedscope",
+                   "--rate", str(opts.profile_rate), "--nonblocking", "--", *command]
+    sampler = ProcSampler(interval=0.5)
+    sampler.watch("simulator", sim.proc.pid)
+    if db.postmaster_pid:
+        sampler.watch("postgres", db.postmaster_pid, tree=True)
+    err_path = tmp / "engine.stderr"
+    started = time.monotonic()
+    with err_path.open("w") as err:
+        engine = procs.popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
+    engine_pid = engine.pid
+    if profile:  # measure the orchestrator under py-spy, not py-spy itself
+        for _ in range(200):
+            kids = proc_children(engine.pid)
+            if kids:
+                engine_pid = kids[0]
+                break
+            time.sleep(0.01)
+    sampler.watch("orchestrator", engine_pid)
+    sampler.start()
+    result: ChildResult = wait_child(engine, started + opts.timeout, started)
+    sampler.stop()
+    statements = counter.after()
+    stats = sim.stats()
+    outcome = rollout_outcome(db.url, rollout_id)
+
+    if profile:
+        cpu_s = sampler.totals()["orchestrator"]
+        peak_rss_mb = sampler.hwm_kb.get("orchestrator", 0) / 1024
+        cpu_source = "/proc/<pid>/stat sampled every 0.5 s (under py-spy)"
+    else:
+        cpu_s = result.cpu_s
+        peak_rss_mb = result.maxrss_mb
+        cpu_source = "os.wait4 rusage of the engine process"
+    n = opts.appliances
+    sizes = [int(w["planned_size"]) for w in outcome["waves"]]
+    slot = opts.install_seconds + opts.reboot_seconds
+    ideal = ideal_seconds(sizes, opts.concurrency, slot)
+    jitter_ideal = jitter_ideal_seconds(sizes, opts.concurrency, opts)
+    wall = outcome["wall_s"]
+    stopped = [json.loads(line) for line in err_path.read_text().splitlines()
+               if '"engine_stopped"' in line]
+    errors = [line for line in err_path.read_text().splitlines()
+              if '"level": "error"' in line or '"level":"error"' in line]
+    on_target = int(stats["versions"].get(TARGET_VERSION, 0))
+    report: dict[str, Any] = {
+        "appliances": n, "concurrency": opts.concurrency, "sites": opts.sites,
+        "install_seconds": opts.install_seconds, "reboot_seconds": opts.reboot_seconds,
+        "install_jitter": opts.install_jitter,
+        "services_starting_seconds": opts.services_starting_seconds,
+        "waves": [{"size": w["planned_size"],
+                   "ideal_s": ideal_seconds([int(w["planned_size"])], opts.concurrency, slot),
+                   "start_s": w["start_s"], "first_dispatch_s": w["first_dispatch_s"],
+                   "last_finish_s": w["last_finish_s"], "end_s": w["end_s"]}
+                  for w in outcome["waves"]],
+        "wall_s": round(wall, 2) if wall is not None else None,
+        "process_wall_s": round(result.wall_s, 2),
+        "ideal_s": round(ideal, 2),
+        "efficiency": round(ideal / wall, 3) if wall else None,
+        "ideal_with_jitter_s": round(jitter_ideal, 2),
+        "efficiency_vs_jitter_ideal": round(jitter_ideal / wall, 3) if wall else None,
+        "orchestrator_cpu_s": round(cpu_s, 2),
+        "orchestrator_cpu_user_s": round(result.cpu_user_s, 2) if not profile else None,
+        "orchestrator_cpu_sys_s": round(result.cpu_sys_s, 2) if not profile else None,
+        "cpu_ms_per_appliance": round(1000 * cpu_s / n, 3),
+        "cpu_source": cpu_source,
+        "engine_idle_run_cpu_s": round(idle_run.cpu_s, 2),
+        "cpu_ms_per_appliance_excl_startup": round(
+            1000 * max(0.0, cpu_s - idle_run.cpu_s) / n, 3),
+        "peak_rss_mb": round(peak_rss_mb, 1),
+        "requests_per_appliance": round(stats["requests"] / n, 2),
+        "requests_per_appliance_by_kind": {
+            k: round(v / n, 2) for k, v in sorted(stats["requests_by_kind"].items())},
+        "db_statements_per_appliance": round(
+            (statements["statements"] if statements["statements"] is not None
+             else statements["transactions"]) / n, 2),
+        "db_statements_source": counter.source,
+        "db_transactions_per_appliance": round(statements["transactions"] / n, 2),
+        "db_top_statements_per_appliance": [
+            {"per_appliance": round(s["calls"] / n, 2), "query": s["query"]}
+            for s in statements["top"]],
+        "duplicate_installs": stats["duplicate_installs"],
+        "installs_accepted": stats["installs_accepted"],
+        "install_responses": stats["install_responses"],
+        "max_in_flight": stats["max_in_flight"],
+        "on_target_version": on_target,
+        "rollout_state": outcome["state"],
+        "abort_reason": outcome["abort_reason"],
+        "tasks": outcome["tasks"],
+        "timing": task_timing(db.url, rollout_id, opts.concurrency,
+                              0.1 + opts.install_seconds + opts.reboot_seconds
+                              + opts.services_starting_seconds),
+        "engine_exit_code": result.returncode,
+        "engine_timed_out": result.timed_out,
+        "engine_error_lines": len(errors),
+        "max_loop_lag_ms": stopped[-1].get("max_loop_lag_ms") if stopped else None,
+        "other_cpu_s": {k: v for k, v in sampler.totals().items() if k != "orchestrator"},
+        "settings": settings,
+        "event_loop": "uvloop" if opts.uvloop else "asyncio",
+        "strategy": strategy,
+        "database": db.kind,
+        "tree": git_state(),
+        "bench_wall_s": round(time.monotonic() - bench_started, 1),
+        "machine": machine(),
+        "load_average": {"start": load_start, "end": [round(x, 2) for x in os.getloadavg()]},
+    }
+    report["goals"] = GOALS
+    report["goals_met"] = {
+        "efficiency": bool(report["efficiency"] and report["efficiency"] >= GOALS["efficiency"]),
+        "cpu_ms_per_appliance":
+            report["cpu_ms_per_appliance"] <= GOALS["cpu_ms_per_appliance"],
+        "peak_rss_mb": report["peak_rss_mb"] <= GOALS["peak_rss_mb"],
+        "duplicate_installs": report["duplicate_installs"] == 0,
+        "all_on_target": on_target == n and outcome["state"] == "SUCCEEDED",
+    }
+    if errors:
+        report["engine_error_sample"] = errors[:3]
+    if profile:
+        report["profile"] = str(profile)
+        if profile.exists():
+            report["profile_summary"] = profile_summary(profile)
+    print(json.dumps(report))
+    return 0 if result.returncode == 0 and not result.timed_out else 1
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
