@@ -17,6 +17,7 @@ import asyncpg
 
 from orchestrator import __version__, cli_rollout, cli_windows
 from orchestrator import demo as demo_cli
+from orchestrator.api import cli as api_cli
 from orchestrator.domain.selector import SelectorError
 from orchestrator.domain.states import OperationNotAllowed
 from orchestrator.domain.strategy import StrategyError
@@ -262,6 +263,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--until-idle", action="store_true",
                      help="exit once no rollout is active and no task runs")
     run.set_defaults(func=lambda s, a: cli_rollout.cmd_run(s, a, run_with_database_url))
+
+    serve = sub.add_parser("serve", help="serve the REST API and run the engine until SIGTERM")
+    api_cli.add_serve_arguments(serve)
+    serve.set_defaults(func=lambda s, a: api_cli.cmd_serve(s, a, run_with_database_url))
+
+    tokens = sub.add_parser("tokens", help="API bearer tokens: create, list, revoke")
+    api_cli.add_tokens_arguments(tokens)
+    tokens.set_defaults(func=lambda s, a: api_cli.cmd_tokens(s, a, run_with_database))
 
     simulate = sub.add_parser("simulate", help="serve a simulated appliance fleet")
     simulator_cli.add_arguments(simulate)

@@ -1,0 +1,314 @@
+"""`/api/v1/appliances`: the inventory (viewer reads, admin writes).
+
+Create, update and bulk import go through the same validation as an inventory file
+(`validate_record`, `parse_inventory`) and the same upsert as `appliances import`; every
+change is written to `audit_log` in the same transaction.
+"""
+
+from __future__ import annotations
+
+import csv
+from typing import Any, Final
+
+import asyncpg
+from aiohttp import web
+
+from orchestrator.api.models import NAME, TAG, TEXT, ApplianceCreate, AppliancePatch
+from orchestrator.api.problems import FieldError, Problem
+from orchestrator.api.routing import Call, Operation, Resp, json_response, page
+from orchestrator.api.validation import (
+    CURSOR,
+    IMPORT_LIMIT,
+    Param,
+    decode_cursor,
+    decode_text,
+    encode_cursor,
+    limit_param,
+    media_type,
+    read_body,
+    read_model,
+)
+from orchestrator.domain.inventory import FIELDS, RowError, validate_record
+from orchestrator.domain.models import Appliance
+from orchestrator.inventory import InventoryError, parse_inventory
+from orchestrator.store import appliances as appliance_store
+from orchestrator.store.audit import record_audit
+from orchestrator.store.db import DB
+
+NAME_PARAM: Final = Param("name", "path", pattern=NAME, max_length=253,
+                          description="The appliance's name.")
+IMPORT_TYPES: Final = {"text/csv": "csv", "application/json": "json"}
+
+
+def appliance_dict(a: Appliance) -> dict[str, Any]:
+    return {
+        "id": a.id, "name": a.name, "base_url": a.base_url, "site": a.site,
+        "tags": list(a.tags), "timezone": a.timezone, "credentials_ref": a.credentials_ref,
+        "tls_ca_file": a.tls_ca_file, "tls_thumbprint": a.tls_thumbprint,
+        "current_version": a.current_version,
+        "last_seen_at": a.last_seen_at.isoformat() if a.last_seen_at else None,
+        "enabled": a.enabled,
+    }
+
+
+def _record(a: Appliance) -> dict[str, Any]:
+    return {
+        "name": a.name, "base_url": a.base_url, "site": a.site, "tags": list(a.tags),
+        "timezone": a.timezone, "credentials_ref": a.credentials_ref,
+        "tls_ca_file": a.tls_ca_file, "tls_thumbprint": a.tls_thumbprint,
+    }
+
+
+def _field_of(reason: str) -> str:
+    head = reason.split(":", 1)[0]
+    return head if head in FIELDS else "row"
+
+
+def _invalid_record(reasons: list[str]) -> Problem:
+    errors = [FieldError("body." + f if (f := _field_of(r)) != "row" else "body", r)
+              for r in reasons]
+    return Problem(422, "; ".join(reasons), errors=errors)
+
+
+def _not_found(name: str) -> Problem:
+    return Problem(404, f"no appliance named {name!r}")
+
+
+# ------------------------------------------------------------------ handlers
+async def list_appliances(call: Call) -> web.StreamResponse:
+    p = call.params
+    limit = p["limit"]
+    items = await appliance_store.list_appliances(
+        call.pool, site=p["site"], tag=p["tag"], after_id=decode_cursor(p["cursor"]) or 0,
+        limit=limit + 1,
+    )
+    more = len(items) > limit
+    items = items[:limit]
+    return json_response(page([appliance_dict(a) for a in items],
+                              encode_cursor(items[-1].id) if more else None))
+
+
+async def get_appliance(call: Call) -> web.StreamResponse:
+    name = call.params["name"]
+    found = await appliance_store.get_appliance(call.pool, name)
+    if found is None:
+        raise _not_found(name)
+    return json_response(appliance_dict(found))
+
+
+async def create_appliance(call: Call) -> web.StreamResponse:
+    body = await read_model(call.request, ApplianceCreate)
+    spec, reasons = validate_record(body.model_dump())
+    if spec is None:
+        raise _invalid_record(reasons)
+    async with call.pool.acquire() as conn, conn.transaction():
+        summary = await appliance_store.upsert_appliances(conn, [spec])
+        if summary.updated:  # the row existed: undo by leaving the transaction
+            raise Problem(409, f"name: an appliance named {spec.name!r} exists; change it "
+                               f"with PATCH /api/v1/appliances/{spec.name}")
+        await record_audit(conn, call.actor, "appliance.create", "appliance", spec.name,
+                           {"site": spec.site})
+        created = await appliance_store.get_appliance(conn, spec.name)
+    assert created is not None
+    return json_response(appliance_dict(created), 201,
+                         {"Location": f"/api/v1/appliances/{created.name}"})
+
+
+async def update_appliance(call: Call) -> web.StreamResponse:
+    name = call.params["name"]
+    body = await read_model(call.request, AppliancePatch)
+    changes = body.given()
+    async with call.pool.acquire() as conn, conn.transaction():
+        if not await lock_appliance(conn, name):
+            raise _not_found(name)
+        current = await appliance_store.get_appliance(conn, name)
+        assert current is not None
+        record = _record(current)
+        record.update({k: v for k, v in changes.items() if k != "enabled"})
+        spec, reasons = validate_record(record)
+        if spec is None:
+            raise _invalid_record(reasons)
+        await appliance_store.upsert_appliances(conn, [spec])
+        if "enabled" in changes:
+            await set_enabled(conn, name, bool(changes["enabled"]))
+        await record_audit(conn, call.actor, "appliance.update", "appliance", name,
+                           {"fields": sorted(changes)})
+        updated = await appliance_store.get_appliance(conn, name)
+    assert updated is not None
+    return json_response(appliance_dict(updated))
+
+
+async def delete_appliance(call: Call) -> web.StreamResponse:
+    name = call.params["name"]
+    async with call.pool.acquire() as conn, conn.transaction():
+        if not await lock_appliance(conn, name):
+            raise _not_found(name)
+        rollouts = await referencing_rollouts(conn, name)
+        if rollouts:
+            listed = ", ".join(str(r) for r in rollouts)
+            raise Problem(
+                409, f"appliance {name!r} is referenced by tasks of rollout(s) {listed}; "
+                     "their history stays: disable it instead (PATCH enabled=false)",
+                rollouts=rollouts,
+            )
+        try:
+            await remove_appliance(conn, name)
+        except asyncpg.ForeignKeyViolationError:
+            raise Problem(409, f"appliance {name!r} is referenced by tasks") from None
+        await record_audit(conn, call.actor, "appliance.delete", "appliance", name, {})
+    return web.Response(status=204)
+
+
+async def import_appliances(call: Call) -> web.StreamResponse:
+    request = call.request
+    kind = media_type(request)
+    fmt = IMPORT_TYPES.get(kind)
+    if fmt is None:
+        raise Problem(415, f"Content-Type: send text/csv or application/json; got {kind!r}",
+                      errors=[FieldError("Content-Type", "must be text/csv or "
+                                                         "application/json")])
+    text = decode_text(await read_body(request, IMPORT_LIMIT))
+    if "\x00" in text:
+        line = text.count("\n", 0, text.index("\x00")) + 1
+        raise _rows_problem([RowError(line, "contains the NUL character")])
+    try:
+        result = parse_inventory(text, fmt)
+    except InventoryError as exc:
+        raise _rows_problem(exc.errors) from None
+    except (csv.Error, ValueError, RecursionError) as exc:
+        raise Problem(422, f"the {fmt.upper()} body cannot be read: {exc}",
+                      errors=[FieldError("body", str(exc))]) from None
+    for spec in result.specs:
+        for key, value in spec.__dict__.items():
+            values = value if isinstance(value, tuple) else (value,)
+            if any(isinstance(v, str) and not _storable(v) for v in values):
+                raise _rows_problem([RowError(0, f"{key}: the value of appliance "
+                                                 f"{spec.name!r} holds NUL or unpaired "
+                                                 "surrogates")])
+    async with call.pool.acquire() as conn, conn.transaction():
+        summary = await appliance_store.upsert_appliances(conn, result.specs)
+        await record_audit(conn, call.actor, "appliance.import", "appliance", None,
+                           {"inserted": summary.inserted, "updated": summary.updated,
+                            "format": fmt})
+    return json_response({"imported": summary.total, "inserted": summary.inserted,
+                          "updated": summary.updated})
+
+
+def _storable(value: str) -> bool:
+    if "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _rows_problem(errors: list[RowError]) -> Problem:
+    shown = "; ".join(str(e) for e in errors[:5])
+    more = f"; and {len(errors) - 5} more" if len(errors) > 5 else ""
+    return Problem(
+        422, f"{len(errors)} problem(s), nothing imported: {shown}{more}",
+        errors=[FieldError(_field_of(e.reason), e.reason, e.line) for e in errors],
+    )
+
+
+# ------------------------------------------------------------------ SQL
+# Not yet in orchestrator/store/appliances.py (owned elsewhere); to be moved there as is.
+async def lock_appliance(conn: DB, name: str) -> bool:
+    """Lock the appliance's row for this transaction; False when it does not exist."""
+    return bool(await conn.fetchval(
+        "SELECT true FROM appliances WHERE name = $1 FOR UPDATE", name))
+
+
+async def set_enabled(conn: DB, name: str, enabled: bool) -> None:
+    await conn.execute(
+        "UPDATE appliances SET enabled = $2, updated_at = now() WHERE name = $1",
+        name, enabled)
+
+
+async def referencing_rollouts(conn: DB, name: str, limit: int = 20) -> list[int]:
+    rows = await conn.fetch(
+        """SELECT DISTINCT t.rollout_id FROM tasks t JOIN appliances a
+           ON a.id = t.appliance_id WHERE a.name = $1 ORDER BY 1 LIMIT $2""",
+        name, limit)
+    return [int(r["rollout_id"]) for r in rows]
+
+
+async def remove_appliance(conn: DB, name: str) -> bool:
+    return await conn.fetchval(
+        "DELETE FROM appliances WHERE name = $1 RETURNING true", name) is not None
+
+
+# ------------------------------------------------------------------ operations
+_RECORD_DOC: Final = {
+    "type": "object",
+    "properties": {
+        **{key: {"type": ["string", "null"]} for key in FIELDS if key != "tags"},
+        "tags": {"anyOf": [{"type": "array", "items": {"type": "string"}},
+                           {"type": "string"}, {"type": "null"}],
+                 "description": "A list, or one ';'-separated text."},
+    },
+    "required": ["name", "base_url", "site"],
+    "additionalProperties": False,
+}
+
+OPERATIONS: Final = (
+    Operation(
+        "GET", "/api/v1/appliances", list_appliances, "listAppliances",
+        "List appliances", "appliances", "viewer",
+        params=(Param("site", "query", pattern=TEXT, max_length=200,
+                      description="Only this site."),
+                Param("tag", "query", pattern=TAG, max_length=100,
+                      description="Only appliances with this tag."),
+                limit_param(), CURSOR),
+        responses={200: Resp("A page of appliances, by id.", "AppliancePage")},
+    ),
+    Operation(
+        "POST", "/api/v1/appliances", create_appliance, "createAppliance",
+        "Create an appliance", "appliances", "admin", body=ApplianceCreate,
+        responses={201: Resp("Created.", "Appliance", headers=("Location",), links=tuple(
+            (op_id, "name", "$response.body#/name")
+            for op_id in ("getAppliance", "updateAppliance", "deleteAppliance")))},
+        errors=(409,),
+        description="Same rules as a row of an inventory file; 409 when the name exists.",
+    ),
+    Operation(
+        "POST", "/api/v1/appliances:import", import_appliances, "importAppliances",
+        "Import appliances (CSV or JSON, all or nothing)", "appliances", "admin",
+        body_doc={
+            "required": True,
+            "description": "An inventory file as the body: CSV with a header row "
+                           "(name,base_url,site,tags,timezone,credentials_ref,tls_ca_file,"
+                           "tls_thumbprint; tags ';'-separated), or a JSON array of "
+                           "objects. At most 16 MiB.",
+            "content": {
+                "text/csv": {"schema": {"type": "string"}},
+                "application/json": {"schema": {"type": "array", "minItems": 1,
+                                                "items": _RECORD_DOC}},
+            },
+        },
+        responses={200: Resp("Imported: inserted and updated counts.", "ImportResult")},
+        description="Upserts by name in one transaction, like `orchestrator appliances "
+                    "import`. A body with any bad row imports nothing: 422 lists every bad "
+                    "row with its line.",
+    ),
+    Operation(
+        "GET", "/api/v1/appliances/{name}", get_appliance, "getAppliance",
+        "Get an appliance", "appliances", "viewer", params=(NAME_PARAM,),
+        responses={200: Resp("The appliance.", "Appliance")},
+    ),
+    Operation(
+        "PATCH", "/api/v1/appliances/{name}", update_appliance, "updateAppliance",
+        "Change an appliance", "appliances", "admin", params=(NAME_PARAM,),
+        body=AppliancePatch,
+        responses={200: Resp("The appliance after the change.", "Appliance")},
+    ),
+    Operation(
+        "DELETE", "/api/v1/appliances/{name}", delete_appliance, "deleteAppliance",
+        "Delete an appliance", "appliances", "admin", params=(NAME_PARAM,),
+        responses={204: Resp("Deleted.")}, errors=(409,),
+        description="Refused (409) while tasks of any rollout reference it: disable it "
+                    "instead.",
+    ),
+)

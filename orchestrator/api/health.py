@@ -1,0 +1,50 @@
+"""`/healthz` (the process answers), `/readyz` (database reachable and migrated) and
+`/metrics` (Prometheus text). None of them needs a token."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from aiohttp import web
+
+from orchestrator import __version__
+from orchestrator.api.metrics import CONTENT_TYPE
+from orchestrator.api.problems import Problem
+from orchestrator.api.routing import Call, Operation, Resp, json_response
+from orchestrator.store import migrations
+
+
+async def healthz(call: Call) -> web.StreamResponse:
+    return json_response({"status": "ok", "version": __version__})
+
+
+async def readyz(call: Call) -> web.StreamResponse:
+    try:
+        async with call.pool.acquire(timeout=5) as conn:
+            await migrations.ensure_current(conn)  # type: ignore[arg-type]
+    except migrations.MigrationError as exc:
+        raise Problem(503, str(exc), headers={"Retry-After": "10"}) from None
+    engine = "running" if call.state.engine is not None else "off"
+    return json_response({"status": "ready", "database": "ok", "engine": engine})
+
+
+async def metrics(call: Call) -> web.StreamResponse:
+    await call.state.metrics.refresh(call.pool)
+    return web.Response(body=call.state.metrics.render(),
+                        headers={"Content-Type": CONTENT_TYPE})
+
+
+OPERATIONS: Final = (
+    Operation("GET", "/healthz", healthz, "healthz", "Liveness: the process answers",
+              "health", None, responses={200: Resp("Alive.", "Health")},
+              uses_database=False),
+    Operation("GET", "/readyz", readyz, "readyz",
+              "Readiness: the database answers and its migrations are current", "health",
+              None, responses={200: Resp("Ready.", "Ready")}),
+    Operation("GET", "/metrics", metrics, "metrics", "Prometheus metrics", "health", None,
+              responses={200: Resp("Prometheus text exposition format.", {"type": "string"},
+                                   media_type="text/plain")},
+              description="Tasks by state, installs in flight, install and reboot "
+                          "durations, appliance API errors by kind, claim latency, "
+                          "event-loop lag, API requests. See docs/api.md."),
+)

@@ -1,0 +1,271 @@
+"""Request bodies: strict pydantic models whose JSON Schemas are the document's.
+
+The models check shape, types and bounds; the domain (`validate_record`, `parse_selector`,
+`parse_strategy`) then applies the same rules as the CLI, and its errors name the field
+too. Unknown fields are refused everywhere (`extra="forbid"`). Text fields exclude control
+characters and surrounding blanks, so what is stored is exactly what was sent.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import datetime
+from typing import Annotated, Any, ClassVar, Final, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+)
+from pydantic.json_schema import SkipJsonSchema
+
+from orchestrator.domain.strategy import parse_size
+
+# Blanks Python's str.strip() removes, and U+FEFF: none may open or close a text value.
+_EDGE = (r"[^\x00-\x20\x7f-\x9f\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+         r"\ufeff]")
+_INNER = r"[^\x00-\x1f\x7f-\x9f]"
+TEXT: Final = f"^{_EDGE}({_INNER}*{_EDGE})?$"
+NAME: Final = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$"
+TOKEN_NAME: Final = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,99}$"  # noqa: S105 - a pattern
+URL: Final = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\x00-\x20\x7f-\x9f]+$"
+TIMEZONE: Final = r"^[A-Za-z][A-Za-z0-9_+/-]{0,63}$"
+CREDENTIALS_REF: Final = r"^(env:[A-Za-z_][A-Za-z0-9_]{0,127}|file:/[^\x00-\x20\x7f-\x9f]{0,1023})$"
+PATH: Final = r"^/[^\x00-\x20\x7f-\x9f]{0,1023}$"
+THUMBPRINT: Final = r"^[0-9A-Fa-f]{2}(:?[0-9A-Fa-f]{2}){31}$"
+TAG: Final = f"^{_EDGE}([^\\x00-\\x1f\\x7f-\\x9f;]*{_EDGE})?$"
+PERCENT: Final = r"^[0-9]{1,3}(\.[0-9]{1,6})?%$"
+DATETIME: Final = (r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3])"
+                   r":[0-5][0-9]:[0-5][0-9](\.[0-9]{1,6})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$")
+VERSION: Final = r"^[A-Za-z0-9][A-Za-z0-9._+~-]{0,99}$"
+
+# What a pattern means, for error messages (the regex itself helps nobody).
+PATTERN_HINTS: Final = {
+    TEXT: "must be text without control characters or leading/trailing blanks",
+    NAME: "must be 1-253 letters, digits, '.', '_' or '-', starting with a letter or digit",
+    TOKEN_NAME: "must be 1-100 letters, digits, '.', '_', '@' or '-', starting with a "
+                "letter or digit",
+    URL: "must be an http:// or https:// URL without blanks",
+    TIMEZONE: "must be an IANA time zone name such as Europe/Amsterdam",
+    CREDENTIALS_REF: "must be env:VARIABLE or file:/absolute/path",
+    PATH: "must be an absolute path without blanks",
+    THUMBPRINT: "must be a SHA-256 thumbprint: 64 hex digits, colons between pairs allowed",
+    TAG: "must be text without ';', control characters or leading/trailing blanks",
+    PERCENT: "must be a percentage such as \"10%\" or \"2.5%\"",
+    DATETIME: "must be an RFC 3339 time with a zone, e.g. 2026-12-01T22:00:00+01:00",
+    VERSION: "must be a version: letters, digits, '.', '_', '+', '~' or '-'",
+}
+
+MAX_COUNT: Final = 1_000_000
+MAX_SECONDS: Final = 31_536_000  # one year
+
+Text = Annotated[str, Field(min_length=1, max_length=200, pattern=TEXT)]
+Tag = Annotated[str, Field(min_length=1, max_length=100, pattern=TAG)]
+
+
+def _drop_null_defaults(schema: dict[str, Any], model: type[Any]) -> None:
+    """A field that may be left out but not be null documents no `default: null`; a model's
+    `example` becomes the schema's `examples`."""
+    for key in getattr(model, "not_null", ()):
+        prop = schema.get("properties", {}).get(key)
+        if isinstance(prop, dict) and "default" in prop and prop["default"] is None:
+            del prop["default"]
+    example = getattr(model, "example", None)
+    if example:
+        schema["examples"] = [example]
+
+
+class Body(BaseModel):
+    """Strict, closed objects. `not_null`: optional fields that may be left out but not
+    sent as null (PATCH semantics: null clears a field, so it is refused where a field
+    cannot be cleared)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True,
+                              json_schema_extra=_drop_null_defaults)
+    not_null: ClassVar[frozenset[str]] = frozenset()
+    example: ClassVar[dict[str, Any]] = {}
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_nulls(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None and info.field_name in cls.not_null:
+            raise ValueError("may be left out but not null")
+        return value
+
+    def given(self) -> dict[str, Any]:
+        """The fields the client sent (not the defaults)."""
+        return self.model_dump(exclude_unset=True)
+
+
+# ------------------------------------------------------------------ sizes and times
+def _size_check(min_count: int, zero_percent: bool) -> Callable[[Any], int | str]:
+    def check(value: Any) -> int | str:
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise ValueError(f"{value!r} is not a count or a percentage string")
+        if isinstance(value, int) and value > MAX_COUNT:
+            raise ValueError(f"{value} is larger than {MAX_COUNT}")
+        if isinstance(value, str) and re.fullmatch(PERCENT, value) is None:
+            raise ValueError(f"{value!r} {PATTERN_HINTS[PERCENT]}")
+        parse_size(value, min_count=min_count, zero_percent=zero_percent)  # ValueError
+        return value
+
+    return check
+
+
+def _size_schema(min_count: int) -> dict[str, Any]:
+    return {"oneOf": [
+        {"type": "integer", "minimum": min_count, "maximum": MAX_COUNT},
+        {"type": "string", "pattern": PERCENT},
+    ], "description": "A count, or a percentage of the targeted appliances such as \"10%\"."}
+
+
+Size = Annotated[int | str, PlainValidator(_size_check(1, False)),
+                 WithJsonSchema(_size_schema(1))]
+FailureSize = Annotated[int | str, PlainValidator(_size_check(0, True)),
+                        WithJsonSchema(_size_schema(0))]
+Count = Annotated[int, Field(ge=1, le=MAX_COUNT)]
+Seconds = Annotated[float, Field(ge=0, le=MAX_SECONDS)]
+PositiveSeconds = Annotated[float, Field(gt=0, le=MAX_SECONDS)]
+Service = Annotated[str, Field(min_length=1, max_length=100,
+                               pattern=r"^[A-Za-z0-9._-]+(\|[A-Za-z0-9._-]+)*$")]
+
+
+def parse_time(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a valid time") from None
+
+
+# ------------------------------------------------------------------ appliances
+class ApplianceCreate(Body):
+    """A new appliance. Same fields and rules as a row of an inventory file."""
+
+    name: Annotated[str, Field(pattern=NAME, max_length=253,
+                               description="Unique name; the appliance's identifier.")]
+    base_url: Annotated[str, Field(pattern=URL, max_length=2048, description=(
+        "The whole API prefix, e.g. https://vr01.example.net/api/rest/configure/v1"))]
+    site: Text
+    tags: Annotated[list[Tag], Field(max_length=100)] = []
+    timezone: Annotated[str, Field(pattern=TIMEZONE)] | None = None
+    credentials_ref: Annotated[str, Field(pattern=CREDENTIALS_REF, description=(
+        "Where the username:password secret lives: env:VARIABLE or file:/path"))] | None = None
+    tls_ca_file: Annotated[str, Field(pattern=PATH)] | None = None
+    tls_thumbprint: Annotated[str, Field(pattern=THUMBPRINT)] | None = None
+    example: ClassVar[dict[str, Any]] = {
+        "name": "vr-ams-01", "base_url": "https://vr-ams-01.example.net/api/rest/configure/v1",
+        "site": "ams", "tags": ["prod"], "timezone": "Europe/Amsterdam",
+        "credentials_ref": "env:APPLIANCE_CREDENTIALS",
+    }
+
+
+class AppliancePatch(Body):
+    """Fields to change. Left out: unchanged. null clears an optional field."""
+
+    not_null: ClassVar[frozenset[str]] = frozenset({"base_url", "site", "tags", "enabled"})
+
+    base_url: Annotated[str, Field(pattern=URL, max_length=2048)] | SkipJsonSchema[None] = None
+    site: Text | SkipJsonSchema[None] = None
+    tags: Annotated[list[Tag], Field(max_length=100)] | SkipJsonSchema[None] = None
+    timezone: Annotated[str, Field(pattern=TIMEZONE)] | None = None
+    credentials_ref: Annotated[str, Field(pattern=CREDENTIALS_REF)] | None = None
+    tls_ca_file: Annotated[str, Field(pattern=PATH)] | None = None
+    tls_thumbprint: Annotated[str, Field(pattern=THUMBPRINT)] | None = None
+    enabled: bool | SkipJsonSchema[None] = Field(default=None, description=(
+        "false: new rollouts do not target it (planned tasks stay)."))
+
+
+# ------------------------------------------------------------------ rollouts
+class Selector(Body):
+    """Which enabled appliances: AND across fields, OR within one. {} targets all."""
+
+    sites: Annotated[list[Text], Field(min_length=1, max_length=1000)] | SkipJsonSchema[None] = None
+    tags: Annotated[list[Tag], Field(min_length=1, max_length=1000)] | SkipJsonSchema[None] = None
+    names: Annotated[list[Annotated[str, Field(pattern=NAME)]],
+                     Field(min_length=1, max_length=100_000)] | SkipJsonSchema[None] = None
+    current_versions: Annotated[list[Text], Field(min_length=1, max_length=1000)] \
+        | SkipJsonSchema[None] = None
+    not_null: ClassVar[frozenset[str]] = frozenset(
+        {"sites", "tags", "names", "current_versions"})
+
+
+class Strategy(Body):
+    """How the rollout runs; every field is optional (the defaults are shown)."""
+
+    waves: Annotated[list[Size], Field(min_length=1, max_length=1000)] = [1, "10%", "50%",
+                                                                          "100%"]
+    order: Literal["spread", "site-by-site", "name", "random"] = "spread"
+    seed: Annotated[int, Field(ge=-(2**63), le=2**63 - 1)] = 0
+    max_concurrency: Size = 10
+    per_site_concurrency: Count | None = None
+    max_starts_per_minute: Count | None = None
+    max_failures: FailureSize = "10%"
+    min_executed: Annotated[int, Field(ge=0, le=MAX_COUNT)] = 5
+    soak_seconds: Seconds = 0
+    approval: Literal["none", "each-wave", "after-canary"] = "none"
+    task_timeout: PositiveSeconds = 3600
+    reboot_grace: PositiveSeconds = 900
+    install_retries: Annotated[int, Field(ge=0, le=100)] = 0
+    dispatch_retries: Annotated[int, Field(ge=0, le=100)] = 3
+    verify_services: Annotated[list[Service], Field(max_length=50)] = ["hms|srm", "drrest"]
+    windows: Literal["required", "ignore"] | None = None
+    at_window_end: Literal["finish-in-flight", "cancel-pending"] = "finish-in-flight"
+    not_null: ClassVar[frozenset[str]] = frozenset({
+        "waves", "order", "seed", "max_concurrency", "max_failures", "min_executed",
+        "soak_seconds", "approval", "task_timeout", "reboot_grace", "install_retries",
+        "dispatch_retries", "verify_services", "at_window_end",
+    })
+
+
+class PlanRequest(Body):
+    target_version: Annotated[str, Field(pattern=VERSION, description=(
+        "The version to install, e.g. 9.0.1-20020."))]
+    selector: Selector = Field(default=Selector(), description=(
+        "Which appliances; left out: every enabled appliance."))
+    strategy: Strategy = Field(default=Strategy(), description=(
+        "How it runs; left out, or any key left out: the defaults in Strategy."))
+    not_null: ClassVar[frozenset[str]] = frozenset({"selector", "strategy"})
+    example: ClassVar[dict[str, Any]] = {
+        "target_version": "9.0.1-20020", "selector": {"sites": ["ams"]},
+        "strategy": {"waves": [1, "50%", "100%"], "max_concurrency": 5},
+    }
+
+    def selector_dict(self) -> dict[str, Any]:
+        return self.selector.given() if "selector" in self.model_fields_set else {}
+
+    def strategy_dict(self) -> dict[str, Any]:
+        return self.strategy.given() if "strategy" in self.model_fields_set else {}
+
+
+class RolloutCreate(PlanRequest):
+    """A rollout in DRAFT with its plan snapshot; start it with POST .../start."""
+
+    name: Annotated[str, Field(min_length=1, max_length=200, pattern=TEXT,
+                               description="A name people will recognise.")]
+    schedule_at: Annotated[str, Field(pattern=DATETIME, description=(
+        "Start no earlier than this time (RFC 3339 with a zone)."))] | None = None
+    example: ClassVar[dict[str, Any]] = {
+        "name": "9.0.1 to ams", **PlanRequest.example,
+        "strategy": {"waves": [1, "50%", "100%"], "max_concurrency": 5,
+                     "approval": "after-canary"},
+    }
+
+
+# ------------------------------------------------------------------ tokens
+class TokenCreate(Body):
+    name: Annotated[str, Field(pattern=TOKEN_NAME, max_length=100)]
+    role: Literal["viewer", "operator", "admin"]
+    example: ClassVar[dict[str, Any]] = {"name": "grafana", "role": "viewer"}
+
+
+BODY_MODELS: Final[tuple[type[Body], ...]] = (
+    ApplianceCreate, AppliancePatch, Selector, Strategy, PlanRequest, RolloutCreate,
+    TokenCreate,
+)

@@ -1,0 +1,230 @@
+"""`/api/v1/rollouts`: create (idempotent), plan preview, the operator controls, reads.
+
+Every action calls the same store function as the CLI (`orchestrator.store.rollouts`),
+which checks the state machine, writes `audit_log` with the token's name and notifies the
+engines. A control the state machine forbids is a 409 that names the current state and the
+states where the control is allowed.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import asyncpg
+from aiohttp import web
+
+from orchestrator.api.models import PlanRequest, RolloutCreate, parse_time
+from orchestrator.api.problems import FieldError, Problem, bad_request
+from orchestrator.api.routing import Call, Operation, Resp, json_response, page
+from orchestrator.api.schemas import ROLLOUT_STATES
+from orchestrator.api.validation import (
+    BIGINT_MAX,
+    CURSOR,
+    Param,
+    decode_cursor,
+    encode_cursor,
+    limit_param,
+    read_model,
+    read_no_body,
+)
+from orchestrator.domain.selector import SelectorError
+from orchestrator.domain.states import OperationNotAllowed
+from orchestrator.domain.strategy import StrategyError
+from orchestrator.store import rollouts as rollout_store
+from orchestrator.store.forecast import rollout_forecast
+from orchestrator.store.rollouts import IdempotencyConflict, RolloutError, RolloutNotFound
+
+ID_PARAM: Final = Param("id", "path", "integer", minimum=1, maximum=BIGINT_MAX,
+                        description="The rollout's id.")
+IN_FLIGHT: Final = ("DISPATCHING", "INSTALLING", "VERIFYING")
+IDEMPOTENCY_KEY: Final = Param(
+    "Idempotency-Key", "header", pattern=r"^[\x21-\x7e]{1,200}$",
+    description="Any unique text (e.g. a UUID). The same key with the same body returns "
+                "the rollout created the first time (200); with another body: 409.",
+)
+
+
+def not_found(rollout_id: int) -> Problem:
+    return Problem(404, f"id: no rollout {rollout_id}",
+                   errors=[FieldError("id", f"no rollout {rollout_id}")])
+
+
+def request_problem(exc: StrategyError | SelectorError | RolloutError) -> Problem:
+    if isinstance(exc, StrategyError | SelectorError):
+        return Problem(422, f"body.{exc.field}: {exc.message}",
+                       errors=[FieldError(f"body.{exc.field}", exc.message)])
+    text = str(exc)
+    field = text.split(":", 1)[0] if ":" in text.split(" ", 1)[0] else "body.selector"
+    if not field.startswith("body"):
+        field = f"body.{field}"
+    return Problem(422, text, errors=[FieldError(field, text)])
+
+
+async def rollout_detail(pool: asyncpg.Pool, rollout_id: int, *, forecast: bool = False,
+                         eta_task_seconds: float = 900.0) -> dict[str, Any]:
+    """What `rollout show --json` shows, read on one connection (one snapshot each)."""
+    async with pool.acquire() as conn:
+        try:
+            rollout = await rollout_store.get_rollout(conn, rollout_id)
+        except RolloutNotFound:
+            raise not_found(rollout_id) from None
+        counts = await rollout_store.rollout_counts(conn, rollout_id)
+        out = rollout.to_dict()
+        out["counts"] = counts.to_dict()
+        out["in_flight"] = sum(counts.by_state.get(s, 0) for s in IN_FLIGHT)
+        if forecast:
+            result = await rollout_forecast(conn, rollout_id, datetime.now(UTC),
+                                            eta_task_seconds)
+            out["forecast"] = result.to_dict()
+    return out
+
+
+# ------------------------------------------------------------------ handlers
+async def list_rollouts(call: Call) -> web.StreamResponse:
+    p = call.params
+    limit = p["limit"]
+    items = await rollout_store.list_rollouts(
+        call.pool, states=p["state"] or None, after_id=decode_cursor(p["cursor"]),
+        limit=limit + 1,
+    )
+    more = len(items) > limit
+    items = items[:limit]
+    return json_response(page([r.to_dict() for r in items],
+                              encode_cursor(items[-1].id) if more else None))
+
+
+async def create_rollout(call: Call) -> web.StreamResponse:
+    body = await read_model(call.request, RolloutCreate)
+    try:
+        schedule_at = parse_time(body.schedule_at)
+    except ValueError as exc:
+        raise bad_request("body.schedule_at", str(exc), status=422) from None
+    key = call.params["Idempotency-Key"]
+    try:
+        rollout, created = await rollout_store.create_rollout(
+            call.pool, name=body.name, target_version=body.target_version,
+            selector=body.selector_dict(), strategy=body.strategy_dict(), actor=call.actor,
+            schedule_at=schedule_at, idempotency_key=key,
+        )
+    except IdempotencyConflict as exc:
+        raise Problem(409, str(exc), errors=[FieldError("Idempotency-Key", str(exc))]) \
+            from None
+    except (StrategyError, SelectorError, RolloutError) as exc:
+        raise request_problem(exc) from None
+    detail = await rollout_detail(call.pool, rollout.id)
+    headers = {"Location": f"/api/v1/rollouts/{rollout.id}"}
+    if not created:
+        headers["Idempotent-Replayed"] = "true"
+    return json_response(detail, 201 if created else 200, headers)
+
+
+async def plan_rollout(call: Call) -> web.StreamResponse:
+    body = await read_model(call.request, PlanRequest)
+    try:
+        plan = await rollout_store.preview_plan(
+            call.pool, body.target_version, body.selector_dict(), body.strategy_dict()
+        )
+    except (StrategyError, SelectorError, RolloutError) as exc:
+        raise request_problem(exc) from None
+    return json_response(plan.to_dict())
+
+
+async def get_rollout(call: Call) -> web.StreamResponse:
+    p = call.params
+    return json_response(await rollout_detail(
+        call.pool, p["id"], forecast=p["forecast"],
+        eta_task_seconds=call.state.settings.eta_task_seconds,
+    ))
+
+
+def control(name: str, run: Any) -> Any:
+    async def handler(call: Call) -> web.StreamResponse:
+        await read_no_body(call.request)
+        rollout_id = call.params["id"]
+        try:
+            result = await run(call.pool, rollout_id, call.actor)
+        except RolloutNotFound:
+            raise not_found(rollout_id) from None
+        except OperationNotAllowed as exc:
+            raise Problem(409, str(exc), current_state=str(exc.state),
+                          allowed_states=[str(s) for s in exc.allowed]) from None
+        except RolloutError as exc:
+            state = await call.pool.fetchval("SELECT state FROM rollouts WHERE id = $1",
+                                             rollout_id)
+            raise Problem(409, f"cannot {name} rollout: {exc}", current_state=state) \
+                from None
+        return json_response({"message": result.message, "rollout": result.rollout.to_dict()})
+
+    handler.__name__ = f"{name}_rollout"
+    return handler
+
+
+# (path segment, store function, operationId, summary, description)
+CONTROLS: Final = (
+    ("start", rollout_store.start_rollout, "startRollout", "Start a rollout",
+     "Start a DRAFT rollout (SCHEDULED when schedule_at is ahead), or a SCHEDULED one now."),
+    ("pause", rollout_store.pause_rollout, "pauseRollout", "Pause a rollout",
+     "Stop new installs; installs already accepted run to their end."),
+    ("resume", rollout_store.resume_rollout, "resumeRollout", "Resume a paused rollout",
+     "Resume a PAUSED rollout."),
+    ("cancel", rollout_store.cancel_rollout, "cancelRollout", "Cancel a rollout",
+     "Cancel: never-started tasks are cancelled; accepted installs cannot be stopped."),
+    ("approve", rollout_store.approve_rollout, "approveRollout", "Approve the next wave",
+     "Open the gate of the wave that waits for an operator (or approve it ahead)."),
+    ("retry-failed", rollout_store.retry_failed, "retryFailedRollout",
+     "Retry a rollout's failed tasks",
+     "Put FAILED, TIMED_OUT and CANCELLED tasks back to PENDING; the rollout runs again."),
+)
+
+LINKS: Final = tuple(
+    (op_id, "id", "$response.body#/id")
+    for op_id in ("getRollout", "listRolloutTasks", "getRolloutReport",
+                  *(c[2] for c in CONTROLS))
+)
+
+OPERATIONS: Final = (
+    Operation(
+        "GET", "/api/v1/rollouts", list_rollouts, "listRollouts", "List rollouts",
+        "rollouts", "viewer",
+        params=(Param("state", "query", many=True, enum=tuple(ROLLOUT_STATES),
+                      description="Only rollouts in these states (repeatable)."),
+                limit_param(), CURSOR),
+        responses={200: Resp("A page of rollouts, newest first.", "RolloutPage")},
+    ),
+    Operation(
+        "POST", "/api/v1/rollouts", create_rollout, "createRollout",
+        "Create a rollout (DRAFT) with its plan", "rollouts", "operator",
+        params=(IDEMPOTENCY_KEY,), body=RolloutCreate,
+        responses={
+            201: Resp("Created.", "RolloutDetail", headers=("Location",), links=LINKS),
+            200: Resp("The same Idempotency-Key and body were sent before: the rollout "
+                      "created then.", "RolloutDetail",
+                      headers=("Location", "Idempotent-Replayed"), links=LINKS),
+        },
+        errors=(409,),
+        description="Snapshots the plan: one task per targeted appliance, in waves.",
+    ),
+    Operation(
+        "POST", "/api/v1/rollouts/plan", plan_rollout, "planRollout",
+        "Preview a plan (writes nothing)", "rollouts", "operator", body=PlanRequest,
+        responses={200: Resp("The waves and appliances a rollout would get now.", "Plan")},
+    ),
+    Operation(
+        "GET", "/api/v1/rollouts/{id}", get_rollout, "getRollout",
+        "Get a rollout with task counts by state, wave and site", "rollouts", "viewer",
+        params=(ID_PARAM, Param("forecast", "query", "boolean", default=False,
+                                description="Include the forecast completion (ETA).")),
+        responses={200: Resp("The rollout.", "RolloutDetail")},
+    ),
+    *(
+        Operation(
+            "POST", f"/api/v1/rollouts/{{id}}/{name}", control(name, run), op_id, summary,
+            "rollouts", "operator", params=(ID_PARAM,),
+            responses={200: Resp("Done; message says what happened.", "OperationResult")},
+            errors=(409,), description=text + " 409 (with current_state) where the "
+                                              "rollout's state forbids it.",
+        )
+        for name, run, op_id, summary, text in CONTROLS
+    ),
+)

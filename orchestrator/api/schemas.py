@@ -1,0 +1,166 @@
+"""JSON Schemas of the responses (components of the OpenAPI document)."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from orchestrator.domain.states import RolloutState, TaskState, WaveState
+
+ROLLOUT_STATES: Final = [str(s) for s in RolloutState]
+TASK_STATES: Final = [str(s) for s in TaskState]
+WAVE_STATES: Final = [str(s) for s in WaveState]
+
+
+def nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def obj(properties: dict[str, Any], *, required: list[str] | None = None,
+        additional: bool = False, description: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "type": "object", "properties": properties,
+        "required": list(properties) if required is None else required,
+        "additionalProperties": additional,
+    }
+    if description:
+        out["description"] = description
+    return out
+
+
+def page_of(name: str) -> dict[str, Any]:
+    return obj({
+        "items": {"type": "array", "items": ref(name)},
+        "next_cursor": nullable({"type": "string"}),
+    }, description="A page; pass next_cursor as ?cursor= for the next one (null: last page).")
+
+
+STR: Final = {"type": "string"}
+INT: Final = {"type": "integer"}
+TIME: Final = {"type": "string", "format": "date-time"}
+COUNTS: Final = {"type": "object", "additionalProperties": {"type": "integer"},
+                 "description": "Tasks by state."}
+SIZE: Final = {"oneOf": [{"type": "integer"}, {"type": "string"}]}
+
+SCHEMAS: Final[dict[str, dict[str, Any]]] = {
+    "Problem": obj({
+        "type": {"type": "string", "format": "uri-reference"},
+        "title": STR, "status": INT, "detail": STR,
+        "errors": {"type": "array", "items": obj({
+            "field": STR, "message": STR, "line": INT,
+        }, required=["field", "message"])},
+    }, required=["type", "title", "status", "detail"], additional=True,
+        description="RFC 9457 problem details. Some problems add members: error_id (500, "
+                    "503), current_state and allowed_states (409 on a rollout control), "
+                    "required_role (403), max_bytes (413)."),
+    "Appliance": obj({
+        "id": INT, "name": STR, "base_url": STR, "site": STR,
+        "tags": {"type": "array", "items": STR},
+        "timezone": nullable(STR), "credentials_ref": nullable(STR),
+        "tls_ca_file": nullable(STR), "tls_thumbprint": nullable(STR),
+        "current_version": nullable(STR), "last_seen_at": nullable(TIME),
+        "enabled": {"type": "boolean"},
+    }),
+    "AppliancePage": page_of("Appliance"),
+    "ImportResult": obj({"imported": INT, "inserted": INT, "updated": INT}),
+    "SelectorOut": obj({k: {"type": "array", "items": STR}
+                        for k in ("sites", "tags", "names", "current_versions")},
+                       required=[]),
+    "StrategyOut": obj({
+        "waves": {"type": "array", "items": SIZE}, "order": STR, "seed": INT,
+        "max_concurrency": SIZE, "per_site_concurrency": nullable(INT),
+        "max_starts_per_minute": nullable(INT), "max_failures": SIZE, "min_executed": INT,
+        "soak_seconds": {"type": "number"}, "approval": STR,
+        "task_timeout": {"type": "number"}, "reboot_grace": {"type": "number"},
+        "install_retries": INT, "dispatch_retries": INT,
+        "verify_services": {"type": "array", "items": STR}, "windows": nullable(STR),
+        "at_window_end": STR,
+    }, description="The normalised strategy: every key present."),
+    "Rollout": obj({
+        "id": INT, "name": STR, "target_version": STR, "selector": ref("SelectorOut"),
+        "strategy": ref("StrategyOut"), "state": {"type": "string", "enum": ROLLOUT_STATES},
+        "current_wave": nullable(INT), "schedule_at": nullable(TIME), "created_by": STR,
+        "abort_reason": nullable(STR), "created_at": TIME, "started_at": nullable(TIME),
+        "finished_at": nullable(TIME), "targeted": INT,
+    }),
+    "Wave": obj({
+        "number": INT, "planned_size": INT, "state": {"type": "string", "enum": WAVE_STATES},
+        "requires_approval": {"type": "boolean"}, "approved_by": nullable(STR),
+        "started_at": nullable(TIME), "finished_at": nullable(TIME),
+    }),
+    "Counts": obj({
+        "by_state": COUNTS,
+        "by_wave": {"type": "object", "additionalProperties": COUNTS,
+                    "description": "Tasks by state, per wave number."},
+        "by_site": {"type": "object", "additionalProperties": COUNTS,
+                    "description": "Tasks by state, per site."},
+        "waves": {"type": "array", "items": ref("Wave")},
+    }),
+    "Forecast": obj({"eta": nullable(TIME), "task_seconds": {"type": "number"},
+                     "observed_tasks": INT, "basis": STR}),
+    "RolloutPage": page_of("Rollout"),
+    "OperationResult": obj({"message": STR, "rollout": ref("Rollout")}),
+    "Plan": obj({
+        "target_version": STR, "targeted": INT, "selector": ref("SelectorOut"),
+        "strategy": ref("StrategyOut"),
+        "waves": {"type": "array", "items": obj({
+            "number": INT, "size": INT, "requires_approval": {"type": "boolean"},
+            "sites": {"type": "array", "items": STR},
+            "appliances": {"type": "array", "items": STR},
+        })},
+    }),
+    "Task": obj({
+        "id": INT, "appliance": STR, "site": STR, "wave": INT,
+        "state": {"type": "string", "enum": TASK_STATES}, "attempt": INT,
+        "progress": nullable(INT), "from_version": nullable(STR),
+        "final_version": nullable(STR), "error_code": nullable(STR),
+        "error_message": nullable(STR), "reconfigure_required": nullable({"type": "boolean"}),
+        "dispatched_at": nullable(TIME), "finished_at": nullable(TIME),
+    }),
+    "TaskPage": page_of("Task"),
+    "AuditEntry": obj({
+        "id": INT, "at": TIME, "actor": STR,
+        "via": {"type": "string", "enum": ["cli", "api", "engine", "schedule"]},
+        "action": STR, "target_type": STR, "target_id": nullable(STR),
+        "detail": {"type": "object"},
+    }),
+    "AuditPage": page_of("AuditEntry"),
+    "Token": obj({
+        "name": STR, "role": {"type": "string", "enum": ["viewer", "operator", "admin"]},
+        "created_at": TIME, "last_used_at": nullable(TIME), "revoked_at": nullable(TIME),
+    }),
+    "TokenList": obj({"items": {"type": "array", "items": ref("Token")}}),
+    "Health": obj({"status": {"type": "string", "enum": ["ok"]}, "version": STR}),
+    "Ready": obj({"status": {"type": "string", "enum": ["ready"]},
+                  "database": {"type": "string", "enum": ["ok"]},
+                  "engine": {"type": "string", "enum": ["running", "off"]}}),
+    "TaskEvent": obj({
+        "id": INT, "task_id": INT, "appliance": STR, "site": STR, "wave": INT,
+        "from_state": nullable(STR), "to_state": STR, "at": TIME,
+        "detail": {"type": "object"},
+    }, description="SSE `event: task` data (the SSE id is `id`)."),
+    "Progress": obj({
+        "rollout": INT, "state": {"type": "string", "enum": ROLLOUT_STATES},
+        "current_wave": nullable(INT), "counts": COUNTS, "in_flight": INT,
+        "last_event_id": INT,
+    }, description="SSE `event: progress` data: the rollout's state and task counts."),
+}
+
+
+def _extend(base: str, extra: dict[str, Any], required: list[str], description: str) -> None:
+    schema = SCHEMAS[base]
+    SCHEMAS[f"{base}{'Detail' if base == 'Rollout' else 'Created'}"] = {
+        **schema, "properties": {**schema["properties"], **extra},
+        "required": [*schema["required"], *required], "description": description,
+    }
+
+
+_extend("Rollout", {"counts": ref("Counts"), "in_flight": INT, "forecast": ref("Forecast")},
+        ["counts", "in_flight"],
+        "A rollout with its task counts by state, wave and site, and the tasks in flight; "
+        "forecast only with ?forecast=true.")
+_extend("Token", {"token": STR}, ["token"],
+        "The new token: `token` is shown here only, store it now.")

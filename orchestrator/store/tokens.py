@@ -1,0 +1,140 @@
+"""API tokens: the SQL of the `api_tokens` aggregate.
+
+A token is a high-entropy random string shown once, when it is created; the table keeps
+only its SHA-256 (`token_hash`), never the token. A request's bearer token is hashed and
+looked up by that hash, and the stored hash is compared again in constant time. Revoked
+tokens stay in the table (their name stays taken) so the audit log keeps meaning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+import asyncpg
+
+from orchestrator.store.db import DB
+
+ROLES: Final = ("viewer", "operator", "admin")
+TOKEN_PREFIX: Final = "orch_"  # noqa: S105 - not a secret
+_COLUMNS = "id, name, role, created_at, last_used_at, revoked_at"
+
+
+class TokenError(Exception):
+    """A token request is refused; the message says why."""
+
+
+class TokenExists(TokenError):
+    pass
+
+
+class TokenNotFound(TokenError):
+    pass
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """What is known about a token: never the token itself, nor its hash."""
+
+    id: int
+    name: str
+    role: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "role": self.role,
+            "created_at": self.created_at.isoformat(),
+            "last_used_at": self.last_used_at.isoformat() if self.last_used_at else None,
+            "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
+        }
+
+
+def new_token() -> str:
+    """256 bits from the OS's CSPRNG, URL-safe, with a recognisable prefix."""
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _info(row: asyncpg.Record) -> TokenInfo:
+    return TokenInfo(**dict(row))
+
+
+async def create_token(conn: DB, name: str, role: str) -> tuple[TokenInfo, str]:
+    """Store a new token; returns (info, token). The token is not kept anywhere."""
+    if role not in ROLES:
+        raise TokenError(f"role: {role!r} is not one of {', '.join(ROLES)}")
+    if not name.strip():
+        raise TokenError("name: required, got an empty value")
+    token = new_token()
+    try:
+        row = await conn.fetchrow(
+            f"""INSERT INTO api_tokens (name, role, token_hash) VALUES ($1, $2, $3)
+                RETURNING {_COLUMNS}""",
+            name, role, hash_token(token),
+        )
+    except asyncpg.UniqueViolationError:
+        raise TokenExists(
+            f"name: a token named {name!r} exists (revoked tokens keep their name)"
+        ) from None
+    assert row is not None
+    return _info(row), token
+
+
+async def authenticate(conn: DB, token: str) -> TokenInfo | None:
+    """The active token matching `token`, or None (unknown, or revoked)."""
+    digest = hash_token(token)
+    row = await conn.fetchrow(
+        f"SELECT {_COLUMNS}, token_hash FROM api_tokens WHERE token_hash = $1", digest
+    )
+    if row is None or not hmac.compare_digest(row["token_hash"], digest):
+        return None
+    if row["revoked_at"] is not None:
+        return None
+    return TokenInfo(**{k: row[k] for k in ("id", "name", "role", "created_at",
+                                            "last_used_at", "revoked_at")})
+
+
+async def touch_token(conn: DB, token_id: int) -> None:
+    """Record that the token was just used."""
+    await conn.execute("UPDATE api_tokens SET last_used_at = now() WHERE id = $1", token_id)
+
+
+async def list_tokens(conn: DB, *, include_revoked: bool = True) -> list[TokenInfo]:
+    rows = await conn.fetch(
+        f"""SELECT {_COLUMNS} FROM api_tokens
+            WHERE $1 OR revoked_at IS NULL ORDER BY name""",
+        include_revoked,
+    )
+    return [_info(r) for r in rows]
+
+
+async def get_token(conn: DB, name: str) -> TokenInfo | None:
+    row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM api_tokens WHERE name = $1", name)
+    return _info(row) if row else None
+
+
+async def revoke_token(conn: DB, name: str) -> TokenInfo:
+    """Revoke by name; revoking a revoked token is a no-op that returns it unchanged."""
+    row = await conn.fetchrow(
+        f"""UPDATE api_tokens SET revoked_at = coalesce(revoked_at, now())
+            WHERE name = $1 RETURNING {_COLUMNS}""",
+        name,
+    )
+    if row is None:
+        raise TokenNotFound(f"no token named {name!r}")
+    return _info(row)
