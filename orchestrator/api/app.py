@@ -17,6 +17,7 @@ from orchestrator.api import (
     rollouts,
     tasks,
     tokens,
+    windows,
 )
 from orchestrator.api.metrics import ApiMetrics, HttpView
 from orchestrator.api.problems import problem_middleware
@@ -31,6 +32,7 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
     *events.OPERATIONS,
     *audit.OPERATIONS,
     *tokens.OPERATIONS,
+    *windows.OPERATIONS,
     *health.OPERATIONS,
     *openapi.OPERATIONS,
 )

@@ -258,6 +258,51 @@ class RolloutCreate(PlanRequest):
     }
 
 
+# ------------------------------------------------------------------ maintenance windows
+CRON: Final = r"^[\x21-\x7e]+( [\x21-\x7e]+){4}$"
+DURATION_TEXT: Final = r"^[0-9][0-9hmsd ]{0,30}$"
+PATTERN_HINTS[CRON] = "must be a 5-field cron expression such as \"0 22 * * 1-5\""
+PATTERN_HINTS[DURATION_TEXT] = "must be seconds or a duration such as \"4h\", \"90m\", \"1h30m\""
+WindowDuration = Annotated[
+    Annotated[int, Field(ge=0, le=MAX_SECONDS)] | Annotated[str, Field(pattern=DURATION_TEXT)],
+    Field(description="Whole seconds, or text such as \"4h\", \"90m\", \"1h30m\"."),
+]
+
+
+class WindowCreate(Body):
+    """A maintenance window: the same rules as `orchestrator windows create`."""
+
+    name: Annotated[str, Field(pattern=NAME, max_length=200, description="Unique name.")]
+    cron: Annotated[str, Field(pattern=CRON, max_length=200, description=(
+        "5-field cron expression read on the local wall clock of `timezone` (or of the "
+        "appliance's own zone), e.g. \"0 22 * * 1-5\"."))]
+    duration: WindowDuration
+    timezone: Annotated[str, Field(pattern=TIMEZONE, description="IANA zone.")]
+    cutoff: WindowDuration = 0
+    sites: Annotated[list[Text], Field(max_length=1000)] = []
+    tags: Annotated[list[Tag], Field(max_length=1000)] = []
+    not_null: ClassVar[frozenset[str]] = frozenset({"cutoff", "sites", "tags"})
+    example: ClassVar[dict[str, Any]] = {
+        "name": "nightly-ams", "cron": "0 22 * * *", "duration": "4h",
+        "timezone": "Europe/Amsterdam", "cutoff": "30m", "sites": ["ams"],
+    }
+
+
+class WindowPatch(Body):
+    """Fields to change; left out: unchanged. The result is validated as a whole."""
+
+    not_null: ClassVar[frozenset[str]] = frozenset(
+        {"name", "cron", "duration", "timezone", "cutoff", "sites", "tags"})
+    name: Annotated[str, Field(pattern=NAME, max_length=200)] | SkipJsonSchema[None] = None
+    cron: Annotated[str, Field(pattern=CRON, max_length=200)] | SkipJsonSchema[None] = None
+    duration: WindowDuration | SkipJsonSchema[None] = None
+    timezone: Annotated[str, Field(pattern=TIMEZONE)] | SkipJsonSchema[None] = None
+    cutoff: WindowDuration | SkipJsonSchema[None] = None
+    sites: Annotated[list[Text], Field(max_length=1000)] | SkipJsonSchema[None] = None
+    tags: Annotated[list[Tag], Field(max_length=1000)] | SkipJsonSchema[None] = None
+    example: ClassVar[dict[str, Any]] = {"duration": "5h", "cutoff": "45m"}
+
+
 # ------------------------------------------------------------------ tokens
 class TokenCreate(Body):
     name: Annotated[str, Field(pattern=TOKEN_NAME, max_length=100)]
@@ -267,5 +312,5 @@ class TokenCreate(Body):
 
 BODY_MODELS: Final[tuple[type[Body], ...]] = (
     ApplianceCreate, AppliancePatch, Selector, Strategy, PlanRequest, RolloutCreate,
-    TokenCreate,
+    TokenCreate, WindowCreate, WindowPatch,
 )

@@ -23,6 +23,7 @@ from orchestrator.api.schemas import SCHEMAS, ref
 TAGS: Final = (
     ("appliances", "The inventory: viewer reads, admin writes."),
     ("rollouts", "Rollouts and their controls: viewer reads, operator acts."),
+    ("maintenance windows", "When installs may start: viewer reads, admin writes."),
     ("tasks", "What happened to each appliance of a rollout."),
     ("events", "Server-sent events of a rollout's progress."),
     ("audit", "Who did what."),

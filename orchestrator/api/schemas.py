@@ -137,6 +137,26 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
     "Ready": obj({"status": {"type": "string", "enum": ["ready"]},
                   "database": {"type": "string", "enum": ["ok"]},
                   "engine": {"type": "string", "enum": ["running", "off"]}}),
+    "Window": obj({
+        "id": INT, "name": STR, "cron": STR,
+        "duration": {"type": "integer", "description": "Seconds."},
+        "timezone": STR, "cutoff": {"type": "integer", "description": "Seconds."},
+        "sites": {"type": "array", "items": STR}, "tags": {"type": "array", "items": STR},
+        "next": {"type": "array", "items": ref("WindowOpening"),
+                 "description": "The next openings (in the window's own zone)."},
+    }),
+    "WindowList": obj({"items": {"type": "array", "items": ref("Window")}}),
+    "WindowOpening": obj({
+        "window": STR, "timezone": STR, "opens": TIME, "closes": TIME,
+        "opens_local": STR, "closes_local": STR,
+    }, description="One opening: `opens`/`closes` in UTC, `*_local` on the wall clock of "
+                   "`timezone`."),
+    "WindowOpenings": obj({
+        "site": STR, "covered": {"type": "boolean", "description": (
+            "false: no window covers the site (and tags): its appliances are not "
+            "restricted.")},
+        "items": {"type": "array", "items": ref("WindowOpening")},
+    }),
     "TaskEvent": obj({
         "id": INT, "task_id": INT, "appliance": STR, "site": STR, "wave": INT,
         "from_state": nullable(STR), "to_state": STR, "at": TIME,

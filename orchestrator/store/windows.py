@@ -75,6 +75,32 @@ async def get_window(conn: DB, name_or_id: str | int) -> StoredWindow:
     return _spec(row)
 
 
+async def update_window(conn: DB, name_or_id: str | int, changes: Mapping[str, Any],
+                        actor: Actor) -> StoredWindow:
+    """Apply `changes` to a window and validate the result as a whole (WindowError names
+    the bad field); the row is locked for the transaction."""
+    window = await get_window(conn, name_or_id)
+    await conn.execute("SELECT 1 FROM maintenance_windows WHERE id = $1 FOR UPDATE", window.id)
+    spec = parse_window({**window.spec.to_dict(), **changes})
+    values = spec.to_dict()
+    try:
+        row = await conn.fetchrow(
+            f"""UPDATE maintenance_windows SET name = $2, cron = $3, duration_s = $4,
+                       timezone = $5, cutoff_s = $6, sites = $7, tags = $8,
+                       updated_at = now()
+                WHERE id = $1 RETURNING {_COLUMNS}""",
+            window.id, spec.name, spec.cron, values["duration"], spec.timezone,
+            values["cutoff"], list(spec.sites), list(spec.tags),
+        )
+    except asyncpg.UniqueViolationError:
+        raise WindowStoreError(f"a window named {spec.name!r} exists already") from None
+    if row is None:
+        raise WindowStoreError(f"no maintenance window {name_or_id!r}")
+    await record_audit(conn, actor, "window.update", "maintenance_window", window.id,
+                       {"name": spec.name, "changed": sorted(changes)})
+    return _spec(row)
+
+
 async def delete_window(conn: DB, name_or_id: str | int, actor: Actor) -> StoredWindow:
     window = await get_window(conn, name_or_id)
     await conn.execute("DELETE FROM maintenance_windows WHERE id = $1", window.id)
