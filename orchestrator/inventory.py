@@ -121,6 +121,9 @@ def parse_inventory(text: str, fmt: str) -> ValidationResult:
         result = validate_records(checked())
     except InventoryError:
         raise
+    except csv.Error as exc:  # e.g. a NUL byte or a field larger than the csv limit
+        raise InventoryError(fmt, [*shape_errors, RowError(0, f"unreadable CSV: {exc}")]) \
+            from None
     errors = sorted(shape_errors + result.errors, key=lambda e: e.line)
     if errors:
         raise InventoryError(fmt, errors)

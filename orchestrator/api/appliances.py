@@ -33,7 +33,6 @@ from orchestrator.domain.models import Appliance
 from orchestrator.inventory import InventoryError, parse_inventory
 from orchestrator.store import appliances as appliance_store
 from orchestrator.store.audit import record_audit
-from orchestrator.store.db import DB
 
 NAME_PARAM: Final = Param("name", "path", pattern=NAME, max_length=253,
                           description="The appliance's name.")
@@ -119,7 +118,7 @@ async def update_appliance(call: Call) -> web.StreamResponse:
     body = await read_model(call.request, AppliancePatch)
     changes = body.given()
     async with call.pool.acquire() as conn, conn.transaction():
-        if not await lock_appliance(conn, name):
+        if not await appliance_store.lock_appliance(conn, name):
             raise _not_found(name)
         current = await appliance_store.get_appliance(conn, name)
         assert current is not None
@@ -130,7 +129,7 @@ async def update_appliance(call: Call) -> web.StreamResponse:
             raise _invalid_record(reasons)
         await appliance_store.upsert_appliances(conn, [spec])
         if "enabled" in changes:
-            await set_enabled(conn, name, bool(changes["enabled"]))
+            await appliance_store.set_enabled(conn, name, bool(changes["enabled"]))
         await record_audit(conn, call.actor, "appliance.update", "appliance", name,
                            {"fields": sorted(changes)})
         updated = await appliance_store.get_appliance(conn, name)
@@ -141,9 +140,9 @@ async def update_appliance(call: Call) -> web.StreamResponse:
 async def delete_appliance(call: Call) -> web.StreamResponse:
     name = call.params["name"]
     async with call.pool.acquire() as conn, conn.transaction():
-        if not await lock_appliance(conn, name):
+        if not await appliance_store.lock_appliance(conn, name):
             raise _not_found(name)
-        rollouts = await referencing_rollouts(conn, name)
+        rollouts = await appliance_store.referencing_rollouts(conn, name)
         if rollouts:
             listed = ", ".join(str(r) for r in rollouts)
             raise Problem(
@@ -152,7 +151,7 @@ async def delete_appliance(call: Call) -> web.StreamResponse:
                 rollouts=rollouts,
             )
         try:
-            await remove_appliance(conn, name)
+            await appliance_store.remove_appliance(conn, name)
         except asyncpg.ForeignKeyViolationError:
             raise Problem(409, f"appliance {name!r} is referenced by tasks") from None
         await record_audit(conn, call.actor, "appliance.delete", "appliance", name, {})
@@ -211,33 +210,6 @@ def _rows_problem(errors: list[RowError]) -> Problem:
         422, f"{len(errors)} problem(s), nothing imported: {shown}{more}",
         errors=[FieldError(_field_of(e.reason), e.reason, e.line) for e in errors],
     )
-
-
-# ------------------------------------------------------------------ SQL
-# Not yet in orchestrator/store/appliances.py (owned elsewhere); to be moved there as is.
-async def lock_appliance(conn: DB, name: str) -> bool:
-    """Lock the appliance's row for this transaction; False when it does not exist."""
-    return bool(await conn.fetchval(
-        "SELECT true FROM appliances WHERE name = $1 FOR UPDATE", name))
-
-
-async def set_enabled(conn: DB, name: str, enabled: bool) -> None:
-    await conn.execute(
-        "UPDATE appliances SET enabled = $2, updated_at = now() WHERE name = $1",
-        name, enabled)
-
-
-async def referencing_rollouts(conn: DB, name: str, limit: int = 20) -> list[int]:
-    rows = await conn.fetch(
-        """SELECT DISTINCT t.rollout_id FROM tasks t JOIN appliances a
-           ON a.id = t.appliance_id WHERE a.name = $1 ORDER BY 1 LIMIT $2""",
-        name, limit)
-    return [int(r["rollout_id"]) for r in rows]
-
-
-async def remove_appliance(conn: DB, name: str) -> bool:
-    return await conn.fetchval(
-        "DELETE FROM appliances WHERE name = $1 RETURNING true", name) is not None
 
 
 # ------------------------------------------------------------------ operations

@@ -58,8 +58,20 @@ def _text(value: Any, key: str) -> str | None:
         return None
     if not isinstance(value, str):
         raise ValueError(f"{key}: must be text, got {type(value).__name__} {value!r}")
+    _storable(value, key)
     value = value.strip()
     return value or None
+
+
+def _storable(value: str, key: str) -> None:
+    """PostgreSQL text holds neither NUL nor unpaired surrogates: refuse them by name."""
+    if "\x00" in value:
+        raise ValueError(f"{key}: {value!r} contains the NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{key}: {value!r} is not valid Unicode (unpaired surrogate)") \
+            from None
 
 
 def check_base_url(value: str) -> str:
@@ -122,6 +134,7 @@ def parse_tags(value: Any) -> tuple[str, ...]:
         raise ValueError(f"tags: must be a list of text or a ';'-separated text, got {value!r}")
     seen: dict[str, None] = {}
     for item in items:
+        _storable(item, "tags")
         tag = item.strip()
         if tag:
             seen[tag] = None

@@ -101,3 +101,28 @@ async def get_appliance(conn: DB, name: str) -> Appliance | None:
 
 async def count_appliances(conn: DB) -> int:
     return int(await conn.fetchval("SELECT count(*) FROM appliances"))
+
+
+async def lock_appliance(conn: DB, name: str) -> bool:
+    """Lock the appliance's row for this transaction; False when it does not exist."""
+    return bool(await conn.fetchval(
+        "SELECT true FROM appliances WHERE name = $1 FOR UPDATE", name))
+
+
+async def set_enabled(conn: DB, name: str, enabled: bool) -> None:
+    await conn.execute(
+        "UPDATE appliances SET enabled = $2, updated_at = now() WHERE name = $1",
+        name, enabled)
+
+
+async def referencing_rollouts(conn: DB, name: str, limit: int = 20) -> list[int]:
+    rows = await conn.fetch(
+        """SELECT DISTINCT t.rollout_id FROM tasks t JOIN appliances a
+           ON a.id = t.appliance_id WHERE a.name = $1 ORDER BY 1 LIMIT $2""",
+        name, limit)
+    return [int(r["rollout_id"]) for r in rows]
+
+
+async def remove_appliance(conn: DB, name: str) -> bool:
+    return await conn.fetchval(
+        "DELETE FROM appliances WHERE name = $1 RETURNING true", name) is not None
