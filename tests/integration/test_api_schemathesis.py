@@ -5,7 +5,7 @@ requests rejected; unsupported methods answered 405 with Allow; missing auth 401
 
 The main pass uses an operator token, as a dashboard or automation would, and must send at
 least 2,000 requests (counted by the server). A second, shorter pass uses an admin token on
-the inventory and token operations, which an operator may not call.
+the inventory, maintenance-window and token operations, which an operator may not call.
 
 Not checked: `positive_data_acceptance` (a schema-valid request may still be refused for a
 reason no JSON Schema can state, e.g. a selector that matches no appliance, a rollout
@@ -87,7 +87,7 @@ async def test_schemathesis_finds_no_5xx_and_no_document_violation(
             await rollout_store.create_rollout(pool, name=name, target_version="9.0.1-20020",
                                                actor=Actor("setup"))
         before, _ = served(state)
-        code, output = await schemathesis(base, tokens["operator"], tmp_path, max_time=75)
+        code, output = await schemathesis(base, tokens["operator"], tmp_path, max_time=55)
         operator_requests, errors = served(state)
         operator_requests -= before
         assert code == 0, output[-6000:]
@@ -96,7 +96,8 @@ async def test_schemathesis_finds_no_5xx_and_no_document_violation(
 
         code, output = await schemathesis(base, tokens["admin"], tmp_path,
                                           "--include-tag", "appliances",
-                                          "--include-tag", "tokens", max_time=35)
+                                          "--include-tag", "tokens",
+                                          "--include-tag", "maintenance windows", max_time=20)
         total, errors = served(state)
         assert code == 0, output[-6000:]
         assert errors == 0, output[-3000:]
