@@ -200,6 +200,7 @@ class ApplianceHttp:
         self._session: aiohttp.ClientSession | None = None
         self._clients: dict[str, ApplianceClient] = {}
         self._ca_contexts: dict[str, ssl.SSLContext] = {}
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -331,6 +332,7 @@ class ApplianceClient:
         self.target = target
         self.credentials = credentials
         self._ssl = http.ssl_for(target)
+        self._basic_auth: str | None = None
         self._session_id: str | None = None
         self._login_at = 0.0
         self._lock = asyncio.Lock()
@@ -667,15 +669,22 @@ class ApplianceClient:
         http = self._http
         session = http.session
         total = request_timeout if request_timeout is not None else http.request_timeout
-        client_timeout = aiohttp.ClientTimeout(
-            total=total, sock_connect=min(http.connect_timeout, total)
-        )
+        client_timeout = http._timeouts.get(total)
+        if client_timeout is None:  # a handful of distinct values: made once each
+            client_timeout = http._timeouts[total] = aiohttp.ClientTimeout(
+                total=total, sock_connect=min(http.connect_timeout, total)
+            )
         headers: dict[str, str] = {}
         if sid is not None:
             headers[SESSION_HEADER] = sid
         if basic_auth:
-            creds = self.credentials
-            headers["Authorization"] = aiohttp.encode_basic_auth(creds.username, creds.password)
+            auth = self._basic_auth
+            if auth is None:
+                creds = self.credentials
+                auth = self._basic_auth = aiohttp.encode_basic_auth(
+                    creds.username, creds.password
+                )
+            headers["Authorization"] = auth
         http.requests += 1
         self.requests += 1
         name = self.name

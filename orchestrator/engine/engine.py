@@ -46,6 +46,7 @@ from orchestrator.engine.runner import (
     ProgressBuffer,
     RunnerContext,
     TaskRunner,
+    TransitionBatcher,
 )
 from orchestrator.logs import get_logger
 from orchestrator.store import rollouts as rollout_store
@@ -75,6 +76,15 @@ class EngineConfig:
     reboot_estimate: float = 10.0
     min_poll: float = 0.5
     max_poll: float = 15.0
+    # at least this long between two scheduler ticks (None: a tenth of poll_interval, at
+    # least batch_delay, at most 0.2 s): the task ends of a busy rollout are batched into
+    # a few claims per second instead of one transaction each
+    tick_spacing: float | None = None
+    # transitions of the runners arriving within this many seconds share one statement
+    # (0: each its own statement)
+    write_batch_delay: float = 0.05
+    # runners in a phase of several appliance requests at once (RunnerContext.gate)
+    active_runners: int = 64
 
 
 class Engine:
@@ -108,12 +118,20 @@ class Engine:
         self.loop_lag_observers: list[Callable[[float], None]] = []
         self.claimed = 0
         self.reclaimed = 0
+        # what the ticks cache between refreshes (every poll_interval, or on NOTIFY)
+        self._active: list[int] | None = None
+        self._refresh_at = 0.0
+        self._next_reclaim = 0.0
+        self._waves: dict[tuple[int, int], tuple[asyncpg.Record | None, int]] = {}
+        self._windows_exist: bool | None = None
         self.ctx = RunnerContext(
             pool=pool, http=http, owner=self.owner, progress=ProgressBuffer(),
             install_times=InstallTimes(default=self.config.install_estimate),
             reboot_times=InstallTimes(default=self.config.reboot_estimate),
             lease_seconds=self.config.lease_seconds, min_poll=self.config.min_poll,
             max_poll=self.config.max_poll, on_event=on_event,
+            batcher=TransitionBatcher(pool, self.owner, delay=self.config.write_batch_delay),
+            gate=asyncio.Semaphore(self.config.active_runners),
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -125,6 +143,21 @@ class Engine:
     def wake(self) -> None:
         self._wake.set()
 
+    def refresh(self) -> None:
+        """Forget what the ticks cache (active rollouts, wave rows, whether maintenance
+        windows exist) and tick now: something changed outside this process."""
+        self._active = None
+        self._waves.clear()
+        self._windows_exist = None
+        self._wake.set()
+
+    def _on_notify(self, *args: Any) -> None:
+        payload = args[3] if len(args) > 3 else ""
+        if isinstance(payload, str) and payload.startswith("task:"):
+            self._wake.set()  # a task ended somewhere: capacity may have freed
+        else:
+            self.refresh()
+
     async def run(self, *, until_idle: bool = False) -> None:
         """The engine's life: returns after `stop()` (or, with until_idle, once no rollout
         is active and no task runs here)."""
@@ -135,9 +168,14 @@ class Engine:
             asyncio.create_task(self._listen_loop(), name="listen"),
             asyncio.create_task(self._loop_lag_monitor(), name="loop-lag"),
         ]
+        spacing = self.config.tick_spacing
+        if spacing is None:
+            spacing = max(self.config.batch_delay, min(0.2, self.config.poll_interval / 10))
+        last_tick = 0.0
         try:
             while not self._stopping.is_set():
                 self._wake.clear()
+                last_tick = time.monotonic()
                 try:
                     active = await self.tick()
                 except DB_TRANSIENT as exc:
@@ -152,7 +190,9 @@ class Engine:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.config.poll_interval)
                 if not self._stopping.is_set():
-                    await asyncio.sleep(self.config.batch_delay)  # batch nearby wake-ups
+                    # batch nearby wake-ups
+                    await asyncio.sleep(max(self.config.batch_delay,
+                                            last_tick + spacing - time.monotonic()))
         finally:
             await self._drain()
             for task in background:
@@ -175,6 +215,8 @@ class Engine:
             task.cancel()
         if handles:
             await asyncio.gather(*handles, return_exceptions=True)
+        if self.ctx.batcher is not None:
+            await self.ctx.batcher.aclose()
         left = [tid for tid, r in runners.items() if r.state in task_store.IN_FLIGHT]
         if left:
             with contextlib.suppress(*DB_TRANSIENT):
@@ -189,7 +231,11 @@ class Engine:
         """One pass over the active rollouts; returns whether any rollout is active."""
         self.ticks += 1
         capacity = self.config.max_tasks - len(self._tasks)
-        if capacity > 0:
+        now = time.monotonic()
+        if capacity > 0 and now >= self._next_reclaim:
+            # leases last lease_seconds and are renewed every third of it: looking more
+            # often for expired ones finds nothing new
+            self._next_reclaim = now + self.config.lease_seconds / 3
             async with self.pool.acquire() as conn:
                 stale = await task_store.reclaim_expired(
                     conn, owner=self.owner, lease_seconds=self.config.lease_seconds,
@@ -200,18 +246,29 @@ class Engine:
                 self.reclaimed += len(stale)
                 log.info("tasks_reclaimed", count=len(stale))
                 self._spawn(stale)
-        rows = await self.pool.fetch(
-            "SELECT id FROM rollouts WHERE state = ANY($1::text[]) ORDER BY id",
-            list(ACTIVE_STATES),
-        )
-        for row in rows:
+        if self._active is None or now >= self._refresh_at:
+            rows = await self.pool.fetch(
+                "SELECT id FROM rollouts WHERE state = ANY($1::text[]) ORDER BY id",
+                list(ACTIVE_STATES),
+            )
+            self._active = [int(row["id"]) for row in rows]
+            self._refresh_at = now + self.config.poll_interval
+            self._waves.clear()
+            self._windows_exist = None
+        for rollout_id in list(self._active):
             if self._stopping.is_set():
                 break
-            claimed = await self._advance(int(row["id"]))
+            claimed = await self._advance(rollout_id)
             if claimed:
                 failpoints.hit("after_claim")
             self._spawn(claimed)
-        return bool(rows)
+        return bool(self._active)
+
+    def _inactive(self, rollout_id: int) -> list[ClaimedTask]:
+        """The rollout is no longer active: leave it out of the next ticks."""
+        if self._active is not None and rollout_id in self._active:
+            self._active.remove(rollout_id)
+        return []
 
     def _strategy(self, rollout_id: int, raw: dict[str, Any]) -> Strategy:
         strategy = self._strategies.get(rollout_id)
@@ -229,7 +286,7 @@ class Engine:
                 rollout_id,
             )
             if r is None:
-                return []
+                return self._inactive(rollout_id)
             strategy = self._strategy(rollout_id, r["strategy"])
             state = r["state"]
             if state == "SCHEDULED":
@@ -241,7 +298,7 @@ class Engine:
             else:
                 current = int(r["current_wave"] or 0)
             if state not in ("RUNNING", "WAITING_WINDOW"):
-                return []
+                return self._inactive(rollout_id)
             rows = await conn.fetch(
                 """SELECT wave, state, count(*)::int AS n, max(finished_at) AS last
                    FROM tasks WHERE rollout_id = $1 GROUP BY wave, state""",
@@ -262,18 +319,24 @@ class Engine:
             if r["abort_reason"]:
                 if in_flight == 0:
                     await self._finish_rollout(conn, rollout_id, "FAILED")
+                    return self._inactive(rollout_id)
                 return []
             outcomes = count_outcomes(all_states)
             verdict = evaluate_policy(strategy.max_failures, strategy.min_executed,
                                       outcomes.executed, outcomes.failed)
-            wave = await conn.fetchrow(
-                """SELECT state, requires_approval, approved_at FROM rollout_waves
-                   WHERE rollout_id = $1 AND number = $2""",
-                rollout_id, current,
-            )
-            last_wave = await conn.fetchval(
-                "SELECT max(number) FROM rollout_waves WHERE rollout_id = $1", rollout_id
-            )
+            cached = self._waves.get((rollout_id, current))
+            if cached is None:
+                wave = await conn.fetchrow(
+                    """SELECT state, requires_approval, approved_at,
+                              (SELECT max(number) FROM rollout_waves WHERE rollout_id = $1)
+                              AS last_wave
+                       FROM rollout_waves WHERE rollout_id = $1 AND number = $2""",
+                    rollout_id, current,
+                )
+                last_wave = int(wave["last_wave"]) if wave and wave["last_wave"] is not None \
+                    else current
+                self._waves[(rollout_id, current)] = cached = (wave, last_wave)
+            wave, last_wave = cached
             gate = gate_next_wave(
                 gated, verdict=verdict, is_last_wave=current >= last_wave,
                 finished_at=last_finished, soak_seconds=strategy.soak_seconds,
@@ -287,7 +350,7 @@ class Engine:
             if decision == GateDecision.DONE:
                 await self._set_wave(conn, rollout_id, current, "SUCCEEDED")
                 await self._finish_rollout(conn, rollout_id, "SUCCEEDED")
-                return []
+                return self._inactive(rollout_id)
             if decision in (GateDecision.WAIT_SOAK, GateDecision.WAIT_APPROVAL):
                 wanted = "SOAKING" if decision == GateDecision.WAIT_SOAK else "AWAITING_APPROVAL"
                 if wave and wave["state"] != wanted:
@@ -328,10 +391,15 @@ class Engine:
             capacity = self.config.max_tasks - len(self._tasks)
             if capacity <= 0 or self._stopping.is_set():
                 return []
+            max_in_flight = resolve_max_concurrency(strategy.max_concurrency, targeted)
+            startable = sum(x["n"] for x in rows
+                            if x["state"] == "PENDING" and x["wave"] <= current)
+            if in_flight >= max_in_flight or not startable:
+                return []  # nothing may start: spare the claim statement
             claimed = await task_store.claim_tasks(
                 conn, rollout_id=rollout_id, current_wave=current, owner=self.owner,
                 lease_seconds=self.config.lease_seconds,
-                max_in_flight=resolve_max_concurrency(strategy.max_concurrency, targeted),
+                max_in_flight=max_in_flight,
                 per_site=strategy.per_site_concurrency,
                 starts_per_minute=strategy.max_starts_per_minute, limit=capacity,
                 allowed_appliances=allowed,
@@ -348,9 +416,13 @@ class Engine:
         its site or tags is open with at least the window's cutoff left, in its own time
         zone when the inventory gives one. Appliances no window covers are unrestricted.
         """
-        if strategy.windows == "ignore" or not await conn.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM maintenance_windows)"
-        ):
+        if strategy.windows == "ignore":
+            return None, False
+        if self._windows_exist is None:  # cached until the next refresh
+            self._windows_exist = bool(await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM maintenance_windows)"
+            ))
+        if not self._windows_exist:
             return None, False
         specs = await window_store.all_specs(conn)
         if not specs:
@@ -385,6 +457,7 @@ class Engine:
         log.info("rollout_state", rollout=rollout_id, state=state)
 
     async def _set_wave(self, conn: Any, rollout_id: int, number: int, state: str) -> None:
+        self._waves.pop((rollout_id, number), None)
         finished = state in ("SUCCEEDED", "FAILED", "CANCELLED")
         await conn.execute(
             """UPDATE rollout_waves SET state = $3,
@@ -498,7 +571,7 @@ class Engine:
             conn: asyncpg.Connection | None = None
             try:
                 conn = await asyncpg.connect(self.database_url)
-                await conn.add_listener(NOTIFY_CHANNEL, lambda *_a: self._wake.set())
+                await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
                 while not conn.is_closed():
                     await asyncio.sleep(self.config.poll_interval)
             except DB_TRANSIENT as exc:

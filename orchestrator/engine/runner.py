@@ -14,8 +14,10 @@ all of that is tolerated up to the strategy's `reboot_grace`; the whole task is 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -44,7 +46,7 @@ from orchestrator.domain.strategy import Strategy, missing_services
 from orchestrator.engine import failpoints
 from orchestrator.logs import bind_context, get_logger
 from orchestrator.store import tasks as task_store
-from orchestrator.store.tasks import ClaimedTask
+from orchestrator.store.tasks import ClaimedTask, TransitionRequest
 
 log = get_logger("orchestrator.engine.runner")
 _T = TypeVar("_T")
@@ -102,6 +104,128 @@ class InstallTimes:
         ordered = sorted(self.samples)
         return ordered[len(ordered) // 2]
 
+    def low(self) -> float:
+        """The 10th percentile of the samples (the default without any)."""
+        if not self.samples:
+            return self.default
+        ordered = sorted(self.samples)
+        return ordered[len(ordered) // 10]
+
+    def steady(self) -> bool:
+        """Whether the samples agree closely enough (10th to 90th percentile within 10 % of
+        the median) to predict the end of an install without looking at its task."""
+        n = len(self.samples)
+        if n < 5:
+            return False
+        ordered = sorted(self.samples)
+        median = ordered[n // 2]
+        return ordered[min(n - 1, (9 * n) // 10)] - ordered[n // 10] <= 0.1 * median
+
+
+@dataclass
+class ReturnOffsets:
+    """How long after the end of its install an appliance answers again (seconds), as
+    measured by "scout" tasks, which probe closely from before the usual return; the other
+    tasks make their first probe at `expected()` (a high percentile of the recent scouts),
+    so that one request usually finds the appliance back. Every `every`-th task scouts, and
+    every task while fewer than three measurements exist."""
+
+    window: deque[float] = field(default_factory=lambda: deque(maxlen=20))
+    every: int = 20
+    count: int = 0
+
+    def add(self, seconds: float) -> None:
+        self.window.append(max(0.0, seconds))
+
+    def expected(self) -> float | None:
+        if len(self.window) < 3:
+            return None
+        ordered = sorted(self.window)
+        return ordered[(4 * (len(ordered) - 1)) // 5]
+
+    def next_is_scout(self) -> bool:
+        if len(self.window) < 3:
+            return True
+        self.count += 1
+        return self.count % self.every == 0
+
+
+class TransitionBatcher:
+    """Writes the transitions of many runners together: the requests that arrive within
+    `delay` seconds (at most `max_batch`) go to the database in ONE statement
+    (`task_store.transition_many`), each still guarded by its state and lease owner. A
+    busy engine then runs a few statements a second instead of several per task."""
+
+    def __init__(self, pool: asyncpg.Pool, owner: str, *, delay: float = 0.05,
+                 max_batch: int = 500) -> None:
+        self.pool = pool
+        self.owner = owner
+        self.delay = delay
+        self.max_batch = max_batch
+        self.statements = 0
+        self._pending: list[tuple[TransitionRequest, asyncio.Future[bool]]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._flushes: set[asyncio.Task[None]] = set()
+
+    async def submit(self, request: TransitionRequest) -> bool:
+        """Whether the task matched (False: another worker owns it now); raises the
+        database's error when the statement failed."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
+        self._pending.append((request, future))
+        if len(self._pending) >= self.max_batch or self.delay <= 0:
+            self._flush_now()
+        elif self._timer is None:
+            self._timer = loop.call_later(self.delay, self._flush_now)
+        return await future
+
+    def _flush_now(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        # not the cancelled ones; a task at most once per statement (the later waits)
+        batch: list[tuple[TransitionRequest, asyncio.Future[bool]]] = []
+        later: list[tuple[TransitionRequest, asyncio.Future[bool]]] = []
+        ids: set[int] = set()
+        for request, future in self._pending:
+            if future.done():
+                continue
+            (later if request.task_id in ids else batch).append((request, future))
+            ids.add(request.task_id)
+        self._pending = later
+        if later:
+            self._timer = asyncio.get_running_loop().call_later(self.delay, self._flush_now)
+        if batch:
+            task = asyncio.get_running_loop().create_task(self._flush(batch))
+            self._flushes.add(task)
+            task.add_done_callback(self._flushes.discard)
+
+    async def _flush(self, batch: list[tuple[TransitionRequest, asyncio.Future[bool]]]) -> None:
+        self.statements += 1
+        try:
+            async with self.pool.acquire() as conn:
+                matched = await task_store.transition_many(
+                    conn, owner=self.owner, requests=[r for r, _ in batch]
+                )
+        except asyncio.CancelledError:
+            for _, future in batch:
+                future.cancel()
+            raise
+        except Exception as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for request, future in batch:
+            if not future.done():
+                future.set_result(request.task_id in matched)
+
+    async def aclose(self) -> None:
+        """Write what is still waiting (from runners not cancelled) and wait for it."""
+        self._flush_now()
+        if self._flushes:
+            await asyncio.gather(*self._flushes, return_exceptions=True)
+
 
 @dataclass
 class RunnerContext:
@@ -114,11 +238,19 @@ class RunnerContext:
     install_times: InstallTimes
     lease_seconds: float
     reboot_times: InstallTimes = field(default_factory=lambda: InstallTimes(default=10.0))
+    returns: ReturnOffsets = field(default_factory=ReturnOffsets)
     min_poll: float = 0.5
     max_poll: float = 15.0
     db_retry_deadline: float = 600.0
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     on_event: Callable[[str, dict[str, Any]], None] | None = None
+    # None: every transition is its own statement
+    batcher: TransitionBatcher | None = None
+    # at most this many runners in a phase of several requests at once (the dispatch, the
+    # look at the appliance after its install): first come, first served, so that the
+    # tasks claimed together are dispatched one after the other rather than all
+    # progressing together and finishing together at the end of the burst
+    gate: asyncio.Semaphore | None = None
 
 
 def _now() -> datetime:
@@ -154,10 +286,17 @@ class TaskRunner:
         self.critical = False
         dispatched = task.dispatched_at or _now()
         self.deadline = dispatched + timedelta(seconds=strategy.task_timeout)
+        # the same deadline on the monotonic clock (cheap to read, many times per task)
+        self._deadline_mono = time.monotonic() + (self.deadline - _now()).total_seconds()
         self.accepted_mono: float | None = None
         self.saw_outage = False
         self.session_reset = False
         self.outage_mono: float | None = None
+        # monotonic time the install is expected to end (or was seen to end)
+        self.install_end: float | None = None
+        self.looked = False  # whether the install task was looked at
+        self.last_progress: int | None = None
+        self.scout = False  # whether this task measures when appliances answer again
         self.client: ApplianceClient | None = None
 
     # ------------------------------------------------------------------ entry point
@@ -210,19 +349,50 @@ class TaskRunner:
                 await self.ctx.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def _to(self, to_state: str, detail: dict[str, Any] | None = None, **fields: Any) -> None:
-        """One guarded transition; waits out a database outage (state is kept in memory)."""
-        ok = await self._db(to_state, lambda conn: task_store.transition(
-            conn, task_id=self.task.id, owner=self.ctx.owner,
-            from_state=self.state, to_state=to_state, detail=detail, **fields,
+    async def _write(self, request: TransitionRequest) -> bool:
+        """A guarded write (through the batcher when there is one); waits out a database
+        outage. Whether the task matched."""
+        batcher = self.ctx.batcher
+        if batcher is None:
+            return await self._db(request.to_state, lambda conn: self._write_one(conn, request))
+        delay = 0.2
+        started = time.monotonic()
+        while True:
+            try:
+                return await batcher.submit(request)
+            except DB_TRANSIENT as exc:
+                if time.monotonic() - started > self.ctx.db_retry_deadline:
+                    raise TaskLost() from exc
+                log.warning("database_unavailable", retry_in=round(delay, 2),
+                            error=type(exc).__name__, pending=request.to_state)
+                await self.ctx.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _write_one(self, conn: Any, request: TransitionRequest) -> bool:
+        matched = await task_store.transition_many(conn, owner=self.ctx.owner,
+                                                   requests=[request])
+        return request.task_id in matched
+
+    async def _to(
+        self, to_state: str, detail: dict[str, Any] | None = None, *,
+        via: str | None = None, via_detail: dict[str, Any] | None = None, **fields: Any,
+    ) -> None:
+        """One guarded transition (through `via` first, in the same statement, when given);
+        waits out a database outage (state is kept in memory)."""
+        ok = await self._write(TransitionRequest(
+            task_id=self.task.id, from_state=self.state, to_state=to_state, detail=detail,
+            via=via, via_detail=via_detail, fields=fields,
         ))
         if not ok:
             raise TaskLost()
-        log.info("task_transition", from_state=self.state, to_state=to_state,
-                 **{k: v for k, v in (detail or {}).items() if k != "message"})
-        self.state = to_state
-        if self.ctx.on_event:
-            self.ctx.on_event(to_state, {"task": self.task.id, "rollout": self.task.rollout_id})
+        steps = [(via, via_detail), (to_state, detail)] if via else [(to_state, detail)]
+        for state, info in steps:
+            assert state is not None
+            log.info("task_transition", from_state=self.state, to_state=state,
+                     **{k: v for k, v in (info or {}).items() if k != "message"})
+            self.state = state
+            if self.ctx.on_event:
+                self.ctx.on_event(state, {"task": self.task.id, "rollout": self.task.rollout_id})
 
     async def _finish(
         self, state: str, error_code: str | None = None, message: str | None = None,
@@ -253,7 +423,7 @@ class TaskRunner:
         )
 
     def _remaining(self) -> float:
-        return (self.deadline - _now()).total_seconds()
+        return self._deadline_mono - time.monotonic()
 
     async def _bounded(self, awaitable: Awaitable[_T]) -> _T:
         """Await an appliance call, but never past the task's deadline."""
@@ -283,60 +453,81 @@ class TaskRunner:
         return self.client
 
     # ------------------------------------------------------------------ dispatch
+    def _gate(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        """Limits how many runners of this process talk to appliances at once (see
+        `RunnerContext.gate`)."""
+        gate = self.ctx.gate
+        return gate if gate is not None else contextlib.nullcontext()
+
     async def _dispatch(self) -> None:
+        async with self._gate():
+            installed = await self._dispatch_install()
+        if installed:
+            await self._monitor()
+
+    async def _dispatch_install(self) -> bool:
         client = self._client()
         try:
             info = await client.get_appliance()
         except (Unauthorized, Forbidden) as exc:
             await self._permanent(exc, "cannot read the appliance's version")
-            return
+            return False
         except ApplianceError as exc:
             await self._retry_later(f"appliance not ready for the install: {exc}", exc)
-            return
+            return False
         self.from_version = info.appliance_version
         if info.appliance_version == self.version:
             await self._finish(
                 "SKIPPED", None, None, from_version=self.from_version,
                 final_version=self.from_version,
             )
-            return
+            return False
         await self._record_from_version()
-        await self._install(client)
+        return await self._install(client)
 
     async def _record_from_version(self) -> None:
         """Write the version seen before the install, before sending it: reconciliation
         after a crash tells "we installed it" from "it was there already" by it."""
-        await self._db("from_version", lambda conn: task_store.set_from_version(
-            conn, task_id=self.task.id, owner=self.ctx.owner, version=self.from_version
+        await self._write(TransitionRequest(
+            task_id=self.task.id, from_state=self.state, to_state=self.state,
+            fields={"from_version": self.from_version}, event=False,
         ))
 
-    async def _install(self, client: ApplianceClient) -> None:
+    async def _install_and_monitor(self, client: ApplianceClient) -> None:
+        if await self._install(client):
+            await self._monitor()
+
+    async def _install(self, client: ApplianceClient) -> bool:
+        """Send the install; True once it was accepted and INSTALLING is recorded."""
         self.critical = True
         try:
+            sent = time.monotonic()
             try:
                 remote = await client.install(self.version)
             except (Forbidden, NotFound, Unauthorized) as exc:
                 await self._permanent(exc, f"install of {self.version} refused")
-                return
+                return False
             except BadRequest as exc:
                 # perhaps our own earlier install (whose answer was lost) is still running
                 adopted = await self._find_accepted_install(client)
                 if adopted is None:
                     await self._permanent(exc, f"install of {self.version} refused")
-                    return
+                    return False
                 remote = adopted
             except ApplianceError as exc:
                 if not exc.request_sent:
                     await self._retry_later(f"install not sent: {exc}", exc)
-                    return
+                    return False
                 # the answer was lost: the appliance may or may not have accepted it
                 adopted = await self._find_accepted_install(client)
                 if adopted is None:
                     await self._retry_later(f"install answer lost, none accepted: {exc}", exc)
-                    return
+                    return False
                 remote = adopted
             self.remote_id = remote.id
-            self.accepted_mono = time.monotonic()
+            # when the install was sent: the appliance's timeline starts there, whatever
+            # delayed this process in reading the answer
+            self.accepted_mono = sent
             failpoints.hit("after_install_sent")
             await self._to(
                 "INSTALLING", {"remote_task_id": remote.id},
@@ -344,7 +535,7 @@ class TaskRunner:
             )
         finally:
             self.critical = False
-        await self._monitor()
+        return True
 
     async def _permanent(self, exc: ApplianceError, what: str) -> None:
         code = getattr(exc, "error_code", None)
@@ -427,7 +618,7 @@ class TaskRunner:
             return
         if self.state == "DISPATCHING":
             await self._record_from_version()
-            await self._install(client)
+            await self._install_and_monitor(client)
             return
         # INSTALLING without an id and nothing running: it went through or it did not
         await self._to("VERIFYING", {"reason": "reconcile: no install task found"})
@@ -435,108 +626,254 @@ class TaskRunner:
 
     # ------------------------------------------------------------------ monitor
     def _poll_interval(self, progress: int | None) -> float:
-        """When to look at the install task again: just after it is expected to end, so
-        that a long install costs a few polls and its end is seen promptly. The expected
-        end comes from the task's own progress when it reports some, else from the median
-        install time observed so far; the first look comes early (within 2 s) to learn the
-        task's pace."""
+        """When to look at the install task again while its progress tells little (below
+        50 %): shortly before it is expected to end, from the progress when there is some,
+        else just after the median install time observed so far."""
         elapsed = time.monotonic() - (self.accepted_mono or time.monotonic())
         if progress and 0 < progress < 100 and elapsed > 0:
-            remaining = elapsed * (100 - progress) / progress
-        elif elapsed < 0.1:
-            if self.ctx.install_times.samples:  # the pace is known: look near the end
-                return max(self.ctx.min_poll,
-                           min(self.ctx.max_poll, 0.9 * self.ctx.install_times.expected()))
-            return max(self.ctx.min_poll, min(2.0, self.ctx.install_times.expected() / 4))
+            remaining = 0.9 * elapsed * (100 - progress) / progress
         else:
-            remaining = max(self.ctx.install_times.expected() - elapsed, 0.0)
-        return max(self.ctx.min_poll, min(self.ctx.max_poll, remaining + 0.25))
+            remaining = max(self.ctx.install_times.expected() - elapsed, 0.0) + 0.25
+        return max(self.ctx.min_poll, min(self.ctx.max_poll, remaining))
+
+    def _accepted_at_mono(self) -> float:
+        """The monotonic time the install was accepted: now, or for a reclaimed task, when
+        the database says it was."""
+        now = time.monotonic()
+        accepted = self.task.accepted_at
+        if accepted is None:
+            return now
+        return now - max(0.0, (_now() - accepted).total_seconds())
+
+    def _restart_seen(self) -> None:
+        """A first sign that the appliance restarts: note when (outage start, end of the
+        install) and forget the session (a restart ends it: log in anew, skip the 401)."""
+        now = time.monotonic()
+        self.saw_outage = True
+        if self.outage_mono is None:
+            self.outage_mono = now
+        if self.install_end is None or self.install_end > now:
+            self.install_end = now
+        self._client().forget_session()
 
     async def _monitor(self) -> None:
-        client = self._client()
-        outage_since: float | None = None
+        """Follow an accepted install until the appliance answers again after it.
+
+        The install task is looked at only as often as needed to know when the install
+        ends (not at all once the install times observed so far agree closely); the
+        appliance is then expected to restart, and is probed when appliances usually
+        answer again (see `ReturnOffsets`): a probe is a login and `GET /appliance`, whose
+        version proves the outcome, so a task usually costs a handful of requests."""
         if self.accepted_mono is None:
-            self.accepted_mono = time.monotonic()
-        await self._pause(self._poll_interval(None))
+            self.accepted_mono = self._accepted_at_mono()
+        if not self.remote_id:
+            if self.state == "INSTALLING":
+                await self._to("VERIFYING", {"reason": "no install task id to follow"})
+            await self._verify()
+            return
+        self.scout = self.ctx.returns.next_is_scout()
+        while True:
+            if not await self._follow_install():
+                return
+            if await self._await_return():
+                return
+
+    async def _follow_install(self) -> bool:
+        """Until the install should be over (True; `install_end` is set), or the task was
+        settled here (False)."""
+        client = self._client()
+        ctx = self.ctx
+        accepted = self.accepted_mono or time.monotonic()
+        times = ctx.install_times
+        if (self.install_end is None and not self.looked and not self.scout
+                and times.samples and times.steady()):
+            self.install_end = accepted + times.expected()  # known and steady: no polling
+        next_look: float | None = None
+        trouble_since: float | None = None
         while True:
             await self._check_timeout("installing")
             if self.state == "TIMED_OUT":
-                return
-            if not self.remote_id:
-                break  # nothing to poll: prove the outcome from the version
+                return False
+            now = time.monotonic()
+            if self.install_end is not None:
+                if now >= self.install_end:
+                    return True
+                await self._pause(self.install_end - now)
+                continue
+            if next_look is None:
+                if self.looked:
+                    next_look = now + self._poll_interval(self.last_progress)
+                elif times.samples:  # look shortly before the fastest installs end
+                    next_look = accepted + 0.85 * times.low()
+                else:  # nothing known yet: look early to learn the pace
+                    next_look = accepted + max(ctx.min_poll, min(2.0, times.expected() / 4))
+            if next_look > now:
+                await self._pause(next_look - now)
+                continue
+            next_look = None
+            self.looked = True
+            sent = time.monotonic()
             try:
-                remote = await self._bounded(client.get_task(self.remote_id, retries=0))
+                remote = await self._bounded(client.get_task(self.remote_id or "", retries=0))
             except NotFound:
-                self.saw_outage = True  # tasks live in memory: the appliance restarted
-                await self._to("VERIFYING", {"reason": "install task gone (404): restarted"})
-                break
+                self._restart_seen()  # tasks live in memory: the appliance restarted
+                return True
             except ApplianceError as exc:
                 now = time.monotonic()
-                outage_since = outage_since or now
                 if _signals_restart(exc) and not isinstance(exc, Unauthorized):
-                    first = not self.saw_outage
-                    self.saw_outage = True
-                    client.forget_session()  # the restart ends the session: log in anew
-                    if first and self.ctx.reboot_times.samples:
-                        # restarting: look again when restarts usually end
-                        self.outage_mono = now
-                        await self._pause(0.8 * self.ctx.reboot_times.expected())
-                        if await self._back_on_target(client):
-                            return
-                        continue
-                if now - outage_since > self.strategy.reboot_grace:
+                    self._restart_seen()
+                    return True
+                trouble_since = trouble_since or now
+                if now - trouble_since > self.strategy.reboot_grace:
                     await self._finish(
                         "TIMED_OUT", "UNREACHABLE",
-                        f"appliance unreachable for more than reboot_grace "
+                        f"appliance unanswerable for more than reboot_grace "
                         f"{self.strategy.reboot_grace:g} s during the install ({exc.kind})",
                     )
-                    return
-                await self._pause(self._outage_poll(now - outage_since))
+                    return False
+                next_look = now + self._outage_poll(now - trouble_since)
                 continue
-            outage_since = None
-            if remote.status in (TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.UNKNOWN):
-                self.ctx.progress.record(self.task.id, remote.progress)
-                await self._pause(self._poll_interval(remote.progress))
-                continue
-            if remote.status == TaskStatus.SUCCESS:
-                if remote.start_time and remote.complete_time:
-                    # the appliance's own clock: exact, unlike when we happened to look
-                    took = (remote.complete_time - remote.start_time).total_seconds()
-                    if took > 0:
-                        self.ctx.install_times.add(took)
-                await self._to("VERIFYING", {"reason": "install task SUCCESS"}, progress=100)
-                break
-            message = remote.error_message or f"install task ended {remote.status}"
-            if self.task.attempt <= self.strategy.install_retries:
-                delay = 5.0 * random.uniform(0.5, 1.0)
-                await self._to(
-                    "PENDING",
-                    {"reason": "install task ended in error; retrying (install_retries)",
-                     "error_code": "INSTALL_ERROR", "message": message},
-                    not_before=_now() + timedelta(seconds=delay),
-                )
-                return
-            await self._finish("FAILED", "INSTALL_ERROR", message)
-            return
-        if self.state == "INSTALLING":
-            await self._to("VERIFYING", {"reason": "no install task id to follow"})
-        await self._verify()
+            trouble_since = None
+            if not await self._task_seen(remote, sent):
+                return False
 
-    async def _back_on_target(self, client: ApplianceClient) -> bool:
-        """After a restart: when the appliance answers on the target version, go straight to
-        verification (the install task is gone with the restart anyway)."""
-        try:
-            info = await self._bounded(client.get_appliance(retries=0))
-        except ApplianceError:
+    async def _task_seen(self, remote: Task, sent: float) -> bool:
+        """Act on a look at the install task: True while it runs (`install_end` set when its
+        progress tells when it ends), False once the task was settled or handed over."""
+        if remote.status in (TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.UNKNOWN):
+            self.ctx.progress.record(self.task.id, remote.progress)
+            progress = self.last_progress = remote.progress
+            elapsed = sent - (self.accepted_mono or sent)
+            if progress and 50 <= progress < 100 and elapsed > 0:
+                took = elapsed * 100 / progress
+                self.ctx.install_times.add(took)
+                self.install_end = (self.accepted_mono or 0.0) + took
+            return True
+        if remote.status == TaskStatus.SUCCESS:
+            if remote.start_time and remote.complete_time:
+                # the appliance's own clock: exact, unlike when we happened to look
+                took = (remote.complete_time - remote.start_time).total_seconds()
+                if took > 0:
+                    self.ctx.install_times.add(took)
+            await self._to("VERIFYING", {"reason": "install task SUCCESS"}, progress=100)
+            await self._verify(settle=False)
             return False
-        if info.appliance_version != self.version:
-            return False  # still installing (a service restart), or a silent failure
-        if self.outage_mono is not None:
-            self.ctx.reboot_times.add(time.monotonic() - self.outage_mono)
+        message = remote.error_message or f"install task ended {remote.status}"
+        if self.task.attempt <= self.strategy.install_retries:
+            delay = 5.0 * random.uniform(0.5, 1.0)
+            await self._to(
+                "PENDING",
+                {"reason": "install task ended in error; retrying (install_retries)",
+                 "error_code": "INSTALL_ERROR", "message": message},
+                not_before=_now() + timedelta(seconds=delay),
+            )
+            return False
+        await self._finish("FAILED", "INSTALL_ERROR", message)
+        return False
+
+    async def _await_return(self) -> bool:
+        """The install should be over: probe until the appliance answers again. True when
+        the task was settled (or handed to verification); False when the install turned out
+        to be still running (back to following it)."""
+        client = self._client()
+        ctx = self.ctx
+        end = self.install_end if self.install_end is not None else time.monotonic()
+        offset = ctx.returns.expected()
+        scout = self.scout or offset is None
+        if offset is None:  # nothing measured yet: probe from the start, closely
+            first = ctx.min_poll
+            step = max(0.5 * ctx.min_poll, min(1.0, ctx.reboot_times.expected() / 20))
+        elif scout:  # measure: probe closely from before the usual return
+            first = 0.8 * offset
+            step = max(0.5 * ctx.min_poll, min(1.0, offset / 20))
+        else:  # one probe, when appliances usually answer again
+            first = offset
+            step = max(ctx.min_poll, min(5.0, offset / 10))
+        # the restart ends the session: log in at the first probe instead of meeting a 401
+        client.forget_session()
         self.session_reset = True
-        await self._to("VERIFYING", {"reason": "back up on the target version"}, progress=100)
-        await self._verify(known=info)
-        return True
+        await self._pause(end + first - time.monotonic())
+        down_since: float | None = None
+        while True:
+            await self._check_timeout("waiting for the appliance to answer after the install")
+            if self.state == "TIMED_OUT":
+                return True
+            sent = time.monotonic()  # what happened on the appliance, not when we read it
+            error: ApplianceError | None = None
+            info: ApplianceInfo | None = None
+            confirmed = False
+            async with self._gate():
+                try:
+                    info = await self._bounded(client.get_appliance(retries=0))
+                except ApplianceError as failed:
+                    error = failed
+                if info is not None and info.appliance_version == self.version:
+                    if scout:
+                        ctx.returns.add(sent - end)
+                    if self.saw_outage:
+                        ctx.reboot_times.add(sent - (self.outage_mono or end))
+                    confirmed, reconfigure = await self._confirm()
+                    if confirmed:
+                        await self._succeeded(info, reconfigure)
+            if info is not None and info.appliance_version == self.version:
+                if not confirmed:  # services still starting: the verification loop decides
+                    if self.state == "INSTALLING":
+                        await self._to("VERIFYING", {"reason": "back up on the target version"},
+                                       progress=100)
+                    await self._verify(settle=False)
+                return True
+            if error is not None or info is None:
+                problem = error or ApplianceError(self.task.appliance, "no answer")
+                now = time.monotonic()
+                down_since = down_since or now
+                if _signals_restart(problem):
+                    self.saw_outage = True
+                    if self.outage_mono is None:
+                        self.outage_mono = min(now, end)
+                if now - down_since > self.strategy.reboot_grace:
+                    await self._finish(
+                        "TIMED_OUT", "UNREACHABLE",
+                        f"appliance did not come back within reboot_grace "
+                        f"{self.strategy.reboot_grace:g} s ({problem})",
+                    )
+                    return True
+                await self._pause(step if scout else
+                                  max(step, self._outage_poll(now - down_since)))
+                continue
+            # up on another version: the install still runs, failed, or restarts later
+            sent = time.monotonic()
+            try:
+                remote = await self._bounded(client.get_task(self.remote_id or "", retries=0))
+            except NotFound:
+                # the task is gone: the appliance restarted and came back on the old version
+                self.saw_outage = True
+                await self._to("VERIFYING", {"reason": "install task gone (404): restarted"})
+                await self._verify(settle=False)
+                return True
+            except ApplianceError:
+                now = time.monotonic()
+                down_since = down_since or now  # going down right now: keep probing
+                await self._pause(step)
+                continue
+            if remote.status in (TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.UNKNOWN):
+                self.install_end = None  # slower than expected: follow the task again
+                if not await self._task_seen(remote, sent):
+                    return True
+                return False
+            await self._task_seen(remote, sent)
+            return True
+
+    async def _confirm(self) -> tuple[bool, bool | None]:
+        """Back up on the target version: (whether the key services run, and then whether
+        a reconfigure is required); not running: the verification loop decides."""
+        client = self._client()
+        try:
+            running = await self._bounded(self._services(client))
+        except ApplianceError:
+            return False, None
+        if missing_services(self.strategy.verify_services, running):
+            return False, None
+        return True, await self._reconfigure_required(client)
 
     def _outage_poll(self, outage_for: float) -> float:
         """Between looks at a restarting appliance: an eighth of the usual restart time
@@ -545,23 +882,15 @@ class TaskRunner:
         return max(self.ctx.min_poll, min(5.0, base + outage_for / 20))
 
     # ------------------------------------------------------------------ verify
-    async def _verify(self, known: ApplianceInfo | None = None) -> None:
-        """Prove the outcome from the version the appliance reports."""
+    async def _verify(self, *, settle: bool = True) -> None:
+        """Prove the outcome from the version the appliance reports. `settle`: the appliance
+        may be restarting right now, so the first look waits for the usual restart time."""
         client = self._client()
-        if known is not None:
-            # the version was just read: only the services and reconfigure remain
-            try:
-                running = await self._bounded(self._services(client))
-                if not missing_services(self.strategy.verify_services, running):
-                    await self._succeed(client, known)
-                    return
-            except ApplianceError:
-                pass
         outage_since: float | None = None
         old_since: float | None = None
         target_since: float | None = None
         verify_started = time.monotonic()
-        if self.saw_outage and self.ctx.reboot_times.samples:
+        if settle and self.saw_outage and self.ctx.reboot_times.samples:
             # it is restarting: look again when restarts usually end, not before
             await self._pause(0.7 * self.ctx.reboot_times.expected())
         while True:
@@ -623,13 +952,22 @@ class TaskRunner:
         services = await client.get_services(retries=0)
         return {s.id: bool(s.is_running) for s in services}
 
-    async def _succeed(self, client: ApplianceClient, info: ApplianceInfo) -> None:
-        reconfigure: bool | None
+    async def _reconfigure_required(self, client: ApplianceClient) -> bool | None:
         try:
-            reconfigure = await self._bounded(client.reconfigure_required())
+            return await self._bounded(client.reconfigure_required())
         except (ApplianceError, DeadlinePassed):
-            reconfigure = None
-        await self._finish(
-            "SUCCEEDED", None, None, final_version=info.appliance_version,
-            reconfigure_required=reconfigure, from_version=self.from_version, progress=100,
-        )
+            return None
+
+    async def _succeed(self, client: ApplianceClient, info: ApplianceInfo) -> None:
+        await self._succeeded(info, await self._reconfigure_required(client))
+
+    async def _succeeded(self, info: ApplianceInfo, reconfigure: bool | None) -> None:
+        fields: dict[str, Any] = {
+            "final_version": info.appliance_version, "reconfigure_required": reconfigure,
+            "from_version": self.from_version, "progress": 100,
+        }
+        if self.state == "INSTALLING":  # found back at the first look: both steps at once
+            await self._to("SUCCEEDED", {}, via="VERIFYING",
+                           via_detail={"reason": "back up on the target version"}, **fields)
+            return
+        await self._finish("SUCCEEDED", None, None, **fields)

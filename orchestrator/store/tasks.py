@@ -8,7 +8,7 @@ An update that matches no row means another worker owns the task now: the caller
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -244,6 +244,8 @@ async def transition(
     from_state: str,
     to_state: str,
     detail: dict[str, Any] | None = None,
+    via: str | None = None,
+    via_detail: dict[str, Any] | None = None,
     **fields: Any,
 ) -> bool:
     """Move one task from `from_state` to `to_state` if this worker still owns it.
@@ -251,8 +253,17 @@ async def transition(
     Terminal states release the lease and set finished_at; PENDING (a retry) releases the
     lease too. `final_version` also becomes the appliance's last known version. Returns
     False when the guard matched no row: another worker owns the task now.
+
+    `via`: pass through that state on the way, still in ONE statement, e.g. INSTALLING ->
+    VERIFYING -> SUCCEEDED when the appliance is found back on the target version with
+    its services running at the first look: both transitions are checked and both get
+    their `task_events` row (`via_detail`, then `detail`), in that order.
     """
-    check_task_transition(TaskState(from_state), TaskState(to_state))
+    if via is not None:
+        check_task_transition(TaskState(from_state), TaskState(via))
+        check_task_transition(TaskState(via), TaskState(to_state))
+    else:
+        check_task_transition(TaskState(from_state), TaskState(to_state))
     unknown = set(fields) - _SETTABLE
     if unknown:
         raise ValueError(f"not settable by a transition: {sorted(unknown)}")
@@ -269,13 +280,23 @@ async def transition(
     version_param = None  # $n of final_version: $1..$5 are fixed, fields follow in order
     if fields.get("final_version") is not None:
         version_param = 6 + list(fields).index("final_version")
+    if via is None:
+        events = "SELECT id, rollout_id, $2, $3, $5::jsonb FROM t"
+    else:
+        params += [via, via_detail or {}]
+        n = len(params)
+        events = f"""SELECT t.id, t.rollout_id, e.f, e.s, e.d FROM t, (VALUES
+                (1, $2::text, ${n - 1}::text, ${n}::jsonb), (2, ${n - 1}::text, $3::text, $5::jsonb)
+            ) AS e(o, f, s, d) ORDER BY e.o"""
     seen = (
         f""", seen AS (
             UPDATE appliances SET current_version = ${version_param}::text, last_seen_at = now()
             WHERE id = (SELECT appliance_id FROM t))"""
         if version_param else ""
     )
-    notify = "pg_notify('orchestrator', 'rollout:' || t.rollout_id)" if to_state in TERMINAL \
+    # 'task:': a task ended (capacity freed); engines then claim without re-reading what
+    # they cache about the rollout (operator actions notify 'rollout:<id>')
+    notify = "pg_notify('orchestrator', 'task:' || t.rollout_id)" if to_state in TERMINAL \
         else "NULL"
     sql = f"""
         WITH t AS (
@@ -285,7 +306,7 @@ async def transition(
         ),
         ev AS (
             INSERT INTO task_events (task_id, rollout_id, from_state, to_state, detail)
-            SELECT id, rollout_id, $2, $3, $5::jsonb FROM t
+            {events}
         ){seen}
         SELECT t.id, {notify} FROM t"""
     row = await conn.fetchrow(sql, *params)
@@ -338,3 +359,108 @@ async def list_tasks(
         rollout_id, list(states) if states else None, site, wave, after_id, limit,
     )
     return [TaskRow(**dict(r)) for r in rows]
+
+
+@dataclass(frozen=True)
+class TransitionRequest:
+    """One guarded transition of `transition_many` (see `transition` for the rules).
+
+    `event=False` with `to_state == from_state` writes the fields only (no transition, no
+    event), still guarded by the state and the lease owner: e.g. `from_version` before
+    an install is sent."""
+
+    task_id: int
+    from_state: str
+    to_state: str
+    detail: dict[str, Any] | None = None
+    via: str | None = None
+    via_detail: dict[str, Any] | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+    event: bool = True
+
+
+def _json_value(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+TRANSITION_MANY = """
+WITH u AS (
+    SELECT * FROM jsonb_to_recordset($1::jsonb) AS u(
+        id bigint, f text, s text, via text, d jsonb, vd jsonb, x jsonb, ev boolean,
+        rel boolean, term boolean)
+),
+t AS (
+    UPDATE tasks SET state = u.s,
+        updated_at = CASE WHEN u.ev THEN now() ELSE tasks.updated_at END,
+        remote_task_id = CASE WHEN u.x ? 'remote_task_id' THEN u.x->>'remote_task_id'
+                              ELSE tasks.remote_task_id END,
+        progress = CASE WHEN u.x ? 'progress' THEN (u.x->>'progress')::smallint
+                        ELSE tasks.progress END,
+        from_version = CASE WHEN u.x ? 'from_version' THEN u.x->>'from_version'
+                            ELSE tasks.from_version END,
+        final_version = CASE WHEN u.x ? 'final_version' THEN u.x->>'final_version'
+                             ELSE tasks.final_version END,
+        error_code = CASE WHEN u.x ? 'error_code' THEN u.x->>'error_code'
+                          ELSE tasks.error_code END,
+        error_message = CASE WHEN u.x ? 'error_message' THEN u.x->>'error_message'
+                             ELSE tasks.error_message END,
+        reconfigure_required = CASE WHEN u.x ? 'reconfigure_required'
+                                    THEN (u.x->>'reconfigure_required')::boolean
+                                    ELSE tasks.reconfigure_required END,
+        not_before = CASE WHEN u.x ? 'not_before' THEN (u.x->>'not_before')::timestamptz
+                          ELSE tasks.not_before END,
+        accepted_at = CASE WHEN u.x ? 'accepted_at' THEN (u.x->>'accepted_at')::timestamptz
+                           ELSE tasks.accepted_at END,
+        lease_owner = CASE WHEN u.rel THEN NULL ELSE tasks.lease_owner END,
+        lease_expires_at = CASE WHEN u.rel THEN NULL ELSE tasks.lease_expires_at END,
+        finished_at = CASE WHEN u.term THEN now() ELSE tasks.finished_at END
+    FROM u
+    WHERE tasks.id = u.id AND tasks.state = u.f AND tasks.lease_owner = $2
+    RETURNING tasks.id, tasks.rollout_id, tasks.appliance_id, u.f, u.s, u.via, u.d, u.vd,
+              u.ev, u.term, u.x->>'final_version' AS final_version
+),
+ev AS (
+    INSERT INTO task_events (task_id, rollout_id, from_state, to_state, detail)
+    SELECT t.id, t.rollout_id, e.f, e.s, e.d
+    FROM t, LATERAL (VALUES
+        (1, t.f, coalesce(t.via, t.s), CASE WHEN t.via IS NULL THEN t.d ELSE t.vd END),
+        (2, t.via, t.s, t.d)) AS e(o, f, s, d)
+    WHERE t.ev AND (e.o = 1 OR t.via IS NOT NULL)
+    ORDER BY t.id, e.o
+),
+seen AS (
+    UPDATE appliances a SET current_version = t.final_version, last_seen_at = now()
+    FROM t WHERE a.id = t.appliance_id AND t.final_version IS NOT NULL
+)
+SELECT t.id, CASE WHEN t.term THEN pg_notify('orchestrator', 'task:' || t.rollout_id) END
+FROM t
+"""
+
+
+async def transition_many(
+    conn: DB, *, owner: str, requests: Sequence[TransitionRequest]
+) -> set[int]:
+    """Several guarded transitions in ONE statement (the same rules as `transition`, each
+    task guarded on its own); returns the ids of the tasks that matched. The statement is
+    atomic: every matched task gets its state, fields and events, or none does."""
+    if not requests:
+        return set()
+    rows: list[dict[str, Any]] = []
+    for r in requests:
+        if r.via is not None:
+            check_task_transition(TaskState(r.from_state), TaskState(r.via))
+            check_task_transition(TaskState(r.via), TaskState(r.to_state))
+        elif r.event or r.from_state != r.to_state:
+            check_task_transition(TaskState(r.from_state), TaskState(r.to_state))
+        unknown = set(r.fields) - _SETTABLE
+        if unknown:
+            raise ValueError(f"not settable by a transition: {sorted(unknown)}")
+        terminal = r.to_state in TERMINAL
+        rows.append({
+            "id": r.task_id, "f": r.from_state, "s": r.to_state, "via": r.via,
+            "d": r.detail or {}, "vd": r.via_detail or {},
+            "x": {k: _json_value(v) for k, v in r.fields.items()}, "ev": r.event,
+            "rel": terminal or r.to_state == "PENDING", "term": terminal,
+        })
+    matched = await conn.fetch(TRANSITION_MANY, rows, owner)  # jsonb: the pool's codec
+    return {int(m["id"]) for m in matched}

@@ -1,0 +1,115 @@
+"""Transitions written together: `transition_many` (one statement, each task guarded on its
+own) and the engine's `TransitionBatcher` in front of it; and the runner's learned timings."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import asyncpg
+
+from orchestrator.engine.runner import InstallTimes, ReturnOffsets, TransitionBatcher
+from orchestrator.store import tasks as task_store
+from orchestrator.store.tasks import TransitionRequest
+from tests.fleet import TARGET, create, events_of, fleet
+
+OWNER = "test-owner"
+
+
+async def _claim(pool: asyncpg.Pool, rid: int, n: int) -> list[task_store.ClaimedTask]:
+    async with pool.acquire() as conn, conn.transaction():
+        await task_store.lock_rollout(conn, rid)
+        return await task_store.claim_tasks(
+            conn, rollout_id=rid, current_wave=0, owner=OWNER, lease_seconds=60,
+            max_in_flight=n, per_site=None, starts_per_minute=None, limit=n,
+        )
+
+
+async def test_transition_many_guards_each_task(pool: asyncpg.Pool, db_url: str) -> None:
+    async with fleet(pool, db_url, appliances=3, sites=1):
+        rid = await create(pool)
+        a, b, c = await _claim(pool, rid, 3)
+        accepted = datetime.now(UTC)
+        async with pool.acquire() as conn:
+            matched = await task_store.transition_many(conn, owner=OWNER, requests=[
+                TransitionRequest(a.id, "DISPATCHING", "DISPATCHING",
+                                  fields={"from_version": "9.0.0-10010"}, event=False),
+                TransitionRequest(b.id, "DISPATCHING", "INSTALLING", {"remote_task_id": "r1"},
+                                  fields={"remote_task_id": "r1", "accepted_at": accepted}),
+                # wrong expected state: another worker would own it, nothing changes
+                TransitionRequest(c.id, "INSTALLING", "VERIFYING", {"reason": "x"}),
+            ])
+        assert matched == {a.id, b.id}
+        rows = {r["id"]: r for r in await pool.fetch(
+            "SELECT * FROM tasks WHERE rollout_id = $1", rid)}
+        assert rows[a.id]["state"] == "DISPATCHING"
+        assert rows[a.id]["from_version"] == "9.0.0-10010"
+        assert rows[b.id]["state"] == "INSTALLING"
+        assert rows[b.id]["remote_task_id"] == "r1"
+        assert rows[b.id]["accepted_at"] is not None
+        assert rows[c.id]["state"] == "DISPATCHING"
+        assert await events_of(pool, a.id) == [(None, "PENDING"), ("PENDING", "DISPATCHING")]
+        assert await events_of(pool, c.id) == [(None, "PENDING"), ("PENDING", "DISPATCHING")]
+
+        # through VERIFYING to SUCCEEDED in one statement: two events, lease released
+        async with pool.acquire() as conn:
+            matched = await task_store.transition_many(conn, owner=OWNER, requests=[
+                TransitionRequest(b.id, "INSTALLING", "SUCCEEDED", {}, via="VERIFYING",
+                                  via_detail={"reason": "back up on the target version"},
+                                  fields={"final_version": TARGET, "progress": 100,
+                                          "reconfigure_required": None}),
+            ])
+        assert matched == {b.id}
+        row = await pool.fetchrow("SELECT * FROM tasks WHERE id = $1", b.id)
+        assert row["state"] == "SUCCEEDED"
+        assert row["lease_owner"] is None and row["finished_at"] is not None
+        assert row["progress"] == 100 and row["reconfigure_required"] is None
+        assert await events_of(pool, b.id) == [
+            (None, "PENDING"), ("PENDING", "DISPATCHING"), ("DISPATCHING", "INSTALLING"),
+            ("INSTALLING", "VERIFYING"), ("VERIFYING", "SUCCEEDED"),
+        ]
+        assert await pool.fetchval(
+            "SELECT current_version FROM appliances WHERE id = $1", b.appliance_id) == TARGET
+
+
+async def test_batcher_writes_concurrent_transitions_in_one_statement(
+    pool: asyncpg.Pool, db_url: str
+) -> None:
+    async with fleet(pool, db_url, appliances=5, sites=1):
+        rid = await create(pool)
+        claimed = await _claim(pool, rid, 5)
+        batcher = TransitionBatcher(pool, OWNER, delay=0.05)
+        results = await asyncio.gather(*(
+            batcher.submit(TransitionRequest(t.id, "DISPATCHING", "PENDING", {"reason": "r"}))
+            for t in claimed
+        ), batcher.submit(TransitionRequest(claimed[0].id, "VERIFYING", "SUCCEEDED", {})))
+        # the same task twice: the second waits for the next statement, where its guard fails
+        assert results == [True] * 5 + [False]
+        assert batcher.statements == 2
+        assert await pool.fetchval(
+            "SELECT count(*) FROM tasks WHERE rollout_id = $1 AND state = 'PENDING' "
+            "AND lease_owner IS NULL", rid) == 5
+        await batcher.aclose()
+
+
+def test_install_times_steady_and_low() -> None:
+    times = InstallTimes(default=60.0)
+    assert not times.steady() and times.low() == 60.0
+    for seconds in (20.0, 20.1, 20.2, 19.9, 20.0, 20.1):
+        times.add(seconds)
+    assert times.steady()
+    assert 19.9 <= times.low() <= 20.0
+    for seconds in (14.0, 26.0, 15.0, 25.0):
+        times.add(seconds)
+    assert not times.steady()
+
+
+def test_return_offsets_scouts() -> None:
+    offsets = ReturnOffsets(every=4)
+    assert offsets.expected() is None and offsets.next_is_scout()
+    for seconds in (5.2, 5.0, 5.4, 5.1, 9.0):
+        offsets.add(seconds)
+    # a high percentile of the recent measurements, not the one outlier
+    assert offsets.expected() == 5.4
+    scouts = [offsets.next_is_scout() for _ in range(8)]
+    assert scouts.count(True) == 2
