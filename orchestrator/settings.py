@@ -59,6 +59,9 @@ class Settings(BaseModel):
     appliance_retries: int = Field(default=2, ge=0, le=10)
     appliance_session_max_age: float = Field(default=300.0, gt=0, le=86_400)
     appliance_verify_tls: bool = True
+    # "stream": the lean keep-alive HTTP/1.1 pool of orchestrator/appliance/transport.py
+    # (about half the CPU per request); "aiohttp": aiohttp's ClientSession
+    appliance_http_client: Literal["stream", "aiohttp"] = "stream"
 
     # --- engine ---------------------------------------------------------------------
     engine_lease_seconds: float = Field(default=30.0, ge=2, le=3600)

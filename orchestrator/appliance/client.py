@@ -35,6 +35,7 @@ session id.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import random
 import ssl
@@ -44,10 +45,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self, TypeVar
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import aiohttp
 
+from orchestrator.appliance import transport as tx
 from orchestrator.appliance.credentials import Credentials, resolve_credentials
 from orchestrator.appliance.errors import (
     ApplianceError,
@@ -78,8 +80,10 @@ from orchestrator.settings import Settings
 log = get_logger("orchestrator.appliance")
 
 SESSION_HEADER = "x-dr-session"
+HTTP_CLIENTS = ("stream", "aiohttp")
 _HEX = frozenset("0123456789abcdef")
 _T = TypeVar("_T")
+_COMMON_HEADERS = "Accept: application/json\r\nUser-Agent: orchestrator\r\n"
 
 SslSetting = bool | ssl.SSLContext | aiohttp.Fingerprint
 
@@ -165,8 +169,15 @@ class ApplianceHttp:
         clock: Callable[[], float] = time.monotonic,
         default_credentials: Credentials | None = None,
         environ: Mapping[str, str] | None = None,
+        http_client: str | None = None,
     ) -> None:
         s = settings if settings is not None else Settings()
+        http_client = http_client if http_client is not None else s.appliance_http_client
+        if http_client not in HTTP_CLIENTS:
+            raise ValueError(
+                f"http_client {http_client!r} is not one of {', '.join(HTTP_CLIENTS)}"
+            )
+        self.http_client = http_client
         self.connect_timeout = (
             connect_timeout if connect_timeout is not None else s.appliance_connect_timeout
         )
@@ -198,8 +209,10 @@ class ApplianceHttp:
         self.retried = 0
         self.errors_by_kind: Counter[str] = Counter()
         self._session: aiohttp.ClientSession | None = None
+        self._pool: tx.StreamPool | None = None
         self._clients: dict[str, ApplianceClient] = {}
         self._ca_contexts: dict[str, ssl.SSLContext] = {}
+        self._tls_contexts: dict[bool, ssl.SSLContext] = {}
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -217,7 +230,14 @@ class ApplianceHttp:
         await self.close()
 
     async def start(self) -> None:
-        if self._session is not None:
+        if self._session is not None or self._pool is not None:
+            return
+        if self.http_client == "stream":
+            self._pool = tx.StreamPool(
+                limit=self.max_connections,
+                limit_per_host=self.max_connections_per_host,
+                connect_timeout=self.connect_timeout,
+            )
             return
         connector = aiohttp.TCPConnector(
             limit=self.max_connections,
@@ -237,15 +257,32 @@ class ApplianceHttp:
 
     async def close(self) -> None:
         session, self._session = self._session, None
+        pool, self._pool = self._pool, None
         self._clients.clear()
         if session is not None:
             await session.close()
+        if pool is not None:
+            await pool.close()
 
     @property
     def session(self) -> aiohttp.ClientSession:
+        """The aiohttp session (`http_client="aiohttp"`)."""
         if self._session is None or self._session.closed:
-            raise RuntimeError("ApplianceHttp is not started (use `async with ApplianceHttp(...)`)")
+            raise RuntimeError(
+                "ApplianceHttp is not started with http_client='aiohttp' "
+                "(use `async with ApplianceHttp(...)`)"
+            )
         return self._session
+
+    @property
+    def pool(self) -> tx.StreamPool:
+        """The connection pool (`http_client="stream"`, the default)."""
+        if self._pool is None:
+            raise RuntimeError(
+                "ApplianceHttp is not started with http_client='stream' "
+                "(use `async with ApplianceHttp(...)`)"
+            )
+        return self._pool
 
     # --- clients -------------------------------------------------------------------------
 
@@ -296,6 +333,39 @@ class ApplianceHttp:
             return self._ca_context(target)
         return True if self.verify_tls else False
 
+    def endpoint_for(self, target: ApplianceTarget) -> tx.Endpoint:
+        """Where the stream pool connects for this appliance, with its TLS policy (the same
+        as `ssl_for`: a pinned thumbprint replaces the chain, a CA file replaces the
+        system's, `verify_tls` false trusts any certificate)."""
+        parts = urlsplit(target.base_url)
+        host = parts.hostname or ""
+        https = parts.scheme == "https"
+        port = parts.port or (443 if https else 80)
+        default_port = parts.port is None or parts.port == (443 if https else 80)
+        shown = f"[{host}]" if ":" in host else host
+        host_header = shown if default_port else f"{shown}:{port}"
+        if not https:
+            return tx.Endpoint("http", host, port, host_header)
+        fingerprint: bytes | None = None
+        if target.tls_thumbprint:
+            context, key = self._tls_context(verify=False), "pinned"
+            fingerprint = bytes.fromhex(target.tls_thumbprint)
+        elif target.tls_ca_file:
+            context, key = self._ca_context(target), f"ca:{target.tls_ca_file}"
+        else:
+            context, key = self._tls_context(self.verify_tls), f"verify:{self.verify_tls}"
+        return tx.Endpoint("https", host, port, host_header, context, key, fingerprint)
+
+    def _tls_context(self, verify: bool) -> ssl.SSLContext:
+        context = self._tls_contexts.get(verify)
+        if context is None:
+            context = ssl.create_default_context()
+            if not verify:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            self._tls_contexts[verify] = context
+        return context
+
     def _ca_context(self, target: ApplianceTarget) -> ssl.SSLContext:
         assert target.tls_ca_file is not None
         path = target.tls_ca_file
@@ -331,7 +401,13 @@ class ApplianceClient:
         self._http = http
         self.target = target
         self.credentials = credentials
-        self._ssl = http.ssl_for(target)
+        self._ssl: SslSetting = False
+        self._endpoint: tx.Endpoint | None = None
+        if http.http_client == "stream":
+            self._endpoint = http.endpoint_for(target)
+            self._base_path = quote(urlsplit(target.base_url).path, safe="/%:@!$&'()*+,;=-._~")
+        else:
+            self._ssl = http.ssl_for(target)
         self._basic_auth: str | None = None
         self._session_id: str | None = None
         self._login_at = 0.0
@@ -426,6 +502,13 @@ class ApplianceClient:
         if not isinstance(sid, str) or not sid:
             raise MalformedResponse(
                 self.name, "login: the answer holds no session_id", op="login", status=answer.status
+            )
+        if not (sid.isascii() and sid.isprintable()):
+            raise MalformedResponse(
+                self.name,
+                "login: the session_id is not printable ASCII (cannot be sent as a header)",
+                op="login",
+                status=answer.status,
             )
         self._session_id = sid
         self._login_at = self._http.clock()
@@ -667,13 +750,7 @@ class ApplianceClient:
     ) -> _Answer:
         """One HTTP request; transport failures become typed errors."""
         http = self._http
-        session = http.session
         total = request_timeout if request_timeout is not None else http.request_timeout
-        client_timeout = http._timeouts.get(total)
-        if client_timeout is None:  # a handful of distinct values: made once each
-            client_timeout = http._timeouts[total] = aiohttp.ClientTimeout(
-                total=total, sock_connect=min(http.connect_timeout, total)
-            )
         headers: dict[str, str] = {}
         if sid is not None:
             headers[SESSION_HEADER] = sid
@@ -681,12 +758,66 @@ class ApplianceClient:
             auth = self._basic_auth
             if auth is None:
                 creds = self.credentials
-                auth = self._basic_auth = aiohttp.encode_basic_auth(
-                    creds.username, creds.password
-                )
+                token = base64.b64encode(f"{creds.username}:{creds.password}".encode())
+                auth = self._basic_auth = "Basic " + token.decode("ascii")
             headers["Authorization"] = auth
         http.requests += 1
         self.requests += 1
+        if self._endpoint is not None:
+            return await self._send_stream(self._endpoint, method, path, op, headers, params,
+                                           total)
+        return await self._send_aiohttp(method, path, op, headers, params, total)
+
+    async def _send_stream(
+        self, endpoint: tx.Endpoint, method: str, path: str, op: str,
+        headers: dict[str, str], params: Mapping[str, str] | None, total: float,
+    ) -> _Answer:
+        target = self._base_path + path
+        if params:
+            target += "?" + urlencode(params)
+        lines = _COMMON_HEADERS + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        name = self.name
+        try:
+            answer = await self._http.pool.request(endpoint, method, target, lines, total)
+        except tx.ConnectFailed as exc:
+            if exc.kind == "tls-pin":
+                raise TlsError(name, f"{op}: {exc.reason}", op=op) from None
+            if exc.kind == "tls-verify":
+                raise TlsError(
+                    name, f"{op}: certificate verification failed ({exc.reason})", op=op
+                ) from None
+            if exc.kind == "tls":
+                raise TlsError(name, f"{op}: TLS handshake failed ({exc.reason})", op=op) from None
+            if exc.kind == "timeout":
+                raise ApplianceTimeout(
+                    name, f"{op}: {exc.reason}", op=op, request_sent=False
+                ) from None
+            if exc.kind == "dns":
+                raise Unreachable(name, f"{op}: {exc.reason}", op=op, request_sent=False) from None
+            raise Unreachable(
+                name, f"{op}: cannot connect ({exc.reason})", op=op, request_sent=False
+            ) from None
+        except tx.ReadTimeout:
+            raise ApplianceTimeout(name, f"{op}: no answer within {total:g} s", op=op) from None
+        except tx.Disconnected as exc:
+            raise Unreachable(name, f"{op}: {exc.reason}", op=op) from None
+        except tx.BadHttp as exc:
+            raise MalformedResponse(
+                name, f"{op}: invalid HTTP answer ({exc.reason})", op=op
+            ) from None
+        return _Answer(answer.status, answer.body, answer.content_type)
+
+    async def _send_aiohttp(
+        self, method: str, path: str, op: str, headers: dict[str, str],
+        params: Mapping[str, str] | None, total: float,
+    ) -> _Answer:
+        http = self._http
+        session = http.session
+        client_timeout = http._timeouts.get(total)
+        if client_timeout is None:  # a handful of distinct values: made once each
+            client_timeout = http._timeouts[total] = aiohttp.ClientTimeout(
+                total=total, sock_connect=min(http.connect_timeout, total)
+            )
         name = self.name
         try:
             async with session.request(

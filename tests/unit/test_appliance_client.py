@@ -175,6 +175,9 @@ def make_http(**overrides: Any) -> ApplianceHttp:
         "backoff_base": 0.001,
         "backoff_cap": 0.002,
         "default_credentials": CREDS,
+        # aioresponses intercepts aiohttp; the stream pool is tested over real sockets
+        # (tests/unit/test_appliance_transport.py)
+        "http_client": "aiohttp",
     }
     options.update(overrides)
     return ApplianceHttp(Settings(), **options)
@@ -828,6 +831,7 @@ async def test_settings_reach_the_connector() -> None:
         appliance_request_timeout=7,
         appliance_max_connections=55,
         appliance_max_connections_per_host=3,
+        appliance_http_client="aiohttp",
     )
     async with ApplianceHttp(settings) as http:
         session = http.session
@@ -843,7 +847,7 @@ async def test_settings_reach_the_connector() -> None:
 
 async def test_client_cache_and_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     environ = {"VR01_CREDS": f"admin:{PASSWORD}"}
-    async with ApplianceHttp(Settings(), environ=environ) as http:
+    async with ApplianceHttp(Settings(), environ=environ, http_client="aiohttp") as http:
         target = ApplianceTarget(NAME, BASE, credentials_ref="env:VR01_CREDS")
         client = http.client(target)
         assert client.credentials == CREDS

@@ -1,5 +1,6 @@
-"""The client over real sockets on 127.0.0.1: TLS verification, CA file, thumbprint pinning,
-connection refused, a server that hangs, a server that drops the connection."""
+"""The client over real sockets on 127.0.0.1, with each HTTP client (the stream pool and
+aiohttp): TLS verification, CA file, thumbprint pinning, connection refused, a server that
+hangs, a server that drops the connection."""
 
 from __future__ import annotations
 
@@ -110,17 +111,27 @@ def server_context(cert: Cert) -> ssl.SSLContext:
     return ctx
 
 
-def http(**overrides: Any) -> ApplianceHttp:
-    options: dict[str, Any] = {
-        "retries": 0,
-        "request_timeout": 5,
-        "connect_timeout": 2,
-        "default_credentials": CREDS,
-    }
-    return ApplianceHttp(**(options | overrides))
+Http = Callable[..., ApplianceHttp]
 
 
-async def test_self_signed_rejected_by_default(cert: Cert, serve: Serve) -> None:
+@pytest.fixture(params=["stream", "aiohttp"])
+def http(request: pytest.FixtureRequest) -> Http:
+    """ApplianceHttp on each HTTP client: the stream pool (the default) and aiohttp."""
+
+    def make(**overrides: Any) -> ApplianceHttp:
+        options: dict[str, Any] = {
+            "retries": 0,
+            "request_timeout": 5,
+            "connect_timeout": 2,
+            "default_credentials": CREDS,
+            "http_client": request.param,
+        }
+        return ApplianceHttp(**(options | overrides))
+
+    return make
+
+
+async def test_self_signed_rejected_by_default(cert: Cert, serve: Serve, http: Http) -> None:
     base = await serve(server_context(cert))
     async with http() as h:
         with pytest.raises(TlsError) as info:
@@ -128,21 +139,21 @@ async def test_self_signed_rejected_by_default(cert: Cert, serve: Serve) -> None
         assert "certificate" in str(info.value)
 
 
-async def test_ca_file_trusts_the_certificate(cert: Cert, serve: Serve) -> None:
+async def test_ca_file_trusts_the_certificate(cert: Cert, serve: Serve, http: Http) -> None:
     base = await serve(server_context(cert))
     async with http() as h:
         client = h.client(ApplianceTarget("a", base, tls_ca_file=str(cert.cert)))
         assert (await client.get_appliance()).appliance_version == "9.0.0-10010"
 
 
-async def test_thumbprint_pinned(cert: Cert, serve: Serve) -> None:
+async def test_thumbprint_pinned(cert: Cert, serve: Serve, http: Http) -> None:
     base = await serve(server_context(cert))
     async with http() as h:
         client = h.client(ApplianceTarget("a", base, tls_thumbprint=cert.sha256.upper()))
         assert (await client.get_appliance()).appliance_version == "9.0.0-10010"
 
 
-async def test_thumbprint_mismatch(cert: Cert, serve: Serve) -> None:
+async def test_thumbprint_mismatch(cert: Cert, serve: Serve, http: Http) -> None:
     base = await serve(server_context(cert))
     wrong = "0" * 64
     async with http() as h:
@@ -152,7 +163,7 @@ async def test_thumbprint_mismatch(cert: Cert, serve: Serve) -> None:
         assert h.errors_by_kind["tls"] == 1
 
 
-async def test_verification_can_be_disabled(cert: Cert, serve: Serve) -> None:
+async def test_verification_can_be_disabled(cert: Cert, serve: Serve, http: Http) -> None:
     base = await serve(server_context(cert))
     async with http(verify_tls=False) as h:
         assert (await h.client(ApplianceTarget("a", base)).get_appliance()).appliance_version
@@ -164,7 +175,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def test_connection_refused_is_unreachable() -> None:
+async def test_connection_refused_is_unreachable(http: Http) -> None:
     async with http() as h:
         client = h.client(ApplianceTarget("a", f"http://127.0.0.1:{free_port()}/api"))
         with pytest.raises(Unreachable) as info:
@@ -173,7 +184,7 @@ async def test_connection_refused_is_unreachable() -> None:
         assert "cannot connect" in str(info.value)
 
 
-async def test_hang_is_timeout(serve: Serve) -> None:
+async def test_hang_is_timeout(serve: Serve, http: Http) -> None:
     base = await serve(None)
     async with http() as h:
         client = h.client(ApplianceTarget("a", base))
@@ -184,7 +195,7 @@ async def test_hang_is_timeout(serve: Serve) -> None:
         assert loop.time() - start < 2
 
 
-async def test_dropped_install_is_unreachable_and_not_repeated(serve: Serve) -> None:
+async def test_dropped_install_is_unreachable_and_not_repeated(serve: Serve, http: Http) -> None:
     base = await serve(None)
     async with http(retries=3, backoff_base=0.001) as h:
         client = h.client(ApplianceTarget("a", base))
