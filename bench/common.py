@@ -68,7 +68,8 @@ def git_state() -> dict[str, Any]:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
                               check=False).stdout.strip()
 
-    changed = git("status", "--porcelain", "--", "orchestrator", "migrations")
+    changed = subprocess.run(["git", "status", "--porcelain", "--", "orchestrator", "migrations"],
+                             cwd=ROOT, capture_output=True, text=True, check=False).stdout
     return {"commit": git("rev-parse", "--short", "HEAD") or None,
             "orchestrator_modified": [line[3:] for line in changed.splitlines()]}
 
@@ -482,12 +483,12 @@ def cli(env: dict[str, str], *args: str, timeout: float = 600) -> str:
 
 
 def create_rollout(env: dict[str, str], tmp: Path, strategy: dict[str, Any],
-                   name: str = "bench") -> int:
-    """`orchestrator rollout create --start --strategy FILE --json`; returns its id."""
+                   name: str = "bench", start: bool = True) -> int:
+    """`orchestrator rollout create [--start] --strategy FILE --json`; returns its id."""
     path = tmp / "strategy.json"
     path.write_text(json.dumps(strategy))
     out = cli(env, "rollout", "create", "--name", name, "--version", TARGET_VERSION,
-              "--strategy", str(path), "--start", "--json")
+              "--strategy", str(path), *(["--start"] if start else []), "--json")
     return int(json.loads(out)["id"])
 
 

@@ -82,9 +82,10 @@ class EngineConfig:
     tick_spacing: float | None = None
     # transitions of the runners arriving within this many seconds share one statement
     # (0: each its own statement)
-    write_batch_delay: float = 0.05
-    # runners in a phase of several appliance requests at once (RunnerContext.gate)
-    active_runners: int = 64
+    write_batch_delay: float = 0.025
+    # runners in a phase of several appliance requests at once (RunnerContext.gate); the
+    # database writes that end such a phase are made outside it
+    active_runners: int = 200
 
 
 class Engine:

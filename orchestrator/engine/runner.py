@@ -298,6 +298,7 @@ class TaskRunner:
         self.last_progress: int | None = None
         self.scout = False  # whether this task measures when appliances answer again
         self.client: ApplianceClient | None = None
+        self._gate_held: asyncio.Semaphore | None = None  # held during the dispatch
 
     # ------------------------------------------------------------------ entry point
     async def run(self) -> str:
@@ -460,10 +461,22 @@ class TaskRunner:
         return gate if gate is not None else contextlib.nullcontext()
 
     async def _dispatch(self) -> None:
-        async with self._gate():
+        gate = self.ctx.gate
+        if gate is not None:
+            await gate.acquire()
+            self._gate_held = gate
+        try:
             installed = await self._dispatch_install()
+        finally:
+            self._release_gate()
         if installed:
             await self._monitor()
+
+    def _release_gate(self) -> None:
+        """Leave the dispatch gate: once the install is sent, or the dispatch ended."""
+        gate, self._gate_held = self._gate_held, None
+        if gate is not None:
+            gate.release()
 
     async def _dispatch_install(self) -> bool:
         client = self._client()
@@ -525,6 +538,8 @@ class TaskRunner:
                     return False
                 remote = adopted
             self.remote_id = remote.id
+            # the requests of the dispatch are done: recording it needs no gate
+            self._release_gate()
             # when the install was sent: the appliance's timeline starts there, whatever
             # delayed this process in reading the answer
             self.accepted_mono = sent
@@ -785,7 +800,7 @@ class TaskRunner:
             step = max(0.5 * ctx.min_poll, min(1.0, ctx.reboot_times.expected() / 20))
         elif scout:  # measure: probe closely from before the usual return
             first = 0.8 * offset
-            step = max(0.5 * ctx.min_poll, min(1.0, offset / 20))
+            step = max(0.2 * ctx.min_poll, min(1.0, offset / 40))
         else:  # one probe, when appliances usually answer again
             first = offset
             step = max(ctx.min_poll, min(5.0, offset / 10))
@@ -801,7 +816,7 @@ class TaskRunner:
             sent = time.monotonic()  # what happened on the appliance, not when we read it
             error: ApplianceError | None = None
             info: ApplianceInfo | None = None
-            confirmed = False
+            confirmed, reconfigure = False, None
             async with self._gate():
                 try:
                     info = await self._bounded(client.get_appliance(retries=0))
@@ -813,8 +828,9 @@ class TaskRunner:
                     if self.saw_outage:
                         ctx.reboot_times.add(sent - (self.outage_mono or end))
                     confirmed, reconfigure = await self._confirm()
-                    if confirmed:
-                        await self._succeeded(info, reconfigure)
+            if confirmed:  # recorded outside the gate: no appliance request in it
+                assert info is not None
+                await self._succeeded(info, reconfigure)
             if info is not None and info.appliance_version == self.version:
                 if not confirmed:  # services still starting: the verification loop decides
                     if self.state == "INSTALLING":
