@@ -196,7 +196,7 @@ def _activity(frames: list[dict[str, Any]], stack: list[int]) -> str:
         for file_part, name_part, label in ACTIVITIES:
             if (file_part and file_part in where) or (name_part and name.startswith(name_part)):
                 return label
-    return "event loop, transports, aiohttp callbacks (no task frame)"
+    return "event loop, transports, protocol callbacks (no task frame)"
 
 
 def profile_summary(path: Path, top: int = 25) -> dict[str, Any]:
@@ -266,9 +266,9 @@ def start_when_listening(env: dict[str, str], db_url: str, rollout_id: int,
     return ready
 
 
-def stop_when_ended(db_url: str, rollout_id: int, engine: subprocess.Popen[Any]) -> Any:
-    """An on_poll for wait_child: SIGTERM to the engine once the rollout is in a terminal
-    state (checked every 0.5 s)."""
+def stop_when_ended(db_url: str, rollout_id: int, engine_pid: int) -> Any:
+    """An on_poll for wait_child: SIGTERM to the engine process (not to py-spy, which then
+    writes its profile) once the rollout is in a terminal state (checked every 0.5 s)."""
     state = {"next": 0.0, "sent": False}
 
     def poll() -> None:
@@ -281,7 +281,7 @@ def stop_when_ended(db_url: str, rollout_id: int, engine: subprocess.Popen[Any])
         if rows and rows[0]["done"]:
             state["sent"] = True
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(engine.pid, signal.SIGTERM)
+                os.kill(engine_pid, signal.SIGTERM)
 
     return poll
 
@@ -393,7 +393,7 @@ def run(opts: argparse.Namespace, procs: Processes, db: Any, tmp: Path,
     on_poll = None
     if not opts.cold_start:
         engine_ready_s = start_when_listening(env, db.url, rollout_id, engine, started + 120)
-        on_poll = stop_when_ended(db.url, rollout_id, engine)
+        on_poll = stop_when_ended(db.url, rollout_id, engine_pid)
     result: ChildResult = wait_child(engine, started + opts.timeout, started, on_poll)
     sampler.stop()
     statements = counter.after()
