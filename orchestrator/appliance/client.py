@@ -125,13 +125,6 @@ class ApplianceTarget:
             object.__setattr__(self, "tls_thumbprint", thumb)
 
 
-@dataclass
-class _Answer:
-    status: int
-    body: bytes
-    content_type: str
-
-
 class _Attempt:
     """State of one attempt of a call: whether its main request may have been sent."""
 
@@ -747,7 +740,7 @@ class ApplianceClient:
         basic_auth: bool = False,
         params: Mapping[str, str] | None = None,
         request_timeout: float | None = None,
-    ) -> _Answer:
+    ) -> tx.Answer:
         """One HTTP request; transport failures become typed errors."""
         http = self._http
         total = request_timeout if request_timeout is not None else http.request_timeout
@@ -771,14 +764,14 @@ class ApplianceClient:
     async def _send_stream(
         self, endpoint: tx.Endpoint, method: str, path: str, op: str,
         headers: dict[str, str], params: Mapping[str, str] | None, total: float,
-    ) -> _Answer:
+    ) -> tx.Answer:
         target = self._base_path + path
         if params:
             target += "?" + urlencode(params)
         lines = _COMMON_HEADERS + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         name = self.name
         try:
-            answer = await self._http.pool.request(endpoint, method, target, lines, total)
+            return await self._http.pool.request(endpoint, method, target, lines, total)
         except tx.ConnectFailed as exc:
             if exc.kind == "tls-pin":
                 raise TlsError(name, f"{op}: {exc.reason}", op=op) from None
@@ -805,12 +798,11 @@ class ApplianceClient:
             raise MalformedResponse(
                 name, f"{op}: invalid HTTP answer ({exc.reason})", op=op
             ) from None
-        return _Answer(answer.status, answer.body, answer.content_type)
 
     async def _send_aiohttp(
         self, method: str, path: str, op: str, headers: dict[str, str],
         params: Mapping[str, str] | None, total: float,
-    ) -> _Answer:
+    ) -> tx.Answer:
         http = self._http
         session = http.session
         client_timeout = http._timeouts.get(total)
@@ -830,7 +822,7 @@ class ApplianceClient:
                 allow_redirects=False,
             ) as resp:
                 body = await resp.read()
-                return _Answer(resp.status, body, resp.content_type)
+                return tx.Answer(resp.status, body, resp.content_type)
         except aiohttp.ServerFingerprintMismatch:
             raise TlsError(
                 name, f"{op}: certificate thumbprint does not match the pinned one", op=op
@@ -869,7 +861,7 @@ class ApplianceClient:
         except (aiohttp.ClientError, OSError) as exc:
             raise Unreachable(name, f"{op}: connection failed ({_os_reason(exc)})", op=op) from None
 
-    def _checked(self, answer: _Answer, op: str) -> None:
+    def _checked(self, answer: tx.Answer, op: str) -> None:
         """Raise the typed error of a non-2xx answer."""
         status = answer.status
         if 200 <= status < 300:
@@ -896,7 +888,7 @@ class ApplianceClient:
             )
         raise response_error(cls, self.name, op, status, what, **fields)
 
-    def _json(self, answer: _Answer, op: str) -> Any:
+    def _json(self, answer: tx.Answer, op: str) -> Any:
         if not answer.body.strip():
             raise MalformedResponse(
                 self.name, f"{op}: empty answer ({answer.status})", op=op, status=answer.status

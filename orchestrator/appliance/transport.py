@@ -262,8 +262,7 @@ class StreamPool:
             finally:
                 if not waiter.done():
                     waiter.cancel()
-                with_waiter = waiter in self._waiters
-                if with_waiter:
+                if waiter in self._waiters:
                     self._waiters.remove(waiter)
 
     def _close_idle_elsewhere(self, endpoint: Endpoint) -> bool:

@@ -70,6 +70,16 @@ async def default_answer(conn: Conn, index: int, head: bytes) -> bytes | None:
     return ok(INFO)
 
 
+async def slow(conn: Conn, index: int, head: bytes) -> bytes | None:
+    await asyncio.sleep(0.02)
+    return await default_answer(conn, index, head)
+
+
+async def one_per_connection(conn: Conn, index: int, head: bytes) -> bytes | None:
+    """Answers the first request of a connection; closes it at the next one, unanswered."""
+    return await default_answer(conn, index, head) if index == 0 else None
+
+
 @pytest.fixture
 async def serve() -> AsyncIterator[Callable[[Answer], Awaitable[Server]]]:
     servers: list[asyncio.Server] = []
@@ -153,10 +163,6 @@ async def test_keep_alive_reuses_one_connection(serve: Serve) -> None:
 
 
 async def test_connection_limit_is_never_exceeded(serve: Serve) -> None:
-    async def slow(conn: Conn, index: int, head: bytes) -> bytes | None:
-        await asyncio.sleep(0.02)
-        return await default_answer(conn, index, head)
-
     server = await serve(slow)
     async with make_http(max_connections=3, max_connections_per_host=0) as h:
         clients = [h.client(ApplianceTarget(f"a{i}", server.url)) for i in range(12)]
@@ -167,10 +173,6 @@ async def test_connection_limit_is_never_exceeded(serve: Serve) -> None:
 
 
 async def test_per_host_limit(serve: Serve) -> None:
-    async def slow(conn: Conn, index: int, head: bytes) -> bytes | None:
-        await asyncio.sleep(0.02)
-        return await default_answer(conn, index, head)
-
     server = await serve(slow)
     async with make_http(max_connections=100, max_connections_per_host=2) as h:
         clients = [h.client(ApplianceTarget(f"a{i}", server.url)) for i in range(8)]
@@ -212,9 +214,6 @@ async def test_read_on_a_dropped_connection_is_retried_by_the_client(serve: Serv
     "server disconnected" (possibly sent); a read is repeated by the client's retries, on a
     new connection."""
 
-    async def one_per_connection(conn: Conn, index: int, head: bytes) -> bytes | None:
-        return await default_answer(conn, index, head) if index == 0 else None
-
     server = await serve(one_per_connection)
     async with make_http(retries=0) as h:
         client = h.client(ApplianceTarget("a", server.url))
@@ -230,9 +229,6 @@ async def test_read_on_a_dropped_connection_is_retried_by_the_client(serve: Serv
 
 
 async def test_install_on_a_connection_closed_while_idle_is_not_repeated(serve: Serve) -> None:
-    async def one_per_connection(conn: Conn, index: int, head: bytes) -> bytes | None:
-        return await default_answer(conn, index, head) if index == 0 else None
-
     server = await serve(one_per_connection)
     async with make_http(retries=3) as h:
         client = h.client(ApplianceTarget("a", server.url))
