@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 
 import asyncpg
 
-from orchestrator import __version__, cli_rollout, cli_windows
+from orchestrator import __version__, cli_rollout, cli_sites, cli_windows
 from orchestrator import demo as demo_cli
 from orchestrator.api import cli as api_cli
 from orchestrator.domain.selector import SelectorError
@@ -32,6 +32,7 @@ from orchestrator.store import migrations
 from orchestrator.store.db import connect, create_pool, database_url
 from orchestrator.store.embedded import EmbeddedPostgresError
 from orchestrator.store.rollouts import RolloutError
+from orchestrator.store.sites import SiteError
 from orchestrator.store.windows import WindowStoreError
 
 EXIT_FAILED = 1
@@ -255,6 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
         func=lambda s, a: cli_windows.cmd_windows(s, a, run_with_database, cli_rollout.cli_actor())
     )
 
+    cli_sites.add_arguments(sub)
+    sub.choices["sites"].set_defaults(
+        func=lambda s, a: cli_sites.cmd_sites(s, a, run_with_database, cli_rollout.cli_actor(),
+                                              _print_table)
+    )
+
     report = sub.add_parser("report", help="a rollout's report: JSON, CSV or HTML")
     report_cli.add_arguments(report)
     report.set_defaults(func=lambda s, a: report_cli.cmd_report(s, a, run_with_database))
@@ -308,6 +315,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except WindowError as exc:
         _fail(f"invalid maintenance window: {exc}")
     except WindowStoreError as exc:
+        _fail(str(exc))
+    except SiteError as exc:
         _fail(str(exc))
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         _fail(f"database: {type(exc).__name__}: {exc}")

@@ -62,6 +62,9 @@ def add_selector_and_strategy(p: argparse.ArgumentParser) -> None:
     st.add_argument("--approval", choices=["none", "each-wave", "after-canary"])
     st.add_argument("--task-timeout", type=float, help="seconds")
     st.add_argument("--reboot-grace", type=float, help="seconds")
+    st.add_argument("--after-overlapping", action="store_true", default=None,
+                    help="accept appliances that have an unfinished task in another active "
+                         "rollout: their tasks wait for it (default: refused)")
 
 
 def _size(text: str) -> int | str:
@@ -94,7 +97,8 @@ def strategy_from(args: argparse.Namespace) -> dict[str, Any]:
     if args.waves:
         strategy["waves"] = [_size(x) for x in args.waves.split(",")]
     for key in ("order", "per_site_concurrency", "max_starts_per_minute", "min_executed",
-                "soak_seconds", "approval", "task_timeout", "reboot_grace"):
+                "soak_seconds", "approval", "task_timeout", "reboot_grace",
+                "after_overlapping"):
         value = getattr(args, key)
         if value is not None:
             strategy[key] = value

@@ -15,6 +15,7 @@ from orchestrator.api import (
     health,
     openapi,
     rollouts,
+    sites,
     tasks,
     tokens,
     windows,
@@ -33,6 +34,7 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
     *audit.OPERATIONS,
     *tokens.OPERATIONS,
     *windows.OPERATIONS,
+    *sites.OPERATIONS,
     *health.OPERATIONS,
     *openapi.OPERATIONS,
 )

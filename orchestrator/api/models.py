@@ -217,10 +217,14 @@ class Strategy(Body):
     verify_services: Annotated[list[Service], Field(max_length=50)] = ["hms|srm", "drrest"]
     windows: Literal["required", "ignore"] | None = None
     at_window_end: Literal["finish-in-flight", "cancel-pending"] = "finish-in-flight"
+    after_overlapping: bool = Field(default=False, description=(
+        "false: creating or starting the rollout is refused (409) while some of its "
+        "appliances have an unfinished task in another active rollout; true: it is "
+        "accepted and each such task waits until the other rollout's task has ended."))
     not_null: ClassVar[frozenset[str]] = frozenset({
         "waves", "order", "seed", "max_concurrency", "max_failures", "min_executed",
         "soak_seconds", "approval", "task_timeout", "reboot_grace", "install_retries",
-        "dispatch_retries", "verify_services", "at_window_end",
+        "dispatch_retries", "verify_services", "at_window_end", "after_overlapping",
     })
 
 
@@ -303,6 +307,16 @@ class WindowPatch(Body):
     example: ClassVar[dict[str, Any]] = {"duration": "5h", "cutoff": "45m"}
 
 
+# ------------------------------------------------------------------ sites
+class SiteLimit(Body):
+    """A site's fleet-wide capacity: installs in flight there, all rollouts together."""
+
+    max_in_flight: Annotated[int, Field(ge=1, le=MAX_COUNT)] | None = Field(description=(
+        "At most this many installs in flight at the site across every rollout; null: "
+        "unlimited (the limit is cleared)."))
+    example: ClassVar[dict[str, Any]] = {"max_in_flight": 8}
+
+
 # ------------------------------------------------------------------ tokens
 class TokenCreate(Body):
     name: Annotated[str, Field(pattern=TOKEN_NAME, max_length=100)]
@@ -312,5 +326,5 @@ class TokenCreate(Body):
 
 BODY_MODELS: Final[tuple[type[Body], ...]] = (
     ApplianceCreate, AppliancePatch, Selector, Strategy, PlanRequest, RolloutCreate,
-    TokenCreate, WindowCreate, WindowPatch,
+    TokenCreate, WindowCreate, WindowPatch, SiteLimit,
 )

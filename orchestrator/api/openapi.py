@@ -24,6 +24,8 @@ TAGS: Final = (
     ("appliances", "The inventory: viewer reads, admin writes."),
     ("rollouts", "Rollouts and their controls: viewer reads, operator acts."),
     ("maintenance windows", "When installs may start: viewer reads, admin writes."),
+    ("sites", "Fleet-wide capacity per site, all rollouts together: viewer reads, admin "
+              "writes."),
     ("tasks", "What happened to each appliance of a rollout."),
     ("events", "Server-sent events of a rollout's progress."),
     ("audit", "Who did what."),
@@ -173,7 +175,7 @@ h1{margin:.5rem 0}h2{border-bottom:2px solid #dde3ea;padding-top:1.5rem}
 nav a{margin-right:1rem}
 .op{background:#fff;border:1px solid #dde3ea;border-radius:6px;margin:1rem 0;padding:.6rem 1rem}
 .m{display:inline-block;min-width:4.2rem;font-weight:700;font-family:monospace}
-.GET{color:#0a6b2e}.POST{color:#1450a3}.PATCH{color:#8a5a00}.DELETE{color:#a11}
+.GET{color:#0a6b2e}.POST{color:#1450a3}.PUT{color:#5b3a99}.PATCH{color:#8a5a00}.DELETE{color:#a11}
 code,.p{font-family:ui-monospace,monospace;font-size:14px}
 table{border-collapse:collapse;margin:.4rem 0}td,th{border:1px solid #e3e7ec;padding:.2rem .5rem;
 text-align:left;vertical-align:top}

@@ -33,7 +33,12 @@ from orchestrator.domain.states import OperationNotAllowed
 from orchestrator.domain.strategy import StrategyError
 from orchestrator.store import rollouts as rollout_store
 from orchestrator.store.forecast import rollout_forecast
-from orchestrator.store.rollouts import IdempotencyConflict, RolloutError, RolloutNotFound
+from orchestrator.store.rollouts import (
+    IdempotencyConflict,
+    OverlapError,
+    RolloutError,
+    RolloutNotFound,
+)
 
 ID_PARAM: Final = Param("id", "path", "integer", minimum=1, maximum=BIGINT_MAX,
                         description="The rollout's id.")
@@ -48,6 +53,13 @@ IDEMPOTENCY_KEY: Final = Param(
 def not_found(rollout_id: int) -> Problem:
     return Problem(404, f"id: no rollout {rollout_id}",
                    errors=[FieldError("id", f"no rollout {rollout_id}")])
+
+
+def overlap_problem(exc: OverlapError, field: str | None = None, **extra: Any) -> Problem:
+    """409: the rollout overlaps active ones; the lists as members, the hint in detail."""
+    return Problem(409, str(exc), errors=[FieldError(field, str(exc))] if field else None,
+                   overlapping_rollouts=[r.to_dict() for r in exc.rollouts],
+                   overlapping_appliances=exc.appliances, **extra)
 
 
 def request_problem(exc: StrategyError | SelectorError | RolloutError) -> Problem:
@@ -110,6 +122,8 @@ async def create_rollout(call: Call) -> web.StreamResponse:
     except IdempotencyConflict as exc:
         raise Problem(409, str(exc), errors=[FieldError("Idempotency-Key", str(exc))]) \
             from None
+    except OverlapError as exc:
+        raise overlap_problem(exc, "body.strategy.after_overlapping") from None
     except (StrategyError, SelectorError, RolloutError) as exc:
         raise request_problem(exc) from None
     detail = await rollout_detail(call.pool, rollout.id)
@@ -138,6 +152,12 @@ async def get_rollout(call: Call) -> web.StreamResponse:
     ))
 
 
+async def _state(call: Call, rollout_id: int) -> str | None:
+    state: str | None = await call.pool.fetchval(
+        "SELECT state FROM rollouts WHERE id = $1", rollout_id)
+    return state
+
+
 def control(name: str, run: Any) -> Any:
     async def handler(call: Call) -> web.StreamResponse:
         await read_no_body(call.request)
@@ -149,11 +169,12 @@ def control(name: str, run: Any) -> Any:
         except OperationNotAllowed as exc:
             raise Problem(409, str(exc), current_state=str(exc.state),
                           allowed_states=[str(s) for s in exc.allowed]) from None
-        except RolloutError as exc:
-            state = await call.pool.fetchval("SELECT state FROM rollouts WHERE id = $1",
-                                             rollout_id)
-            raise Problem(409, f"cannot {name} rollout: {exc}", current_state=state) \
+        except OverlapError as exc:
+            raise overlap_problem(exc, current_state=await _state(call, rollout_id)) \
                 from None
+        except RolloutError as exc:
+            raise Problem(409, f"cannot {name} rollout: {exc}",
+                          current_state=await _state(call, rollout_id)) from None
         return json_response({"message": result.message, "rollout": result.rollout.to_dict()})
 
     handler.__name__ = f"{name}_rollout"
@@ -163,7 +184,10 @@ def control(name: str, run: Any) -> Any:
 # (path segment, store function, operationId, summary, description)
 CONTROLS: Final = (
     ("start", rollout_store.start_rollout, "startRollout", "Start a rollout",
-     "Start a DRAFT rollout (SCHEDULED when schedule_at is ahead), or a SCHEDULED one now."),
+     "Start a DRAFT rollout (SCHEDULED when schedule_at is ahead), or a SCHEDULED one now. "
+     "A DRAFT rollout whose appliances have an unfinished task in another active rollout "
+     "is refused (409 with `overlapping_rollouts` and `overlapping_appliances`) unless its "
+     "strategy says `after_overlapping`."),
     ("pause", rollout_store.pause_rollout, "pauseRollout", "Pause a rollout",
      "Stop new installs; installs already accepted run to their end."),
     ("resume", rollout_store.resume_rollout, "resumeRollout", "Resume a paused rollout",
@@ -174,7 +198,9 @@ CONTROLS: Final = (
      "Open the gate of the wave that waits for an operator (or approve it ahead)."),
     ("retry-failed", rollout_store.retry_failed, "retryFailedRollout",
      "Retry a rollout's failed tasks",
-     "Put FAILED, TIMED_OUT and CANCELLED tasks back to PENDING; the rollout runs again."),
+     "Put FAILED, TIMED_OUT and CANCELLED tasks back to PENDING as fresh tasks; the "
+     "rollout runs again. Refused like a start (409) when the retried appliances overlap "
+     "another active rollout."),
 )
 
 LINKS: Final = tuple(
@@ -203,7 +229,11 @@ OPERATIONS: Final = (
                       headers=("Location", "Idempotent-Replayed"), links=LINKS),
         },
         errors=(409,),
-        description="Snapshots the plan: one task per targeted appliance, in waves.",
+        description="Snapshots the plan: one task per targeted appliance, in waves. 409 "
+                    "when some targeted appliances have an unfinished task in another "
+                    "active rollout (SCHEDULED, RUNNING, PAUSED, WAITING_WINDOW), unless "
+                    "`strategy.after_overlapping` is true: the problem lists them "
+                    "(`overlapping_rollouts`, `overlapping_appliances`).",
     ),
     Operation(
         "POST", "/api/v1/rollouts/plan", plan_rollout, "planRollout",

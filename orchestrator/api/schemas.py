@@ -55,7 +55,9 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
     }, required=["type", "title", "status", "detail"], additional=True,
         description="RFC 9457 problem details. Some problems add members: error_id (500, "
                     "503), current_state and allowed_states (409 on a rollout control), "
-                    "required_role (403), max_bytes (413)."),
+                    "required_role (403), max_bytes (413), overlapping_rollouts (each "
+                    "{id, name, state}) and overlapping_appliances (names) when a rollout "
+                    "overlaps an active one (409 on create, start, retry-failed)."),
     "Appliance": obj({
         "id": INT, "name": STR, "base_url": STR, "site": STR,
         "tags": {"type": "array", "items": STR},
@@ -77,7 +79,7 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
         "task_timeout": {"type": "number"}, "reboot_grace": {"type": "number"},
         "install_retries": INT, "dispatch_retries": INT,
         "verify_services": {"type": "array", "items": STR}, "windows": nullable(STR),
-        "at_window_end": STR,
+        "at_window_end": STR, "after_overlapping": {"type": "boolean"},
     }, description="The normalised strategy: every key present."),
     "Rollout": obj({
         "id": INT, "name": STR, "target_version": STR, "selector": ref("SelectorOut"),
@@ -157,6 +159,19 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
             "restricted.")},
         "items": {"type": "array", "items": ref("WindowOpening")},
     }),
+    "Site": obj({
+        "name": STR,
+        "max_in_flight": nullable({"type": "integer", "minimum": 1, "description": (
+            "Installs in flight at the site across every rollout; null: unlimited.")}),
+        "in_flight": {"type": "integer", "minimum": 0, "description": (
+            "Tasks in DISPATCHING, INSTALLING or VERIFYING at the site now, all "
+            "rollouts together.")},
+        "appliances": {"type": "integer", "minimum": 0,
+                       "description": "Appliances of the inventory at the site."},
+        "updated_at": nullable({**TIME, "description": (
+            "When the limit was last set or cleared; null: never.")}),
+    }, description="A site: every site of the inventory, and any with a limit set."),
+    "SiteList": obj({"items": {"type": "array", "items": ref("Site")}}),
     "TaskEvent": obj({
         "id": INT, "task_id": INT, "appliance": STR, "site": STR, "wave": INT,
         "from_state": nullable(STR), "to_state": STR, "at": TIME,

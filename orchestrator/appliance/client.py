@@ -565,6 +565,7 @@ class ApplianceClient:
         limit: int = 100,
         offset: int = 0,
         request_timeout: float | None = None,
+        retries: int | None = None,
     ) -> list[Task]:
         """`GET /tasks?...`; accepts a `{"list": [...]}` envelope or a bare list.
 
@@ -586,6 +587,7 @@ class ApplianceClient:
             parse=lambda body: [self._task(item) for item in _items(body)],
             params=params,
             request_timeout=request_timeout,
+            retries=retries,
         )
 
     async def get_appliance(

@@ -143,9 +143,11 @@ TERMINAL_WAVE_STATES: frozenset[WaveState] = frozenset(
 #                  started: rollout cancelled, or the policy tripped)
 #   DISPATCHING -> INSTALLING (install accepted), FAILED (permanent error: 400/403/404, or
 #                  dispatch retries exhausted), TIMED_OUT, PENDING (transient error before
-#                  an install was accepted: retried after a backoff), SUCCEEDED
-#                  (reconciliation after a crash found the target version installed),
-#                  SKIPPED (the appliance was found already at the target version)
+#                  an install was accepted, or the install was held back unsent: paused,
+#                  window closing), SUCCEEDED (the target version found installed by an
+#                  earlier attempt of the task), SKIPPED (the appliance was found already at
+#                  the target version), CANCELLED (never sent: the rollout was cancelled or
+#                  its failure policy tripped before the install left)
 #   INSTALLING  -> VERIFYING, FAILED (task in ERROR, or back up on the old version),
 #                  TIMED_OUT, PENDING (task in ERROR and the strategy's install_retries
 #                  allow another attempt)
@@ -155,6 +157,7 @@ TASK_TRANSITIONS: Mapping[TaskState, frozenset[TaskState]] = MappingProxyType({
     _T.PENDING: frozenset({_T.DISPATCHING, _T.SKIPPED, _T.CANCELLED}),
     _T.DISPATCHING: frozenset({
         _T.INSTALLING, _T.FAILED, _T.TIMED_OUT, _T.PENDING, _T.SUCCEEDED, _T.SKIPPED,
+        _T.CANCELLED,
     }),
     _T.INSTALLING: frozenset({_T.VERIFYING, _T.FAILED, _T.TIMED_OUT, _T.PENDING}),
     _T.VERIFYING: frozenset({_T.SUCCEEDED, _T.FAILED, _T.TIMED_OUT}),

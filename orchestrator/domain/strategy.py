@@ -145,6 +145,10 @@ class Strategy:
     at_window_end: "finish-in-flight" (never-started tasks wait for the next opening) or
         "cancel-pending" (when no targeted appliance may start any more, the never-started
         tasks are cancelled and the rollout ends once in-flight installs finish).
+    after_overlapping: False (the default) refuses to create or start the rollout while
+        some of its appliances have an unfinished task in another active rollout; True
+        accepts it, and each such task waits until the other rollout's task for that
+        appliance has ended (then the appliance's version is checked again).
     """
 
     waves: tuple[Size, ...] = (
@@ -167,6 +171,7 @@ class Strategy:
     verify_services: tuple[str, ...] = ("hms|srm", "drrest")
     windows: str | None = None
     at_window_end: str = "finish-in-flight"
+    after_overlapping: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """The normalised JSON object, every key present; `parse_strategy` reads it back."""
@@ -188,6 +193,7 @@ class Strategy:
             "verify_services": list(self.verify_services),
             "windows": self.windows,
             "at_window_end": self.at_window_end,
+            "after_overlapping": self.after_overlapping,
         }
 
 
@@ -260,6 +266,12 @@ def _seconds(*, positive: bool) -> Callable[[Any], float]:
         return seconds
 
     return parse
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{value!r} is not true or false")
+    return value
 
 
 def _choice(choices: Sequence[str]) -> Callable[[Any], str]:
@@ -346,6 +358,7 @@ def parse_strategy(data: Mapping[str, Any] | None) -> Strategy:
         "verify_services": _parse_services,
         "windows": lambda v: None if v is None else _choice(WINDOW_MODES)(v),
         "at_window_end": _choice(AT_WINDOW_END),
+        "after_overlapping": _bool,
     }
     for name, parse in parsers.items():
         values[name] = (

@@ -38,20 +38,16 @@ from orchestrator.domain.policy import (
 )
 from orchestrator.domain.states import TaskState
 from orchestrator.domain.strategy import Strategy, parse_strategy
-from orchestrator.domain.windows import can_start_any, covering
+from orchestrator.domain.windows import can_start_any, covering, start_deadline
 from orchestrator.engine import failpoints
-from orchestrator.engine.runner import (
-    DB_TRANSIENT,
-    InstallTimes,
-    ProgressBuffer,
-    RunnerContext,
-    TaskRunner,
-    TransitionBatcher,
-)
+from orchestrator.engine.batching import TransitionBatcher
+from orchestrator.engine.pacing import InstallTimes, ProgressBuffer
+from orchestrator.engine.runner import RunnerContext, TaskRunner
 from orchestrator.logs import get_logger
 from orchestrator.store import rollouts as rollout_store
 from orchestrator.store import tasks as task_store
 from orchestrator.store import windows as window_store
+from orchestrator.store.db import DB_TRANSIENT
 from orchestrator.store.rollouts import NOTIFY_CHANNEL
 from orchestrator.store.tasks import ClaimedTask
 
@@ -125,8 +121,11 @@ class Engine:
         self._next_reclaim = 0.0
         self._waves: dict[tuple[int, int], tuple[asyncpg.Record | None, int]] = {}
         self._windows_exist: bool | None = None
+        # appliance id -> the last instant its maintenance window lets an install start
+        # (set by the claim of the rollout being advanced; see `_window_filter`)
+        self._deadlines: dict[int, datetime | None] = {}
         self.ctx = RunnerContext(
-            pool=pool, http=http, owner=self.owner, progress=ProgressBuffer(),
+            clock=self.clock, pool=pool, http=http, owner=self.owner, progress=ProgressBuffer(),
             install_times=InstallTimes(default=self.config.install_estimate),
             reboot_times=InstallTimes(default=self.config.reboot_estimate),
             lease_seconds=self.config.lease_seconds, min_poll=self.config.min_poll,
@@ -218,12 +217,15 @@ class Engine:
             await asyncio.gather(*handles, return_exceptions=True)
         if self.ctx.batcher is not None:
             await self.ctx.batcher.aclose()
-        left = [tid for tid, r in runners.items() if r.state in task_store.IN_FLIGHT]
+        left = {tid: r.task.lease_token for tid, r in runners.items()
+                if r.state in task_store.IN_FLIGHT}
         if left:
-            with contextlib.suppress(*DB_TRANSIENT):
+            try:
                 async with self.pool.acquire() as conn:
-                    n = await task_store.release_leases(conn, owner=self.owner, task_ids=left)
+                    n = await task_store.release_leases(conn, owner=self.owner, leases=left)
                 log.info("leases_released", tasks=n)
+            except Exception as exc:  # their leases then simply run out
+                log.warning("lease_release_failed", error=repr(exc), tasks=len(left))
         self.runners.clear()
         self._tasks.clear()
 
@@ -259,10 +261,11 @@ class Engine:
         for rollout_id in list(self._active):
             if self._stopping.is_set():
                 break
+            self._deadlines = {}
             claimed = await self._advance(rollout_id)
             if claimed:
                 failpoints.hit("after_claim")
-            self._spawn(claimed)
+            self._spawn(claimed, self._deadlines)
         return bool(self._active)
 
     def _inactive(self, rollout_id: int) -> list[ClaimedTask]:
@@ -373,6 +376,8 @@ class Engine:
                 )
                 log.info("wave_started", rollout=rollout_id, wave=current, reason=gate.reason)
             allowed, waiting = await self._window_filter(conn, rollout_id, current, strategy, now)
+            if allowed is None:
+                self._deadlines = {}
             if waiting:
                 # no targeted appliance may start now: wait for the next opening, or with
                 # at_window_end=cancel-pending give up on the never-started tasks
@@ -398,7 +403,8 @@ class Engine:
             if in_flight >= max_in_flight or not startable:
                 return []  # nothing may start: spare the claim statement
             claimed = await task_store.claim_tasks(
-                conn, rollout_id=rollout_id, current_wave=current, owner=self.owner,
+                conn, after_overlapping=bool(getattr(strategy, "after_overlapping", False)),
+                rollout_id=rollout_id, current_wave=current, owner=self.owner,
                 lease_seconds=self.config.lease_seconds,
                 max_in_flight=max_in_flight,
                 per_site=strategy.per_site_concurrency,
@@ -437,15 +443,20 @@ class Engine:
         if not rows:
             return None, False
         verdicts: dict[tuple[str, tuple[str, ...], str | None], bool | None] = {}
+        deadlines: dict[tuple[str, tuple[str, ...], str | None], datetime | None] = {}
         allowed: list[int] = []
         for row in rows:
             key = (row["site"], tuple(row["tags"]), row["timezone"])
             if key not in verdicts:
                 mine = covering(specs, key[0], key[1])
                 verdicts[key] = can_start_any(mine, now, key[2]) if mine else None
+                ends = [d for d in (start_deadline(spec, now, key[2]) for spec in mine)
+                        if d is not None]
+                deadlines[key] = max(ends) if ends else None
             verdict = verdicts[key]
             if verdict is None or verdict:
                 allowed.append(int(row["appliance_id"]))
+                self._deadlines[int(row["appliance_id"])] = deadlines[key]
         if all(v is None for v in verdicts.values()):
             return None, False  # no window covers what is left of this rollout
         return allowed, not allowed
@@ -495,10 +506,16 @@ class Engine:
         log.info("rollout_finished", rollout=rollout_id, state=state)
 
     # ------------------------------------------------------------------ runners
-    def _spawn(self, claimed: list[ClaimedTask]) -> None:
+    def _spawn(
+        self, claimed: list[ClaimedTask], start_by: dict[int, datetime | None] | None = None
+    ) -> None:
         for task in claimed:
+            if task.id in self.runners:
+                continue  # a task id already running here is never run twice
             strategy = self._strategy(task.rollout_id, task.strategy)
-            runner = TaskRunner(self.ctx, task, strategy)
+            self.ctx.lease_until[task.id] = time.monotonic() + self.config.lease_seconds
+            runner = TaskRunner(self.ctx, task, strategy,
+                                start_by=(start_by or {}).get(task.appliance_id))
             self.runners[task.id] = runner
             handle = asyncio.create_task(runner.run(), name=f"task-{task.id}")
             self._tasks[task.id] = handle
@@ -507,34 +524,44 @@ class Engine:
     def _runner_done(self, task_id: int, handle: asyncio.Task[str]) -> None:
         self._tasks.pop(task_id, None)
         self.runners.pop(task_id, None)
+        self.ctx.lease_until.pop(task_id, None)
         if not handle.cancelled() and handle.exception() is not None:
             log.error("runner_crashed", task=task_id, error=repr(handle.exception()))
         self._wake.set()
 
     # ------------------------------------------------------------------ background
     async def _lease_loop(self) -> None:
+        """Renew the leases of every task running here, in one statement every third of the
+        lease; a runner whose lease was taken over is stopped. Survives any error."""
         interval = self.config.lease_seconds / 3
         while True:
             await asyncio.sleep(interval)
-            ids = list(self.runners)
-            if not ids:
-                continue
             try:
-                async with self.pool.acquire() as conn:
-                    kept = await task_store.renew_leases(
-                        conn, owner=self.owner, task_ids=ids,
-                        lease_seconds=self.config.lease_seconds,
-                    )
-            except DB_TRANSIENT as exc:
-                log.warning("lease_renewal_failed", error=type(exc).__name__, tasks=len(ids))
-                continue
-            for tid in ids:
-                runner = self.runners.get(tid)
-                if tid not in kept and runner and runner.state in task_store.IN_FLIGHT:
-                    handle = self._tasks.get(tid)
-                    if handle:
-                        log.warning("lease_lost", task=tid)
-                        handle.cancel()
+                await self._renew_leases()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("lease_renewal_failed", error=repr(exc), tasks=len(self.runners))
+
+    async def _renew_leases(self) -> None:
+        leases = {tid: r.task.lease_token for tid, r in self.runners.items()}
+        if not leases:
+            return
+        sent = time.monotonic()
+        async with self.pool.acquire() as conn:
+            kept = await task_store.renew_leases(
+                conn, owner=self.owner, leases=leases, lease_seconds=self.config.lease_seconds,
+            )
+        for tid in leases:
+            runner = self.runners.get(tid)
+            if tid in kept:
+                # counted from when the statement was sent: never longer than the database's
+                self.ctx.lease_until[tid] = sent + self.config.lease_seconds
+            elif runner and runner.state in task_store.IN_FLIGHT:
+                handle = self._tasks.get(tid)
+                if handle:
+                    log.warning("lease_lost", task=tid)
+                    handle.cancel()
 
     async def _flush_progress(self) -> None:
         batch = self.ctx.progress.drain()
@@ -546,6 +573,8 @@ class Engine:
         except DB_TRANSIENT:
             for tid, value in batch.items():  # keep it for the next flush
                 self.ctx.progress.pending.setdefault(tid, value)
+        except Exception as exc:  # percentages only: dropped, never the loop
+            log.warning("progress_write_failed", error=repr(exc), tasks=len(batch))
 
     async def _progress_loop(self) -> None:
         while True:
@@ -575,8 +604,10 @@ class Engine:
                 await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
                 while not conn.is_closed():
                     await asyncio.sleep(self.config.poll_interval)
-            except DB_TRANSIENT as exc:
-                log.debug("listen_connection_lost", error=type(exc).__name__)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the poll interval covers the gap
+                log.debug("listen_connection_lost", error=repr(exc))
             finally:
                 if conn is not None and not conn.is_closed():
                     with contextlib.suppress(Exception):

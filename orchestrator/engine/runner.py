@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import random
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -35,6 +34,7 @@ from orchestrator.appliance import (
     BadRequest,
     CredentialsError,
     Forbidden,
+    MalformedResponse,
     NotFound,
     ServiceUnavailable,
     Task,
@@ -42,25 +42,29 @@ from orchestrator.appliance import (
     Unauthorized,
     Unreachable,
 )
+from orchestrator.domain import outcome
+from orchestrator.domain.outcome import (
+    Answer,
+    Listing,
+    LostAction,
+    Outcome,
+    PostAction,
+    after_install_post,
+    after_lost_answer,
+    listing_of,
+    same_version,
+)
 from orchestrator.domain.strategy import Strategy, missing_services
 from orchestrator.engine import failpoints
+from orchestrator.engine.batching import TransitionBatcher
+from orchestrator.engine.pacing import InstallTimes, ProgressBuffer, ReturnOffsets
 from orchestrator.logs import bind_context, get_logger
 from orchestrator.store import tasks as task_store
-from orchestrator.store.tasks import ClaimedTask, TransitionRequest
+from orchestrator.store.db import DB_TRANSIENT
+from orchestrator.store.tasks import ClaimedTask, SendVerdict, TransitionRequest
 
 log = get_logger("orchestrator.engine.runner")
 _T = TypeVar("_T")
-
-# Database errors worth waiting out: the connection or the server went away.
-DB_TRANSIENT = (
-    OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.exceptions.OperatorInterventionError,  # shutdown, starting up, cancelled
-    asyncpg.exceptions._base.InternalClientError,  # a connection left mid-protocol by a drop
-    asyncio.TimeoutError,
-)
-
 
 class TaskLost(Exception):
     """Another worker owns the task now (or the engine is stopping): drop it."""
@@ -68,163 +72,6 @@ class TaskLost(Exception):
 
 class DeadlinePassed(Exception):
     """The task's task_timeout ran out while waiting on the appliance."""
-
-
-@dataclass
-class ProgressBuffer:
-    """Progress percentages waiting to be written in one batched statement."""
-
-    pending: dict[int, int] = field(default_factory=dict)
-
-    def record(self, task_id: int, progress: int | None) -> None:
-        if progress is not None:
-            self.pending[task_id] = progress
-
-    def drain(self) -> dict[int, int]:
-        out, self.pending = self.pending, {}
-        return out
-
-
-@dataclass
-class InstallTimes:
-    """Observed durations (seconds) of installs, or of restarts, for the polling cadence of
-    later tasks."""
-
-    default: float = 60.0
-    samples: list[float] = field(default_factory=list)
-
-    def add(self, seconds: float) -> None:
-        self.samples.append(seconds)
-        if len(self.samples) > 200:
-            del self.samples[:100]
-
-    def expected(self) -> float:
-        if not self.samples:
-            return self.default
-        ordered = sorted(self.samples)
-        return ordered[len(ordered) // 2]
-
-    def low(self) -> float:
-        """The 10th percentile of the samples (the default without any)."""
-        if not self.samples:
-            return self.default
-        ordered = sorted(self.samples)
-        return ordered[len(ordered) // 10]
-
-    def steady(self) -> bool:
-        """Whether the samples agree closely enough (10th to 90th percentile within 10 % of
-        the median) to predict the end of an install without looking at its task."""
-        n = len(self.samples)
-        if n < 5:
-            return False
-        ordered = sorted(self.samples)
-        median = ordered[n // 2]
-        return ordered[min(n - 1, (9 * n) // 10)] - ordered[n // 10] <= 0.1 * median
-
-
-@dataclass
-class ReturnOffsets:
-    """How long after the end of its install an appliance answers again (seconds), as
-    measured by "scout" tasks, which probe closely from before the usual return; the other
-    tasks make their first probe at `expected()` (a high percentile of the recent scouts),
-    so that one request usually finds the appliance back. Every `every`-th task scouts, and
-    every task while fewer than three measurements exist."""
-
-    window: deque[float] = field(default_factory=lambda: deque(maxlen=20))
-    every: int = 20
-    count: int = 0
-
-    def add(self, seconds: float) -> None:
-        self.window.append(max(0.0, seconds))
-
-    def expected(self) -> float | None:
-        if len(self.window) < 3:
-            return None
-        ordered = sorted(self.window)
-        return ordered[(4 * (len(ordered) - 1)) // 5]
-
-    def next_is_scout(self) -> bool:
-        if len(self.window) < 3:
-            return True
-        self.count += 1
-        return self.count % self.every == 0
-
-
-class TransitionBatcher:
-    """Writes the transitions of many runners together: the requests that arrive within
-    `delay` seconds (at most `max_batch`) go to the database in ONE statement
-    (`task_store.transition_many`), each still guarded by its state and lease owner. A
-    busy engine then runs a few statements a second instead of several per task."""
-
-    def __init__(self, pool: asyncpg.Pool, owner: str, *, delay: float = 0.05,
-                 max_batch: int = 500) -> None:
-        self.pool = pool
-        self.owner = owner
-        self.delay = delay
-        self.max_batch = max_batch
-        self.statements = 0
-        self._pending: list[tuple[TransitionRequest, asyncio.Future[bool]]] = []
-        self._timer: asyncio.TimerHandle | None = None
-        self._flushes: set[asyncio.Task[None]] = set()
-
-    async def submit(self, request: TransitionRequest) -> bool:
-        """Whether the task matched (False: another worker owns it now); raises the
-        database's error when the statement failed."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[bool] = loop.create_future()
-        self._pending.append((request, future))
-        if len(self._pending) >= self.max_batch or self.delay <= 0:
-            self._flush_now()
-        elif self._timer is None:
-            self._timer = loop.call_later(self.delay, self._flush_now)
-        return await future
-
-    def _flush_now(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        # not the cancelled ones; a task at most once per statement (the later waits)
-        batch: list[tuple[TransitionRequest, asyncio.Future[bool]]] = []
-        later: list[tuple[TransitionRequest, asyncio.Future[bool]]] = []
-        ids: set[int] = set()
-        for request, future in self._pending:
-            if future.done():
-                continue
-            (later if request.task_id in ids else batch).append((request, future))
-            ids.add(request.task_id)
-        self._pending = later
-        if later:
-            self._timer = asyncio.get_running_loop().call_later(self.delay, self._flush_now)
-        if batch:
-            task = asyncio.get_running_loop().create_task(self._flush(batch))
-            self._flushes.add(task)
-            task.add_done_callback(self._flushes.discard)
-
-    async def _flush(self, batch: list[tuple[TransitionRequest, asyncio.Future[bool]]]) -> None:
-        self.statements += 1
-        try:
-            async with self.pool.acquire() as conn:
-                matched = await task_store.transition_many(
-                    conn, owner=self.owner, requests=[r for r, _ in batch]
-                )
-        except asyncio.CancelledError:
-            for _, future in batch:
-                future.cancel()
-            raise
-        except Exception as exc:
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        for request, future in batch:
-            if not future.done():
-                future.set_result(request.task_id in matched)
-
-    async def aclose(self) -> None:
-        """Write what is still waiting (from runners not cancelled) and wait for it."""
-        self._flush_now()
-        if self._flushes:
-            await asyncio.gather(*self._flushes, return_exceptions=True)
 
 
 @dataclass
@@ -251,6 +98,10 @@ class RunnerContext:
     # tasks claimed together are dispatched one after the other rather than all
     # progressing together and finishing together at the end of the burst
     gate: asyncio.Semaphore | None = None
+    # the wall clock of maintenance windows (the engine's; tests inject one)
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    # task id -> monotonic time its lease runs out, as last renewed by this process
+    lease_until: dict[int, float] = field(default_factory=dict)
 
 
 def _now() -> datetime:
@@ -263,18 +114,42 @@ def _signals_restart(exc: ApplianceError) -> bool:
     return isinstance(exc, Unreachable | ApplianceTimeout | ServiceUnavailable | Unauthorized)
 
 
-def _install_task_matches(task: Task, version: str) -> bool:
-    """Whether a task listed by `GET /tasks` looks like the install of `version`."""
-    text = " ".join(str(x) for x in (task.description, task.type) if x).lower()
-    return version.lower() in text or (
-        "install" in text and task.status in (TaskStatus.QUEUED, TaskStatus.RUNNING)
-    )
+def _answer_of(exc: ApplianceError) -> Answer:
+    """How an install POST that raised `exc` ended (see `outcome.Answer`)."""
+    if isinstance(exc, Unauthorized):
+        return Answer.UNAUTHORIZED
+    if isinstance(exc, Forbidden):
+        return Answer.FORBIDDEN
+    if isinstance(exc, NotFound):
+        return Answer.NOT_FOUND
+    if isinstance(exc, BadRequest):
+        return Answer.IN_PROGRESS if _says_in_progress(exc) else Answer.BAD_REQUEST
+    if isinstance(exc, ServiceUnavailable):
+        return Answer.UNAVAILABLE
+    if isinstance(exc, MalformedResponse) and exc.status is not None \
+            and 200 <= exc.status < 300:
+        return Answer.OK  # any 2xx is acceptance, whatever its body
+    if not exc.request_sent:
+        return Answer.NOT_SENT
+    if isinstance(exc, Unreachable | ApplianceTimeout):
+        return Answer.NO_ANSWER
+    return Answer.SERVER_ERROR
+
+
+def _says_in_progress(exc: BadRequest) -> bool:
+    """Whether a 400 says that an update is being installed already. Error codes are not
+    documented: read both the code and the message; a miss only costs a later retry."""
+    text = f"{exc.error_code or ''} {exc.message or ''}".lower()
+    return "progress" in text or "running" in text or "busy" in text
 
 
 class TaskRunner:
     """Drives one claimed task to a terminal state (or until it is lost / stopped)."""
 
-    def __init__(self, ctx: RunnerContext, task: ClaimedTask, strategy: Strategy) -> None:
+    def __init__(
+        self, ctx: RunnerContext, task: ClaimedTask, strategy: Strategy,
+        *, start_by: datetime | None = None,
+    ) -> None:
         self.ctx = ctx
         self.task = task
         self.strategy = strategy
@@ -282,6 +157,14 @@ class TaskRunner:
         self.version = task.target_version
         self.from_version = task.from_version
         self.remote_id = task.remote_task_id
+        # the last instant the maintenance window lets this install start (None: no window)
+        self.start_by = start_by
+        # an earlier POST of this task may have started an install
+        self.sent_before = task.install_sent_at is not None or task.installs_sent > 0
+        self.sent_wall: datetime | None = task.install_sent_at
+        self.logins_at_send: int | None = None  # the client's logins when the POST left
+        self.accepted = task.accepted_at is not None
+        self.watch: outcome.Watch | None = None
         # True between sending the install and recording INSTALLING: not a safe point
         self.critical = False
         dispatched = task.dispatched_at or _now()
@@ -382,7 +265,7 @@ class TaskRunner:
         waits out a database outage (state is kept in memory)."""
         ok = await self._write(TransitionRequest(
             task_id=self.task.id, from_state=self.state, to_state=to_state, detail=detail,
-            via=via, via_detail=via_detail, fields=fields,
+            via=via, via_detail=via_detail, fields=fields, token=self.task.lease_token,
         ))
         if not ok:
             raise TaskLost()
@@ -489,55 +372,95 @@ class TaskRunner:
             await self._retry_later(f"appliance not ready for the install: {exc}", exc)
             return False
         self.from_version = info.appliance_version
-        if info.appliance_version == self.version:
-            await self._finish(
-                "SKIPPED", None, None, from_version=self.from_version,
-                final_version=self.from_version,
-            )
+        if same_version(info.appliance_version, self.version):
+            await self._at_target_before_send(info.appliance_version)
             return False
-        await self._record_from_version()
+        if not await self._guard_send():
+            return False
         return await self._install(client)
 
-    async def _record_from_version(self) -> None:
-        """Write the version seen before the install, before sending it: reconciliation
-        after a crash tells "we installed it" from "it was there already" by it."""
-        await self._write(TransitionRequest(
-            task_id=self.task.id, from_state=self.state, to_state=self.state,
-            fields={"from_version": self.from_version}, event=False,
-        ))
+    async def _at_target_before_send(self, version: str) -> None:
+        """The appliance reports the target before this attempt sent anything: SKIPPED, or
+        SUCCEEDED when an earlier attempt of this task sent an install (retry-failed after
+        a timeout, say) that has since applied."""
+        if self.task.installs_sent > 0:
+            await self._finish(
+                "SUCCEEDED", None, None, final_version=version, progress=100,
+                from_version=self.task.from_version,
+            )
+            return
+        await self._finish("SKIPPED", None, None, from_version=version, final_version=version)
+
+    async def _guard_send(self) -> bool:
+        """The guarded write right before the install POST (`task_store.guard_install_send`):
+        True when the install may be sent now (recorded as sent). Otherwise the task goes
+        back to PENDING without a POST (paused, window closing, lease running out), is
+        CANCELLED (rollout cancelled or tripped), or is dropped (no longer ours)."""
+        margin = self.ctx.lease_seconds / 3
+        if self._lease_left() <= margin:
+            # this process's renewals are late: the database may hand the task over soon
+            verdict, why = SendVerdict.HOLD, "the lease would expire during the install call"
+        elif self.start_by is not None and self.ctx.clock() > self.start_by:
+            verdict, why = SendVerdict.HOLD, "the maintenance window no longer lets it start"
+        else:
+            verdict, why = await self._db("guard", lambda conn: task_store.guard_install_send(
+                conn, task_id=self.task.id, owner=self.ctx.owner, token=self.task.lease_token,
+                from_version=self.from_version, lease_margin=margin,
+            ))
+        if verdict == SendVerdict.SEND:
+            return True
+        if verdict == SendVerdict.LOST:
+            raise TaskLost()
+        if verdict == SendVerdict.CANCEL:
+            await self._to("CANCELLED", {"reason": f"never sent: {why}"},
+                           from_version=self.from_version)
+            return False
+        # not sent: this attempt does not count against dispatch_retries
+        await self._to("PENDING", {"reason": f"install not sent: {why}"},
+                       attempt=max(0, self.task.attempt - 1),
+                       not_before=_now() + timedelta(seconds=1))
+        return False
+
+    def _lease_left(self) -> float:
+        until = self.ctx.lease_until.get(self.task.id)
+        return float("inf") if until is None else until - time.monotonic()
 
     async def _install_and_monitor(self, client: ApplianceClient) -> None:
         if await self._install(client):
             await self._monitor()
 
     async def _install(self, client: ApplianceClient) -> bool:
-        """Send the install; True once it was accepted and INSTALLING is recorded."""
+        """Send the install and act on its answer (`outcome.after_install_post`); True
+        once an install is known or believed to run and INSTALLING is recorded."""
         self.critical = True
         try:
             sent = time.monotonic()
+            self.sent_wall = _now()
+            self.logins_at_send = client.logins
+            remote: Task | None = None
+            error: ApplianceError | None = None
             try:
                 remote = await client.install(self.version)
-            except (Forbidden, NotFound, Unauthorized) as exc:
-                await self._permanent(exc, f"install of {self.version} refused")
-                return False
-            except BadRequest as exc:
-                # perhaps our own earlier install (whose answer was lost) is still running
-                adopted = await self._find_accepted_install(client)
-                if adopted is None:
-                    await self._permanent(exc, f"install of {self.version} refused")
-                    return False
-                remote = adopted
+                answer = Answer.OK
             except ApplianceError as exc:
-                if not exc.request_sent:
-                    await self._retry_later(f"install not sent: {exc}", exc)
-                    return False
-                # the answer was lost: the appliance may or may not have accepted it
-                adopted = await self._find_accepted_install(client)
-                if adopted is None:
-                    await self._retry_later(f"install answer lost, none accepted: {exc}", exc)
-                    return False
-                remote = adopted
-            self.remote_id = remote.id
+                error = exc
+                answer = _answer_of(exc)
+            action = after_install_post(answer, sent_before=self.sent_before)
+            self.sent_before = self.sent_before or answer is not Answer.NOT_SENT
+            if action == PostAction.RETRY_LATER:
+                await self._retry_later(f"install not started: {error}", error)
+                return False
+            if action == PostAction.FAIL:
+                assert error is not None
+                await self._permanent(error, f"install of {self.version} refused")
+                return False
+            if action == PostAction.INVESTIGATE:
+                log.info("install_answer_unknown", answer=str(answer), error=str(error))
+                self._release_gate()
+                return await self._investigate()
+            # accepted (any 2xx), or our install runs ("update in progress")
+            self.remote_id = remote.id if remote is not None else None
+            self.accepted = True
             # the requests of the dispatch are done: recording it needs no gate
             self._release_gate()
             # when the install was sent: the appliance's timeline starts there, whatever
@@ -545,8 +468,10 @@ class TaskRunner:
             self.accepted_mono = sent
             failpoints.hit("after_install_sent")
             await self._to(
-                "INSTALLING", {"remote_task_id": remote.id},
-                remote_task_id=remote.id, from_version=self.from_version, accepted_at=_now(),
+                "INSTALLING",
+                {"remote_task_id": self.remote_id, "answer": str(answer)},
+                remote_task_id=self.remote_id, from_version=self.from_version,
+                accepted_at=_now(),
             )
         finally:
             self.critical = False
@@ -568,76 +493,86 @@ class TaskRunner:
         await self._finish("FAILED", code or default_code, text,
                            from_version=self.from_version)
 
-    async def _find_accepted_install(self, client: ApplianceClient) -> Task | None:
-        """Did the appliance accept an install of our version? Look at its task list."""
-        try:
-            listed = await client.list_tasks(sort_by="start_time", order_by="desc", limit=20)
-        except ApplianceError:
-            return None
-        for candidate in listed:
-            if candidate.id and candidate.status in (
-                TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.SUCCESS
-            ) and _install_task_matches(candidate, self.version):
-                log.info("install_adopted", remote_task_id=candidate.id,
-                         status=str(candidate.status))
-                return candidate
-        return None
+    # ------------------------------------------------------------------ a lost answer
+    async def _investigate(self) -> bool:
+        """The install may have started (its answer was lost, or this process died after
+        sending it): gather evidence and ask `outcome.after_lost_answer`. The install is
+        sent again only on positive evidence that none started; True once INSTALLING is
+        recorded (an install is followed), False when the task was settled or sent back."""
+        client = self._client()
+        started = time.monotonic()
+        while True:
+            await self._check_timeout("looking for the install whose answer was lost")
+            if self.state == "TIMED_OUT":
+                return False
+            failed = False
+            version: str | None = None
+            listing: Listing | None = None
+            try:
+                info = await self._bounded(client.get_appliance(retries=0))
+                version = info.appliance_version
+            except ApplianceError:
+                failed = True
+            try:
+                listed = await self._bounded(client.list_tasks(
+                    sort_by="start_time", order_by="desc", limit=50, retries=0))
+                listing = listing_of(
+                    [(t.id, t.raw_status or str(t.status), t.start_time) for t in listed],
+                    self.sent_wall or _now(),
+                )
+            except ApplianceError:
+                failed = True
+            answered = (not failed and self.logins_at_send is not None
+                        and client.logins == self.logins_at_send)
+            verdict = after_lost_answer(
+                target=self.version, from_version=self.from_version, version=version,
+                listing=listing, answered_throughout=answered,
+            )
+            log.info("install_evidence", action=str(verdict.action), reason=verdict.reason,
+                     remote_task_id=verdict.task_id)
+            if verdict.action == LostAction.RESEND:
+                await self._retry_later(f"install answer lost; {verdict.reason}: sent again")
+                return False
+            if verdict.action == LostAction.LOOK_AGAIN and \
+                    time.monotonic() - started < self.strategy.reboot_grace:
+                await self._pause(self._outage_poll(time.monotonic() - started))
+                continue
+            # ADOPT, FOLLOW, or no evidence for a whole reboot_grace: follow the install
+            self.remote_id = verdict.task_id
+            self.accepted = verdict.action == LostAction.ADOPT
+            self.accepted_mono = self.accepted_mono or time.monotonic()
+            if self.state == "DISPATCHING":
+                await self._to(
+                    "INSTALLING",
+                    {"remote_task_id": self.remote_id, "evidence": verdict.reason},
+                    remote_task_id=self.remote_id, from_version=self.from_version,
+                    accepted_at=_now(),
+                )
+            return True
 
     # ------------------------------------------------------------------ reconcile
     async def _reconcile(self) -> None:
         """A reclaimed task: ask the appliance before doing anything (DESIGN.md section 7)."""
-        client = self._client()
-        log.info("task_reconcile", state=self.state, remote_task_id=self.remote_id)
+        log.info("task_reconcile", state=self.state, remote_task_id=self.remote_id,
+                 install_sent=self.task.install_sent_at is not None)
         if self.state == "INSTALLING" and self.remote_id:
             await self._monitor()
             return
         if self.state == "VERIFYING":
             await self._verify()
             return
-        # DISPATCHING, or INSTALLING without a remote id: was an install accepted?
-        try:
-            info = await client.get_appliance()
-        except (Unauthorized, Forbidden) as exc:
-            await self._permanent(exc, "cannot read the appliance's version")
+        if self.state == "DISPATCHING" and self.task.install_sent_at is None:
+            # the guard before the POST never passed for this claim: nothing was sent
+            await self._dispatch()
             return
-        except ApplianceError:
-            # unreachable: perhaps rebooting into our install; follow it as an outage
-            self.saw_outage = True
-            if self.state == "DISPATCHING":
-                await self._to("INSTALLING", {"reason": "reconcile: appliance unreachable"})
-            await self._to("VERIFYING", {"reason": "reconcile: appliance unreachable"})
-            await self._verify()
-            return
-        if info.appliance_version == self.version:
-            if self.state == "DISPATCHING" and self.from_version in (None, self.version):
-                # from_version is written before any install is sent: without it, no install
-                # left this orchestrator, so the appliance was at the target already
-                await self._finish("SKIPPED", None, None, from_version=self.version,
-                                   final_version=self.version)
-                return
-            if self.state == "DISPATCHING":
-                await self._to("INSTALLING", {"reason": "reconcile: already at target"})
-            await self._to("VERIFYING", {"reason": "reconcile: already at target"})
-            await self._verify()
-            return
-        self.from_version = self.from_version or info.appliance_version
-        adopted = await self._find_accepted_install(client)
-        if adopted is not None:
-            self.remote_id = adopted.id
-            self.accepted_mono = time.monotonic()
-            if self.state == "DISPATCHING":
-                await self._to("INSTALLING", {"remote_task_id": adopted.id, "reconciled": True},
-                               remote_task_id=adopted.id, from_version=self.from_version,
-                               accepted_at=_now())
+        # an install may have been sent (DISPATCHING after the guard, or INSTALLING with
+        # no task id): the lost-answer rules decide; the previous owner's session history
+        # is unknown, so the evidence can never be "answered throughout": never resent
+        self.from_version = self.from_version or self.task.from_version
+        self.sent_wall = self.task.install_sent_at
+        self.logins_at_send = None
+        if await self._investigate():
             await self._monitor()
-            return
-        if self.state == "DISPATCHING":
-            await self._record_from_version()
-            await self._install_and_monitor(client)
-            return
-        # INSTALLING without an id and nothing running: it went through or it did not
-        await self._to("VERIFYING", {"reason": "reconcile: no install task found"})
-        await self._verify()
 
     # ------------------------------------------------------------------ monitor
     def _poll_interval(self, progress: int | None) -> float:
@@ -822,7 +757,7 @@ class TaskRunner:
                     info = await self._bounded(client.get_appliance(retries=0))
                 except ApplianceError as failed:
                     error = failed
-                if info is not None and info.appliance_version == self.version:
+                if info is not None and same_version(info.appliance_version, self.version):
                     if scout:
                         ctx.returns.add(sent - end)
                     if self.saw_outage:
@@ -830,8 +765,8 @@ class TaskRunner:
                     confirmed, reconfigure = await self._confirm()
             if confirmed:  # recorded outside the gate: no appliance request in it
                 assert info is not None
-                await self._succeeded(info, reconfigure)
-            if info is not None and info.appliance_version == self.version:
+                await self._succeeded(info.appliance_version, reconfigure)
+            if info is not None and same_version(info.appliance_version, self.version):
                 if not confirmed:  # services still starting: the verification loop decides
                     if self.state == "INSTALLING":
                         await self._to("VERIFYING", {"reason": "back up on the target version"},
@@ -899,13 +834,16 @@ class TaskRunner:
 
     # ------------------------------------------------------------------ verify
     async def _verify(self, *, settle: bool = True) -> None:
-        """Prove the outcome from the version the appliance reports. `settle`: the appliance
-        may be restarting right now, so the first look waits for the usual restart time."""
+        """Prove the outcome from what the appliance reports (`outcome.judge` over a
+        `Watch`): the target version with the key services up is success; the old version
+        is a failure only once it stayed stable, services up and no install running, for
+        the confirmation period; a third version fails on its own code. `settle`: the
+        appliance may be restarting right now, so the first look waits for the usual
+        restart time."""
         client = self._client()
-        outage_since: float | None = None
-        old_since: float | None = None
-        target_since: float | None = None
+        watch = self._watch()
         verify_started = time.monotonic()
+        outage_since: float | None = None
         if settle and self.saw_outage and self.ctx.reboot_times.samples:
             # it is restarting: look again when restarts usually end, not before
             await self._pause(0.7 * self.ctx.reboot_times.expected())
@@ -921,48 +859,93 @@ class TaskRunner:
                 info = await self._bounded(client.get_appliance(retries=0))
                 running = await self._bounded(self._services(client))
             except ApplianceError as exc:
+                sign = _signals_restart(exc)
+                self.saw_outage = self.saw_outage or sign
                 outage_since = outage_since or now
-                self.saw_outage = self.saw_outage or _signals_restart(exc)
-                if now - outage_since > self.strategy.reboot_grace:
-                    await self._finish(
-                        "TIMED_OUT", "UNREACHABLE",
-                        f"appliance did not come back within reboot_grace "
-                        f"{self.strategy.reboot_grace:g} s ({exc})",
-                    )
-                    return
-                await self._pause(self._outage_poll(now - outage_since))
+                watch = outcome.saw_no_answer(watch, now, restart_sign=sign)
+            else:
+                if outage_since is not None and self.saw_outage:
+                    self.ctx.reboot_times.add(now - (self.outage_mono or verify_started))
+                outage_since = None
+                up = not missing_services(self.strategy.verify_services, running)
+                watch = outcome.saw_version(watch, now, info.appliance_version, up)
+                if not same_version(info.appliance_version, self.version) and up:
+                    watch = await self._look_for_running_install(watch, now)
+            self.watch = watch
+            verdict = outcome.judge(watch, time.monotonic())
+            if verdict.outcome == Outcome.SUCCEEDED:
+                await self._succeeded_version(client, verdict.final_version or self.version)
+                return
+            if verdict.outcome == Outcome.WAIT:
+                await self._pause(self._outage_poll(0 if outage_since is None
+                                                    else now - outage_since))
                 continue
-            if outage_since is not None and self.saw_outage:
-                self.ctx.reboot_times.add(now - (self.outage_mono or verify_started))
-            outage_since = None
-            missing = missing_services(self.strategy.verify_services, running)
-            if info.appliance_version == self.version:
-                target_since = target_since or now
-                if not missing:
-                    await self._succeed(client, info)
-                    return
-                if now - target_since > self.strategy.reboot_grace:
-                    await self._finish(
-                        "FAILED", "SERVICES_DOWN",
-                        f"{self.version} is installed but key services are not running: "
-                        f"{', '.join(missing)}", final_version=info.appliance_version,
-                    )
-                    return
-            elif not missing:
-                # fully up on another version: a silent failure once it restarted, or
-                # an install that said SUCCESS but never restarted within the grace
-                old_since = old_since or now
-                if self.saw_outage or now - old_since > self.strategy.reboot_grace:
-                    await self._finish(
-                        "FAILED", "VERSION_MISMATCH",
-                        f"the appliance came back on {info.appliance_version}, not "
-                        f"{self.version}" if self.saw_outage else
-                        f"the install reported success but the appliance still runs "
-                        f"{info.appliance_version} after {self.strategy.reboot_grace:g} s",
-                        final_version=info.appliance_version,
-                    )
-                    return
-            await self._pause(self._outage_poll(0))
+            if verdict.error_code == "INSTALL_ERROR" and \
+                    self.task.attempt <= self.strategy.install_retries:
+                await self._retry_after_install_error(verdict.message or "install failed")
+                return
+            state = "TIMED_OUT" if verdict.outcome == Outcome.TIMED_OUT else "FAILED"
+            fields: dict[str, Any] = {"from_version": self.from_version}
+            if verdict.final_version is not None:
+                fields["final_version"] = verdict.final_version
+            await self._finish(state, verdict.error_code, verdict.message, **fields)
+            return
+
+    def _watch(self) -> outcome.Watch:
+        """The evidence gathered so far about this install (created at the first look)."""
+        if self.watch is None:
+            observed = self.ctx.reboot_times.expected() if self.ctx.reboot_times.samples \
+                else None
+            self.watch = outcome.start_watch(
+                target=self.version, from_version=self.from_version,
+                accepted=self.accepted or bool(self.remote_id),
+                reboot_grace=self.strategy.reboot_grace,
+                confirm=outcome.confirmation_period(self.strategy.reboot_grace, observed),
+                outage_seen=self.saw_outage,
+            )
+        return self.watch
+
+    async def _look_for_running_install(self, watch: outcome.Watch, now: float) -> outcome.Watch:
+        """Up, not on the target: is an install still running? The followed task when it
+        is known (ERROR there is the install's failure), else the task list. A list that
+        cannot be read tells nothing (never "no install")."""
+        client = self._client()
+        if self.remote_id:
+            try:
+                remote = await self._bounded(client.get_task(self.remote_id, retries=0))
+            except NotFound:
+                pass  # forgotten (a restart): the task list tells what runs now
+            except ApplianceError:
+                return watch
+            else:
+                if remote.status == TaskStatus.ERROR:
+                    return outcome.saw_task_error(
+                        watch, remote.error_message or "install task ended ERROR")
+                if remote.status in (TaskStatus.QUEUED, TaskStatus.RUNNING,
+                                     TaskStatus.UNKNOWN):
+                    return outcome.saw_tasks(watch, now, running=True)
+        try:
+            listed = await self._bounded(client.list_tasks(
+                sort_by="start_time", order_by="desc", limit=50, retries=0))
+        except ApplianceError:
+            return watch
+        running = any(t.status in (TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.UNKNOWN)
+                      for t in listed)
+        return outcome.saw_tasks(watch, now, running=running)
+
+    async def _retry_after_install_error(self, message: str) -> None:
+        """The install ended in ERROR and the strategy's install_retries allow another."""
+        delay = 5.0 * random.uniform(0.5, 1.0)
+        if self.state == "VERIFYING":
+            await self._finish("FAILED", "INSTALL_ERROR", message,
+                               from_version=self.from_version)
+            return
+        await self._to(
+            "PENDING",
+            {"reason": "install task ended in error; retrying (install_retries)",
+             "error_code": "INSTALL_ERROR", "message": message},
+            not_before=_now() + timedelta(seconds=delay),
+        )
 
     async def _services(self, client: ApplianceClient) -> dict[str, bool]:
         services = await client.get_services(retries=0)
@@ -974,12 +957,12 @@ class TaskRunner:
         except (ApplianceError, DeadlinePassed):
             return None
 
-    async def _succeed(self, client: ApplianceClient, info: ApplianceInfo) -> None:
-        await self._succeeded(info, await self._reconfigure_required(client))
+    async def _succeeded_version(self, client: ApplianceClient, version: str) -> None:
+        await self._succeeded(version, await self._reconfigure_required(client))
 
-    async def _succeeded(self, info: ApplianceInfo, reconfigure: bool | None) -> None:
+    async def _succeeded(self, version: str, reconfigure: bool | None) -> None:
         fields: dict[str, Any] = {
-            "final_version": info.appliance_version, "reconfigure_required": reconfigure,
+            "final_version": version, "reconfigure_required": reconfigure,
             "from_version": self.from_version, "progress": 100,
         }
         if self.state == "INSTALLING":  # found back at the first look: both steps at once

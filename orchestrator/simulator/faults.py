@@ -30,6 +30,11 @@ BAD_CREDENTIALS = "bad_credentials"
 MALFORMED_JSON = "malformed_json"
 WRONG_TYPES = "wrong_types"
 API_V1_TASKS = "api_v1_tasks"
+LOST_ANSWER = "lost_answer"
+REST_RESTART = "rest_restart"
+OPAQUE_TASKS = "opaque_tasks"
+IN_PROGRESS_ERROR = "in_progress_error"
+SPARSE_ACCEPT = "sparse_accept"
 
 FAULTS: tuple[str, ...] = (
     INSTALL_ERROR,
@@ -46,8 +51,18 @@ FAULTS: tuple[str, ...] = (
     MALFORMED_JSON,
     WRONG_TYPES,
     API_V1_TASKS,
+    # added later: drawn from a second random stream (see `FaultProfile.assign`), so that
+    # giving them a rate leaves the draws of the faults above unchanged for every seed
+    LOST_ANSWER,
+    REST_RESTART,
+    OPAQUE_TASKS,
+    IN_PROGRESS_ERROR,
+    SPARSE_ACCEPT,
 )
 """Every fault the simulator knows, in a fixed order (the order rates are drawn in)."""
+
+_FIRST_STREAM = 14
+"""`FAULTS[:_FIRST_STREAM]` draw from `random.Random(seed)`, the rest from a second stream."""
 
 _FAULT_SET = frozenset(FAULTS)
 
@@ -85,6 +100,10 @@ class FaultParams:
     """Rate-drawn faults per appliance are capped at this many."""
     v1_time_format: str = "iso"
     """`api_v1_tasks`: `iso` ("2024-05-01T12:00:00.123Z") or `epoch_ms` ("1714564800123")."""
+    rest_restart_at: float = 0.3
+    """`rest_restart`: when the REST service restarts, as a fraction of the RUNNING phase."""
+    rest_restart_seconds: float = 3.0
+    """`rest_restart`: how long the REST service is down (every request dropped or 503)."""
 
     def __post_init__(self) -> None:
         for name in ("slow_seconds", "session_expiry_seconds", "long_reboot_seconds"):
@@ -97,6 +116,14 @@ class FaultParams:
             raise FaultProfileError("params.max_faults_per_appliance: must be >= 1")
         if self.v1_time_format not in ("iso", "epoch_ms"):
             raise FaultProfileError("params.v1_time_format: must be 'iso' or 'epoch_ms'")
+        if not 0.0 <= self.rest_restart_at <= 1.0:  # NaN fails too
+            raise FaultProfileError(
+                f"params.rest_restart_at: {self.rest_restart_at!r} is not between 0 and 1"
+            )
+        if not self.rest_restart_seconds >= 0.0:
+            raise FaultProfileError(
+                f"params.rest_restart_seconds: {self.rest_restart_seconds!r} is not >= 0"
+            )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FaultParams:
@@ -252,7 +279,9 @@ class FaultProfile:
     @classmethod
     def mixed(cls) -> FaultProfile:
         """A realistic mix: 5xx storms, hangs, lost tasks, session expiry, long reboots,
-        silent failures, malformed bodies, old-style task bodies, failed installs."""
+        silent failures, malformed bodies, old-style task bodies, failed installs, lost
+        install answers, REST service restarts, opaque tasks, in-progress refusals and
+        sparse install answers."""
         return cls(
             name="mixed",
             rates={
@@ -267,6 +296,11 @@ class FaultProfile:
                 INSTALL_500: 0.01,
                 MALFORMED_JSON: 0.01,
                 API_V1_TASKS: 0.05,
+                LOST_ANSWER: 0.02,
+                REST_RESTART: 0.02,
+                OPAQUE_TASKS: 0.05,
+                IN_PROGRESS_ERROR: 0.03,
+                SPARSE_ACCEPT: 0.02,
             },
             params=FaultParams(
                 slow_seconds=2.0,
@@ -302,16 +336,26 @@ class FaultProfile:
 
         Deterministic: one `random.Random(seed)` draws one number per (appliance, fault
         with a rate), appliances in order, faults in `FAULTS` order; at most
-        `params.max_faults_per_appliance` are kept. Named appliances then replace theirs.
+        `params.max_faults_per_appliance` are kept (the first in `FAULTS` order). Named
+        appliances then replace theirs. The faults added after the first fourteen draw
+        the same way from a second `random.Random(f"{seed}/2")`, so that rating them
+        does not change which appliances get the older faults.
         """
-        rng = random.Random(self.seed if self.seed is not None else seed)
-        rated = [(fault, self.rates[fault]) for fault in FAULTS if self.rates.get(fault)]
+        base = self.seed if self.seed is not None else seed
+        rng = random.Random(base)
+        rng2 = random.Random(f"{base}/2")
+        first = frozenset(FAULTS[:_FIRST_STREAM])
+        rated = [(fault, self.rates[fault]) for fault in FAULTS
+                 if fault in first and self.rates.get(fault)]
+        rated2 = [(fault, self.rates[fault]) for fault in FAULTS
+                  if fault not in first and self.rates.get(fault)]
         cap = self.params.max_faults_per_appliance
         result: list[frozenset[str]] = []
         empty: frozenset[str] = frozenset()
         for name in names:
-            if rated:
+            if rated or rated2:
                 drawn = [fault for fault, rate in rated if rng.random() < rate]
+                drawn += [fault for fault, rate in rated2 if rng2.random() < rate]
                 faults = frozenset(drawn[:cap]) if drawn else empty
             else:
                 faults = empty

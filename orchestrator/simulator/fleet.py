@@ -29,11 +29,16 @@ from orchestrator.simulator.faults import (
     API_V1_TASKS,
     BAD_CREDENTIALS,
     FORBIDDEN,
+    IN_PROGRESS_ERROR,
     INSTALL_500,
     INSTALL_ERROR,
     LONG_REBOOT,
+    LOST_ANSWER,
+    OPAQUE_TASKS,
+    REST_RESTART,
     SESSION_EXPIRY,
     SILENT_FAILURE,
+    SPARSE_ACCEPT,
     WRONG_TYPES,
     FaultParams,
     check_faults,
@@ -74,6 +79,10 @@ ERROR_CODES: tuple[str, ...] = (
 KIND_INSTALL = "INSTALL_UPDATE"
 KIND_RETRIEVE = "RETRIEVE_UPDATES"
 
+# what an install task says about itself with the `opaque_tasks` fault
+OPAQUE_TYPE = "com.vmware.hms.task"
+OPAQUE_DESCRIPTION = "Operation in progress"
+
 # (id, description, key service?)
 SERVICES: tuple[tuple[str, str, bool], ...] = (
     ("hms", "vSphere Replication Management Server", True),
@@ -100,13 +109,13 @@ class Install:
 
     __slots__ = (
         "accepted", "accepted_wall", "end", "fail_progress", "outcome", "previous", "ran",
-        "reboot", "run_end", "running", "version",
+        "reboot", "rest_done", "rest_end", "rest_start", "run_end", "running", "version",
     )
 
     def __init__(
         self, *, version: str, previous: str, accepted: float, accepted_wall: float,
         running: float, run_end: float, end: float, outcome: str, reboot: bool,
-        fail_progress: int,
+        fail_progress: int, rest_start: float = INF, rest_end: float = INF,
     ) -> None:
         self.version = version
         self.previous = previous
@@ -119,6 +128,10 @@ class Install:
         self.reboot = reboot
         self.fail_progress = fail_progress
         self.ran = False  # the RUNNING phase has been processed by advance()
+        # `rest_restart`: the REST service is down in [rest_start, rest_end) (INF: never)
+        self.rest_start = rest_start
+        self.rest_end = rest_end
+        self.rest_done = False  # the REST restart has been processed by advance()
 
 
 class Task:
@@ -140,10 +153,10 @@ class Appliance:
     """The state of one simulated appliance (kept small: 10,000 of them are cheap)."""
 
     __slots__ = (
-        "booted_at", "faults", "index", "install", "install_times", "installs_accepted",
-        "name", "next_event", "ready_at", "reboot_end", "reboot_start", "rebooted",
-        "reconfigure", "repository", "rng", "sessions", "site", "succeeded", "tasks",
-        "version",
+        "answer_lost", "booted_at", "faults", "index", "install", "install_times",
+        "installs_accepted", "name", "next_event", "ready_at", "reboot_end", "reboot_start",
+        "rebooted", "reconfigure", "repository", "rng", "sessions", "site", "succeeded",
+        "tasks", "version",
     )
 
     def __init__(self, index: int, name: str, site: str, version: str,
@@ -168,6 +181,7 @@ class Appliance:
         self.succeeded: set[str] = set()
         self.repository: dict[str, Any] | None = None
         self.rng: random.Random | None = None
+        self.answer_lost = False  # `lost_answer` has fired on this appliance
 
 
 class Fleet:
@@ -228,6 +242,8 @@ class Fleet:
         self.duplicate_installs = 0
         self.install_responses: Counter[str] = Counter()
         self.outcomes: Counter[str] = Counter()
+        self.lost_answers = 0
+        self.rest_restarts = 0
         self.in_flight = len(self._heap)
         self.in_flight_by_site: dict[str, int] = dict.fromkeys(self.sites, 0)
         for _, _, site in self._heap:
@@ -254,6 +270,13 @@ class Fleet:
     def advance(self, app: Appliance, now: float) -> None:
         """Apply everything that became due on `app` up to `now`."""
         ins = app.install
+        if ins is not None and not ins.rest_done and now >= ins.rest_start:
+            # `rest_restart`: the REST service restarted; its in-memory state is gone,
+            # the install goes on underneath
+            ins.rest_done = True
+            app.sessions.clear()
+            app.tasks.clear()
+            self.rest_restarts += 1
         if ins is not None and not ins.ran and now >= ins.run_end:
             ins.ran = True
             if ins.outcome == OUTCOME_SUCCESS and not ins.reboot:
@@ -282,6 +305,8 @@ class Fleet:
         nxt = INF
         if ins is not None:
             nxt = ins.end if ins.ran else ins.run_end
+            if not ins.rest_done:
+                nxt = min(nxt, ins.rest_start)
         if app.ready_at:
             nxt = min(nxt, app.ready_at if app.rebooted else app.reboot_start)
         app.next_event = nxt
@@ -295,6 +320,11 @@ class Fleet:
             if now >= app.next_event:
                 self.advance(app, now)
         self._expire(now)
+
+    def rest_down(self, app: Appliance, now: float) -> bool:
+        """Is the REST service restarting (`rest_restart`) at `now`? (call `advance` first)"""
+        ins = app.install
+        return ins is not None and ins.rest_start <= now < ins.rest_end
 
     def phase(self, app: Appliance, now: float) -> str:
         """The appliance's phase (call `advance` first)."""
@@ -390,10 +420,12 @@ class Fleet:
             return 500, response_error(E_INTERNAL, "Unexpected error in the update manager.")
         if version not in self.offered:
             return 404, None
-        reject = self.config.duplicate_install == "reject"
+        # `in_progress_error`: this appliance refuses a second install like 'reject' does
+        reject = self.config.duplicate_install == "reject" or IN_PROGRESS_ERROR in faults
         active = app.install
         if active is not None:
-            if reject or active.version != version:
+            # after a REST restart the update manager still knows an install is running
+            if reject or active.version != version or active.rest_done:
                 return 400, response_error(
                     E_IN_PROGRESS,
                     f"An update ({active.version}) is being installed; try again later.",
@@ -430,11 +462,17 @@ class Fleet:
             app.reboot_end = run_end + length
             app.ready_at = end = app.reboot_end + cfg.services_starting_seconds
             app.rebooted = False
+        rest_start = rest_end = INF
+        if REST_RESTART in faults:
+            rest_start = running + self.params.rest_restart_at * duration
+            # back at the latest when RUNNING ends (the reboot, if any, takes over then)
+            rest_end = min(rest_start + self.params.rest_restart_seconds, run_end)
         ins = Install(
             version=version, previous=app.version, accepted=now,
             accepted_wall=self.epoch(now), running=running, run_end=run_end, end=end,
             outcome=outcome, reboot=reboot,
             fail_progress=rng.randint(5, 95) if outcome == OUTCOME_ERROR else 100,
+            rest_start=rest_start, rest_end=rest_end,
         )
         app.install = ins
         self._expire(now)
@@ -458,7 +496,20 @@ class Fleet:
         app.install_times.append(self.epoch(now))
         task = Task(KIND_INSTALL, now, install=ins)
         self._add_task(app, task)
+        if SPARSE_ACCEPT in app.faults:
+            return 202, {"status": QUEUED}
         return 202, self.render_task(app, task, now)
+
+    def lose_answer(self, app: Appliance) -> bool:
+        """`lost_answer`: should the answer to the install just accepted be lost?
+
+        True (and counted) once per appliance: for its first accepted install while it has
+        the fault (until a reset with versions)."""
+        if LOST_ANSWER not in app.faults or app.answer_lost:
+            return False
+        app.answer_lost = True
+        self.lost_answers += 1
+        return True
 
     def restart(self, app: Appliance, now: float) -> tuple[int, Any]:
         """POST /appliance/actions/restart: 204, then down for reboot_seconds."""
@@ -516,8 +567,11 @@ class Fleet:
             if error is not None:
                 body["error"] = "it broke"
             return body
+        kind = task.kind
+        if ins is not None and OPAQUE_TASKS in faults:
+            description, kind = OPAQUE_DESCRIPTION, OPAQUE_TYPE
         body = {
-            "id": task.id, "description": description, "type": task.kind, "status": status,
+            "id": task.id, "description": description, "type": kind, "status": status,
             "progress": progress,
         }
         if API_V1_TASKS in faults:
@@ -617,6 +671,7 @@ class Fleet:
                 app.next_event = INF
                 app.succeeded.clear()
                 app.reconfigure = False
+                app.answer_lost = False
                 app.version = self.config.initial_version
             self._pending.clear()
             self._heap.clear()
@@ -649,6 +704,8 @@ class Fleet:
             "install_requests": self.install_requests,
             "installs_accepted": self.installs_accepted,
             "duplicate_installs": self.duplicate_installs,
+            "lost_answers": self.lost_answers,
+            "rest_restarts": self.rest_restarts,
             "install_responses": dict(self.install_responses),
             "outcomes": dict(self.outcomes),
             "in_flight": self.in_flight,

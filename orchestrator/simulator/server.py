@@ -273,6 +273,11 @@ class Simulator:
                 return _unavailable()
             if self.config.services_starting_mode == "503":
                 return _unavailable()
+        if app.install is not None and fleet.rest_down(app, now):
+            # `rest_restart`: the REST service restarts while the install goes on
+            if self.config.reboot_mode == "drop":
+                return _drop(request)
+            return _unavailable()
 
         is_get = method == "GET"
         if faults and is_get:
@@ -300,6 +305,9 @@ class Simulator:
             status, body = await self._put_repository(app, request)
         else:
             status, body = self._answer(kind, app, arg, sid, request, now)
+            if kind == "install" and status == 202 and faults and fleet.lose_answer(app):
+                # `lost_answer`: accepted, but the connection goes before the answer
+                return _drop(request)
         if body is None:
             return _empty(status)
         data = _dumps(body)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Iterator
@@ -37,6 +38,21 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(
             typename, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
         )
+
+
+# Database errors worth waiting out and trying again: the connection or the server went
+# away, or the server asked to try again (a deadlock, a serialization failure). The one
+# definition: the engine, its runners and the API all use it.
+DB_TRANSIENT: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,  # shutdown, starting up, cancelled
+    asyncpg.exceptions._base.InternalClientError,  # a connection left mid-protocol by a drop
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.SerializationError,
+    asyncio.TimeoutError,
+)
 
 
 async def connect(url: str) -> asyncpg.Connection:

@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 import asyncpg
 
@@ -30,6 +30,7 @@ from orchestrator.store.audit import Actor, record_audit
 from orchestrator.store.db import DB
 
 NOTIFY_CHANNEL = "orchestrator"
+RETRYABLE_STATES: Final = ("FAILED", "TIMED_OUT", "CANCELLED")
 
 
 class RolloutError(Exception):
@@ -42,6 +43,31 @@ class RolloutNotFound(RolloutError):
 
 class IdempotencyConflict(RolloutError):
     """The idempotency key was used before with another request body."""
+
+
+@dataclass(frozen=True)
+class OverlappingRollout:
+    id: int
+    name: str
+    state: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "state": self.state}
+
+
+class OverlapError(RolloutError):
+    """Some appliances of the rollout have an unfinished task in another active rollout,
+    and the rollout's strategy does not say `after_overlapping: true`.
+
+    `rollouts`: the other rollouts (by id); `appliances`: the overlapping appliances' names
+    (sorted, all of them); the message lists at most OVERLAP_NAMES_SHOWN names.
+    """
+
+    def __init__(self, message: str, rollouts: Sequence[OverlappingRollout],
+                 appliances: Sequence[str]) -> None:
+        super().__init__(message)
+        self.rollouts = list(rollouts)
+        self.appliances = list(appliances)
 
 
 @dataclass(frozen=True)
@@ -118,6 +144,88 @@ class Plan:
                 for w in self.waves
             ],
         }
+
+
+# ------------------------------------------------------------------ overlapping rollouts
+# A rollout is refused (OverlapError) when it becomes active while some of its appliances
+# have an unfinished task in another rollout in one of these states, unless its strategy
+# says after_overlapping. The check runs under OVERLAP_LOCK (a transaction-scoped advisory
+# lock) in create, start and retry-failed, so two of them cannot both pass it.
+OVERLAP_ROLLOUT_STATES: Final = ("SCHEDULED", "RUNNING", "PAUSED", "WAITING_WINDOW")
+UNFINISHED_TASK_STATES: Final = ("PENDING", "DISPATCHING", "INSTALLING", "VERIFYING")
+OVERLAP_LOCK: Final = "rollout-overlap"
+OVERLAP_NAMES_SHOWN: Final = 20
+
+
+async def lock_overlap_check(conn: DB) -> None:
+    """Serialise the overlap checks (held until the transaction ends)."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", OVERLAP_LOCK)
+
+
+async def find_overlaps(
+    conn: DB, appliance_ids: Sequence[int], exclude_rollout: int | None = None
+) -> tuple[list[OverlappingRollout], list[str]]:
+    """The other active rollouts holding an unfinished task for one of `appliance_ids`
+    (by id), and those appliances' names (sorted)."""
+    if not appliance_ids:
+        return [], []
+    rows = await conn.fetch(
+        """SELECT r.id, r.name, r.state, a.name AS appliance
+           FROM tasks t
+           JOIN rollouts r ON r.id = t.rollout_id
+           JOIN appliances a ON a.id = t.appliance_id
+           WHERE t.appliance_id = ANY($1::bigint[])
+             AND ($2::bigint IS NULL OR t.rollout_id <> $2)
+             AND t.state = ANY($3::text[]) AND r.state = ANY($4::text[])
+           ORDER BY r.id, a.name""",
+        list(appliance_ids), exclude_rollout, list(UNFINISHED_TASK_STATES),
+        list(OVERLAP_ROLLOUT_STATES),
+    )
+    rollouts: dict[int, OverlappingRollout] = {}
+    names: set[str] = set()
+    for r in rows:
+        rollouts.setdefault(r["id"], OverlappingRollout(r["id"], r["name"], r["state"]))
+        names.add(r["appliance"])
+    return list(rollouts.values()), sorted(names)
+
+
+def overlap_error(
+    action: str, rollouts: Sequence[OverlappingRollout], appliances: Sequence[str],
+    remedy: str,
+) -> OverlapError:
+    """The refusal: `action` ("cannot start rollout 7") names what was refused; the message
+    names the other rollouts, the appliances (at most OVERLAP_NAMES_SHOWN) and `remedy`."""
+    others = ", ".join(f"{r.id} {r.name!r} ({r.state})" for r in rollouts)
+    plural = len(rollouts) != 1
+    shown = ", ".join(appliances[:OVERLAP_NAMES_SHOWN])
+    if len(appliances) > OVERLAP_NAMES_SHOWN:
+        shown += f" and {len(appliances) - OVERLAP_NAMES_SHOWN} more"
+    count = len(appliances)
+    message = (
+        f"{action}: {count} of its appliance{'s' if count != 1 else ''} "
+        f"{'have' if count != 1 else 'has'} an unfinished task in active "
+        f"rollout{'s' if plural else ''} {others}: {shown}; "
+        + remedy.format(it="them" if plural else "it", has="have" if plural else "has")
+    )
+    return OverlapError(message, rollouts, appliances)
+
+
+_QUEUE_HINT = ("--after-overlapping (API: strategy.after_overlapping: true) to queue "
+               "behind {it}")
+
+
+async def _check_overlap(
+    conn: DB, strategy: Strategy, appliance_ids: Sequence[int], exclude_rollout: int | None,
+    action: str, remedy: str,
+) -> None:
+    """Take the overlap lock, then refuse when the appliances overlap an active rollout
+    (unless the strategy says after_overlapping)."""
+    await lock_overlap_check(conn)
+    if strategy.after_overlapping:
+        return
+    rollouts, appliances = await find_overlaps(conn, appliance_ids, exclude_rollout)
+    if rollouts:
+        raise overlap_error(action, rollouts, appliances, remedy)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -234,6 +342,12 @@ async def create_rollout(
                     )
                 return await _get(conn, existing["id"]), False
         plan = await preview_plan(conn, target_version, selector, strategy)
+        await _check_overlap(
+            conn, plan.strategy,
+            [item.appliance_id for wave in plan.waves for item in wave.appliances], None,
+            f"cannot create rollout {name.strip()!r}",
+            "pass " + _QUEUE_HINT,
+        )
         rollout_id = await conn.fetchval(
             """INSERT INTO rollouts (name, target_version, selector, strategy, created_by,
                                      schedule_at, idempotency_key, request_hash)
@@ -316,6 +430,14 @@ async def start_rollout(pool: asyncpg.Pool, rollout_id: int, actor: Actor) -> Op
     async with pool.acquire() as conn, conn.transaction():
         rollout = await _get(conn, rollout_id, lock=True)
         check_operation("start", rollout.state)
+        if rollout.state == RolloutState.DRAFT:
+            # a SCHEDULED rollout is active already: it was checked when it was started
+            await _check_overlap(
+                conn, rollout.strategy,
+                await _appliances_of(conn, rollout_id, UNFINISHED_TASK_STATES), rollout_id,
+                f"cannot start rollout {rollout_id}",
+                "create it again with " + _QUEUE_HINT + ", or start it once {it} {has} ended",
+            )
         scheduled = (
             rollout.state == RolloutState.DRAFT
             and rollout.schedule_at is not None
@@ -333,6 +455,14 @@ async def start_rollout(pool: asyncpg.Pool, rollout_id: int, actor: Actor) -> Op
         await record_audit(conn, actor, "rollout.start", "rollout", rollout_id, {})
         await _notify(conn, rollout_id)
         return OperationResult(await _get(conn, rollout_id), message)
+
+
+async def _appliances_of(conn: DB, rollout_id: int, states: Sequence[str]) -> list[int]:
+    rows = await conn.fetch(
+        "SELECT appliance_id FROM tasks WHERE rollout_id = $1 AND state = ANY($2::text[])",
+        rollout_id, list(states),
+    )
+    return [int(r["appliance_id"]) for r in rows]
 
 
 async def begin_running(conn: DB, rollout_id: int) -> None:
@@ -461,17 +591,30 @@ async def approve_rollout(pool: asyncpg.Pool, rollout_id: int, actor: Actor) -> 
 
 
 async def retry_failed(pool: asyncpg.Pool, rollout_id: int, actor: Actor) -> OperationResult:
-    """FAILED, TIMED_OUT and CANCELLED tasks go back to PENDING; the rollout runs again."""
+    """FAILED, TIMED_OUT and CANCELLED tasks go back to PENDING as fresh tasks (attempt 0,
+    no outcome, no install sent in this attempt; `installs_sent` is kept: it tells a later
+    attempt that this task already installed once); the rollout runs again, its
+    abort_reason cleared. Refused like a start when the retried appliances overlap another
+    active rollout (unless the strategy says after_overlapping)."""
     async with pool.acquire() as conn, conn.transaction():
         rollout = await _get(conn, rollout_id, lock=True)
         check_operation("retry-failed", rollout.state)
+        await _check_overlap(
+            conn, rollout.strategy,
+            await _appliances_of(conn, rollout_id, RETRYABLE_STATES), rollout_id,
+            f"cannot retry rollout {rollout_id}",
+            "create a new rollout with " + _QUEUE_HINT + ", or retry once {it} {has} ended",
+        )
         rows = await conn.fetch(
             """WITH retried AS (
-                   UPDATE tasks t SET state = 'PENDING', finished_at = NULL, not_before = NULL,
-                          error_code = NULL, error_message = NULL, progress = NULL,
-                          remote_task_id = NULL, updated_at = now()
+                   UPDATE tasks t SET state = 'PENDING', finished_at = NULL, attempt = 0,
+                          not_before = NULL, error_code = NULL, error_message = NULL,
+                          progress = NULL, remote_task_id = NULL, from_version = NULL,
+                          final_version = NULL, accepted_at = NULL, install_sent_at = NULL,
+                          reconfigure_required = NULL, dispatched_at = NULL,
+                          updated_at = now()
                    FROM (SELECT id, state FROM tasks WHERE rollout_id = $1
-                         AND state IN ('FAILED', 'TIMED_OUT', 'CANCELLED') FOR UPDATE) old
+                         AND state = ANY($3::text[]) FOR UPDATE) old
                    WHERE t.id = old.id
                    RETURNING t.id, t.rollout_id, t.wave, old.state AS from_state),
                events AS (
@@ -480,7 +623,7 @@ async def retry_failed(pool: asyncpg.Pool, rollout_id: int, actor: Actor) -> Ope
                           jsonb_build_object('reason', 'retry-failed', 'by', $2::text)
                    FROM retried)
                SELECT wave, count(*) AS n FROM retried GROUP BY wave ORDER BY wave""",
-            rollout_id, actor.name,
+            rollout_id, actor.name, list(RETRYABLE_STATES),
         )
         if not rows:
             raise RolloutError(f"rollout {rollout_id} has no failed, timed-out or cancelled task")
@@ -493,6 +636,12 @@ async def retry_failed(pool: asyncpg.Pool, rollout_id: int, actor: Actor) -> Ope
                           updated_at = now()
                    WHERE id = $1""",
                 rollout_id, current,
+            )
+        elif rollout.abort_reason is not None:
+            # a tripped policy still draining its installs: the retry lifts the trip
+            await conn.execute(
+                "UPDATE rollouts SET abort_reason = NULL, updated_at = now() WHERE id = $1",
+                rollout_id,
             )
         # Waves up to the current one run their retried tasks at once; later waves (whose
         # tasks a tripped policy or a cancel never started) wait for their gate again.
@@ -570,6 +719,8 @@ async def rollout_counts(conn: DB, rollout_id: int) -> RolloutCounts:
 __all__ = [
     "IdempotencyConflict",
     "OperationResult",
+    "OverlapError",
+    "OverlappingRollout",
     "Plan",
     "Rollout",
     "RolloutCounts",
@@ -580,6 +731,7 @@ __all__ = [
     "approve_rollout",
     "cancel_rollout",
     "create_rollout",
+    "find_overlaps",
     "get_rollout",
     "list_rollouts",
     "pause_rollout",

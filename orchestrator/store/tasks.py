@@ -11,10 +11,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 
 from orchestrator.domain.states import TaskState, check_task_transition
+from orchestrator.domain.text import clean_json, clean_text
 from orchestrator.store.db import DB
 
 IN_FLIGHT = ("DISPATCHING", "INSTALLING", "VERIFYING")
@@ -23,13 +25,8 @@ TERMINAL = ("SUCCEEDED", "FAILED", "TIMED_OUT", "SKIPPED", "CANCELLED")
 # Columns a transition may set, besides state (a whitelist: names are put into SQL).
 _SETTABLE = frozenset({
     "remote_task_id", "progress", "from_version", "final_version", "error_code",
-    "error_message", "reconfigure_required", "not_before", "accepted_at",
+    "error_message", "reconfigure_required", "not_before", "accepted_at", "attempt",
 })
-_CASTS = {
-    "remote_task_id": "text", "progress": "smallint", "from_version": "text",
-    "final_version": "text", "error_code": "text", "error_message": "text",
-    "reconfigure_required": "boolean", "not_before": "timestamptz", "accepted_at": "timestamptz",
-}
 
 
 @dataclass(frozen=True)
@@ -54,13 +51,17 @@ class ClaimedTask:
     accepted_at: datetime | None
     target_version: str
     strategy: dict[str, Any]
+    lease_token: UUID
+    install_sent_at: datetime | None
+    installs_sent: int
     reclaimed: bool
 
 
 _CLAIMED_FIELDS = """
     c.id, c.rollout_id, c.appliance_id, a.name AS appliance, a.base_url, a.credentials_ref,
     a.tls_ca_file, a.tls_thumbprint, c.site, c.wave, c.state, c.attempt, c.remote_task_id,
-    c.from_version, c.dispatched_at, c.accepted_at, r.target_version, r.strategy
+    c.from_version, c.dispatched_at, c.accepted_at, r.target_version, r.strategy,
+    c.lease_token, c.install_sent_at, c.installs_sent
 """
 
 
@@ -69,23 +70,40 @@ def _claimed(row: asyncpg.Record, reclaimed: bool) -> ClaimedTask:
 
 
 CLAIM = f"""
-WITH inflight AS (
+WITH inflight AS (  -- this rollout's installs in flight, per site
     SELECT site, count(*)::int AS n FROM tasks
     WHERE rollout_id = $1 AND state IN ('DISPATCHING', 'INSTALLING', 'VERIFYING')
     GROUP BY site
 ),
+fleet AS (  -- room left under each site's fleet-wide capacity (every rollout together)
+    SELECT s.name AS site, s.max_in_flight - (
+               SELECT count(*) FROM tasks o
+               WHERE o.site = s.name AND o.state IN ('DISPATCHING', 'INSTALLING', 'VERIFYING')
+           )::int AS room
+    FROM sites s WHERE s.max_in_flight IS NOT NULL
+),
 ranked AS (
     SELECT t.id, t.position,
            row_number() OVER (PARTITION BY t.site ORDER BY t.position) AS rn,
-           coalesce(f.n, 0) AS site_busy
-    FROM tasks t LEFT JOIN inflight f ON f.site = t.site
+           coalesce(f.n, 0) AS site_busy, fl.room AS site_room
+    FROM tasks t LEFT JOIN inflight f ON f.site = t.site LEFT JOIN fleet fl ON fl.site = t.site
     WHERE t.rollout_id = $1 AND t.state = 'PENDING' AND t.wave <= $2
       AND (t.not_before IS NULL OR t.not_before <= now())
       AND ($9::bigint[] IS NULL OR t.appliance_id = ANY($9::bigint[]))
+      -- one install per appliance fleet-wide: not while another task of it is in flight,
+      -- nor (after_overlapping) while an earlier active rollout still has it to do
+      AND NOT EXISTS (
+          SELECT 1 FROM tasks o
+          WHERE o.appliance_id = t.appliance_id AND o.id <> t.id
+            AND (o.state IN ('DISPATCHING', 'INSTALLING', 'VERIFYING')
+                 OR ($10::boolean AND o.state = 'PENDING' AND o.rollout_id < t.rollout_id
+                     AND EXISTS (SELECT 1 FROM rollouts orr WHERE orr.id = o.rollout_id
+                                 AND orr.state IN ('SCHEDULED', 'RUNNING', 'PAUSED',
+                                                   'WAITING_WINDOW')))))
 ),
 eligible AS (
     SELECT id FROM ranked
-    WHERE $3::int IS NULL OR rn + site_busy <= $3
+    WHERE ($3::int IS NULL OR rn + site_busy <= $3) AND (site_room IS NULL OR rn <= site_room)
     ORDER BY position
     LIMIT greatest(0, least(
         $4::int - (SELECT coalesce(sum(n), 0) FROM inflight),
@@ -95,13 +113,15 @@ eligible AS (
 ),
 locked AS (
     SELECT id FROM tasks WHERE id IN (SELECT id FROM eligible) AND state = 'PENDING'
+    ORDER BY id
     FOR UPDATE SKIP LOCKED
 ),
 c AS (
     UPDATE tasks t SET state = 'DISPATCHING', attempt = t.attempt + 1, lease_owner = $7,
+           lease_token = gen_random_uuid(),
            lease_expires_at = now() + make_interval(secs => $8), dispatched_at = now(),
            accepted_at = NULL, remote_task_id = NULL, progress = NULL, not_before = NULL,
-           updated_at = now()
+           install_sent_at = NULL, updated_at = now()
     FROM locked WHERE t.id = locked.id
     RETURNING t.*
 ),
@@ -129,25 +149,40 @@ async def claim_tasks(
     starts_per_minute: int | None,
     limit: int,
     allowed_appliances: Sequence[int] | None = None,
+    after_overlapping: bool = False,
 ) -> list[ClaimedTask]:
     """PENDING -> DISPATCHING for as many tasks as the limits allow (and at most `limit`),
     among `allowed_appliances` when given (those whose maintenance window is open).
 
-    Call inside a transaction that holds the rollout's advisory lock (`lock_rollout`): the
-    in-flight counts it reads then cannot change underneath it, so several engine
-    processes together never exceed the limits.
+    The limits: the rollout's own (`max_in_flight`, `per_site`, `starts_per_minute`), each
+    site's fleet-wide capacity (table `sites`, every rollout together), and one task in
+    flight per appliance fleet-wide (also a unique index). `after_overlapping`: also wait
+    while an earlier active rollout still has the appliance to do.
+
+    Call inside a transaction: this takes the fleet-wide claim lock (`lock_claims`) first,
+    so the in-flight counts it reads, of every rollout, cannot change underneath it and
+    several engine processes together never exceed any limit.
     """
+    await lock_claims(conn)
     rows = await conn.fetch(
         CLAIM, rollout_id, current_wave, per_site, max_in_flight, limit, starts_per_minute,
         owner, lease_seconds,
         list(allowed_appliances) if allowed_appliances is not None else None,
+        after_overlapping,
     )
     return [_claimed(r, reclaimed=False) for r in rows]
 
 
 async def lock_rollout(conn: DB, rollout_id: int) -> None:
-    """Transaction-scoped advisory lock serialising claims and gates of one rollout."""
+    """Transaction-scoped advisory lock serialising the ticks (gates) of one rollout."""
     await conn.execute("SELECT pg_advisory_xact_lock(hashtext('rollout'), $1::int)", rollout_id)
+
+
+async def lock_claims(conn: DB) -> None:
+    """Transaction-scoped advisory lock serialising every claim, of every rollout: the
+    fleet-wide limits (a site's capacity, one install per appliance) count the tasks of
+    all rollouts. Always taken after `lock_rollout`, never before: no lock cycle."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext('claim'), 0)")
 
 
 RECLAIM = f"""
@@ -160,8 +195,8 @@ WITH stale AS (
     FOR UPDATE SKIP LOCKED
 ),
 c AS (
-    UPDATE tasks t SET lease_owner = $1, lease_expires_at = now() + make_interval(secs => $2),
-           updated_at = now()
+    UPDATE tasks t SET lease_owner = $1, lease_token = gen_random_uuid(),
+           lease_expires_at = now() + make_interval(secs => $2), updated_at = now()
     FROM stale WHERE t.id = stale.id
     RETURNING t.*, stale.lease_owner AS previous_owner
 ),
@@ -188,38 +223,95 @@ async def reclaim_expired(
 
 
 async def renew_leases(
-    conn: DB, *, owner: str, task_ids: Sequence[int], lease_seconds: float
+    conn: DB, *, owner: str, leases: dict[int, UUID], lease_seconds: float
 ) -> set[int]:
-    """Extend the leases of `task_ids` in one statement; return the ids still owned."""
-    if not task_ids:
+    """Extend the leases held (task id -> lease token) in one statement, rows locked in id
+    order; return the ids still held (a reclaim by another worker changed the others')."""
+    if not leases:
         return set()
+    ids = sorted(leases)
     rows = await conn.fetch(
-        """UPDATE tasks SET lease_expires_at = now() + make_interval(secs => $3)
-           WHERE id = ANY($1::bigint[]) AND lease_owner = $2
-           RETURNING id""",
-        list(task_ids), owner, lease_seconds,
+        """WITH mine AS (
+               SELECT t.id FROM tasks t
+               JOIN unnest($1::bigint[], $2::uuid[]) AS u(id, token) ON u.id = t.id
+               WHERE t.lease_owner = $3 AND t.lease_token = u.token
+               ORDER BY t.id FOR UPDATE OF t)
+           UPDATE tasks SET lease_expires_at = now() + make_interval(secs => $4)
+           FROM mine WHERE tasks.id = mine.id
+           RETURNING tasks.id""",
+        ids, [leases[i] for i in ids], owner, lease_seconds,
     )
     return {int(r["id"]) for r in rows}
 
 
-async def release_leases(conn: DB, *, owner: str, task_ids: Sequence[int]) -> int:
-    """On shutdown: make in-flight tasks reclaimable at once by any other process."""
-    if not task_ids:
+async def release_leases(conn: DB, *, owner: str, leases: dict[int, UUID]) -> int:
+    """On shutdown: make the in-flight tasks held (id -> token) reclaimable at once."""
+    if not leases:
         return 0
+    ids = sorted(leases)
     status = await conn.execute(
         """UPDATE tasks SET lease_expires_at = now() - interval '1 second'
-           WHERE id = ANY($1::bigint[]) AND lease_owner = $2""",
-        list(task_ids), owner,
+           FROM unnest($1::bigint[], $2::uuid[]) AS u(id, token)
+           WHERE tasks.id = u.id AND tasks.lease_owner = $3 AND tasks.lease_token = u.token""",
+        ids, [leases[i] for i in ids], owner,
     )
     return int(status.split()[-1])
 
 
-async def set_from_version(conn: DB, *, task_id: int, owner: str, version: str | None) -> None:
-    """Record the appliance's version before an install is sent (not a transition)."""
-    await conn.execute(
-        "UPDATE tasks SET from_version = $3 WHERE id = $1 AND lease_owner = $2",
-        task_id, owner, version,
+class SendVerdict:
+    """What `guard_install_send` decided."""
+
+    SEND = "send"  # recorded as sent: POST the install now
+    HOLD = "hold"  # the rollout is paused / waiting for a window, or the lease runs out
+    CANCEL = "cancel"  # the rollout was cancelled or its failure policy tripped
+    LOST = "lost"  # the lease is no longer this runner's
+
+
+GUARD_SEND = """
+WITH g AS (
+    SELECT t.state = 'DISPATCHING' AND t.lease_owner = $2 AND t.lease_token = $3 AS mine,
+           t.lease_expires_at > now() + make_interval(secs => $5) AS fresh,
+           r.state AS rollout_state, r.abort_reason
+    FROM tasks t JOIN rollouts r ON r.id = t.rollout_id
+    WHERE t.id = $1
+    FOR SHARE OF r  -- a pause or cancel being written is waited for, then seen
+),
+v AS (
+    SELECT CASE
+        WHEN NOT mine THEN 'lost'
+        WHEN rollout_state IN ('CANCELLED', 'FAILED') OR abort_reason IS NOT NULL
+            THEN 'cancel:rollout is ' || rollout_state
+        WHEN rollout_state <> 'RUNNING' THEN 'hold:rollout is ' || rollout_state
+        WHEN NOT fresh THEN 'hold:the lease would expire during the install call'
+        ELSE 'send' END AS verdict
+    FROM g
+),
+sent AS (
+    UPDATE tasks SET install_sent_at = now(), installs_sent = installs_sent + 1,
+           from_version = $4, updated_at = now()
+    WHERE id = $1 AND (SELECT verdict FROM v) = 'send'
+    RETURNING id
+)
+SELECT coalesce((SELECT verdict FROM v), 'lost') AS verdict, (SELECT count(*) FROM sent) AS n
+"""
+
+
+async def guard_install_send(
+    conn: DB, *, task_id: int, owner: str, token: UUID, from_version: str | None,
+    lease_margin: float,
+) -> tuple[str, str]:
+    """The guarded write right before an install POST: records that the install is being
+    sent (`install_sent_at`, `installs_sent`, the version seen before) only if the task is
+    still this runner's (owner and lease token), its lease outlives `lease_margin` seconds,
+    and the rollout is RUNNING and not tripped (the runner checks the maintenance window
+    itself, on the engine's clock). Returns (verdict, why): a `SendVerdict` value and the reason of
+    a hold or a cancel; nothing else is written."""
+    row = await conn.fetchrow(
+        GUARD_SEND, task_id, owner, token, clean_text(from_version), lease_margin
     )
+    verdict = str(row["verdict"]) if row is not None else SendVerdict.LOST
+    kind, _, why = verdict.partition(":")
+    return kind, why
 
 
 async def write_progress(conn: DB, *, owner: str, progress: dict[int, int]) -> None:
@@ -234,83 +326,6 @@ async def write_progress(conn: DB, *, owner: str, progress: dict[int, int]) -> N
              AND tasks.progress IS DISTINCT FROM u.p""",
         ids, [max(0, min(100, progress[i])) for i in ids], owner,
     )
-
-
-async def transition(
-    conn: DB,
-    *,
-    task_id: int,
-    owner: str,
-    from_state: str,
-    to_state: str,
-    detail: dict[str, Any] | None = None,
-    via: str | None = None,
-    via_detail: dict[str, Any] | None = None,
-    **fields: Any,
-) -> bool:
-    """Move one task from `from_state` to `to_state` if this worker still owns it.
-
-    Terminal states release the lease and set finished_at; PENDING (a retry) releases the
-    lease too. `final_version` also becomes the appliance's last known version. Returns
-    False when the guard matched no row: another worker owns the task now.
-
-    `via`: pass through that state on the way, still in ONE statement, e.g. INSTALLING ->
-    VERIFYING -> SUCCEEDED when the appliance is found back on the target version with
-    its services running at the first look: both transitions are checked and both get
-    their `task_events` row (`via_detail`, then `detail`), in that order.
-    """
-    if via is not None:
-        check_task_transition(TaskState(from_state), TaskState(via))
-        check_task_transition(TaskState(via), TaskState(to_state))
-    else:
-        check_task_transition(TaskState(from_state), TaskState(to_state))
-    unknown = set(fields) - _SETTABLE
-    if unknown:
-        raise ValueError(f"not settable by a transition: {sorted(unknown)}")
-    releases = to_state in TERMINAL or to_state == "PENDING"
-    params: list[Any] = [task_id, from_state, to_state, owner, detail or {}]
-    sets = ["state = $3", "updated_at = now()"]
-    for name, value in fields.items():
-        params.append(value)
-        sets.append(f"{name} = ${len(params)}::{_CASTS[name]}")
-    if releases:
-        sets += ["lease_owner = NULL", "lease_expires_at = NULL"]
-    if to_state in TERMINAL:
-        sets.append("finished_at = now()")
-    version_param = None  # $n of final_version: $1..$5 are fixed, fields follow in order
-    if fields.get("final_version") is not None:
-        version_param = 6 + list(fields).index("final_version")
-    if via is None:
-        events = "SELECT id, rollout_id, $2, $3, $5::jsonb FROM t"
-    else:
-        params += [via, via_detail or {}]
-        n = len(params)
-        events = f"""SELECT t.id, t.rollout_id, e.f, e.s, e.d FROM t, (VALUES
-                (1, $2::text, ${n - 1}::text, ${n}::jsonb), (2, ${n - 1}::text, $3::text, $5::jsonb)
-            ) AS e(o, f, s, d) ORDER BY e.o"""
-    seen = (
-        f""", seen AS (
-            UPDATE appliances SET current_version = ${version_param}::text, last_seen_at = now()
-            WHERE id = (SELECT appliance_id FROM t))"""
-        if version_param else ""
-    )
-    # 'task:': a task ended (capacity freed); engines then claim without re-reading what
-    # they cache about the rollout (operator actions notify 'rollout:<id>')
-    notify = "pg_notify('orchestrator', 'task:' || t.rollout_id)" if to_state in TERMINAL \
-        else "NULL"
-    sql = f"""
-        WITH t AS (
-            UPDATE tasks SET {', '.join(sets)}
-            WHERE id = $1 AND state = $2 AND lease_owner = $4
-            RETURNING id, rollout_id, appliance_id
-        ),
-        ev AS (
-            INSERT INTO task_events (task_id, rollout_id, from_state, to_state, detail)
-            {events}
-        ){seen}
-        SELECT t.id, {notify} FROM t"""
-    row = await conn.fetchrow(sql, *params)
-    return row is not None
 
 
 @dataclass(frozen=True)
@@ -377,6 +392,8 @@ class TransitionRequest:
     via_detail: dict[str, Any] | None = None
     fields: dict[str, Any] = field(default_factory=dict)
     event: bool = True
+    # the lease token of the claim this write belongs to (a write without one matches no row)
+    token: UUID | None = None
 
 
 def _json_value(value: Any) -> Any:
@@ -387,7 +404,12 @@ TRANSITION_MANY = """
 WITH u AS (
     SELECT * FROM jsonb_to_recordset($1::jsonb) AS u(
         id bigint, f text, s text, via text, d jsonb, vd jsonb, x jsonb, ev boolean,
-        rel boolean, term boolean)
+        rel boolean, term boolean, tok uuid)
+),
+lk AS (  -- rows locked in id order: two batches never wait on each other in a cycle
+    SELECT tasks.id FROM tasks JOIN u ON u.id = tasks.id
+    WHERE tasks.state = u.f AND tasks.lease_owner = $2 AND tasks.lease_token = u.tok
+    ORDER BY tasks.id FOR UPDATE OF tasks
 ),
 t AS (
     UPDATE tasks SET state = u.s,
@@ -412,10 +434,14 @@ t AS (
         accepted_at = CASE WHEN u.x ? 'accepted_at' THEN (u.x->>'accepted_at')::timestamptz
                            ELSE tasks.accepted_at END,
         lease_owner = CASE WHEN u.rel THEN NULL ELSE tasks.lease_owner END,
+        lease_token = CASE WHEN u.rel THEN NULL ELSE tasks.lease_token END,
         lease_expires_at = CASE WHEN u.rel THEN NULL ELSE tasks.lease_expires_at END,
+        attempt = CASE WHEN u.x ? 'attempt' THEN (u.x->>'attempt')::int ELSE tasks.attempt END,
+        install_sent_at = CASE WHEN u.s = 'PENDING' THEN NULL ELSE tasks.install_sent_at END,
         finished_at = CASE WHEN u.term THEN now() ELSE tasks.finished_at END
-    FROM u
+    FROM u JOIN lk ON lk.id = u.id
     WHERE tasks.id = u.id AND tasks.state = u.f AND tasks.lease_owner = $2
+      AND tasks.lease_token = u.tok
     RETURNING tasks.id, tasks.rollout_id, tasks.appliance_id, u.f, u.s, u.via, u.d, u.vd,
               u.ev, u.term, u.x->>'final_version' AS final_version
 ),
@@ -446,7 +472,7 @@ async def transition_many(
     if not requests:
         return set()
     rows: list[dict[str, Any]] = []
-    for r in requests:
+    for r in sorted(requests, key=lambda request: request.task_id):
         if r.via is not None:
             check_task_transition(TaskState(r.from_state), TaskState(r.via))
             check_task_transition(TaskState(r.via), TaskState(r.to_state))
@@ -458,9 +484,10 @@ async def transition_many(
         terminal = r.to_state in TERMINAL
         rows.append({
             "id": r.task_id, "f": r.from_state, "s": r.to_state, "via": r.via,
-            "d": r.detail or {}, "vd": r.via_detail or {},
-            "x": {k: _json_value(v) for k, v in r.fields.items()}, "ev": r.event,
+            "d": clean_json(r.detail or {}), "vd": clean_json(r.via_detail or {}),
+            "x": clean_json({k: _json_value(v) for k, v in r.fields.items()}), "ev": r.event,
             "rel": terminal or r.to_state == "PENDING", "term": terminal,
+            "tok": str(r.token) if r.token is not None else None,
         })
     matched = await conn.fetch(TRANSITION_MANY, rows, owner)  # jsonb: the pool's codec
     return {int(m["id"]) for m in matched}

@@ -61,6 +61,8 @@ TABLE: list[tuple[str, str, str, dict[str, Any], int]] = [
     ("updateWindow", "PATCH", "/api/v1/maintenance-windows/w-1", {"json": {"cutoff": "30m"}},
      200),
     ("deleteWindow", "DELETE", "/api/v1/maintenance-windows/w-1", {}, 204),
+    ("listSites", "GET", "/api/v1/sites", {}, 200),
+    ("setSiteLimit", "PUT", "/api/v1/sites/ams", {"json": {"max_in_flight": 4}}, 200),
     ("listAudit", "GET", "/api/v1/audit?limit=5", {}, 200),
     ("createToken", "POST", "/api/v1/tokens", {"json": {"name": "ci", "role": "operator"}},
      201),

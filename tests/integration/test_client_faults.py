@@ -400,3 +400,72 @@ async def test_install_through_reboot(reboot_mode: str, down_error: str) -> None
         assert not await client.reconfigure_required()
         await client.logout()
         assert not client.has_session
+
+
+# --- faults an independent appliance showed (each: what the client reports, never more) ---
+
+
+async def test_lost_answer_fault() -> None:
+    """Accepted, but the connection closes before the 202: the client says the request was
+    sent and never repeats it (the appliance counts exactly one install)."""
+    async with simulate("lost_answer") as (sim, target), make_http(retries=3) as http:
+        with pytest.raises(Unreachable) as info:
+            await http.client(target).install(V1)
+        assert info.value.request_sent
+        stats = sim.stats()
+        assert (stats["install_requests"], stats["installs_accepted"]) == (1, 1)
+        assert stats["lost_answers"] == 1
+
+
+async def test_rest_restart_fault() -> None:
+    """Part-way through the install the REST service restarts: the install task id is
+    forgotten (404), the old version is reported, and a second install is refused."""
+    params = {"rest_restart_at": 0.2, "rest_restart_seconds": 0.2}
+    async with simulate("rest_restart", params=params, install_seconds=1.5) as (sim, target):
+        async with make_http(retries=0) as http:
+            client = http.client(target)
+            task = await client.install(V1)
+            assert task.id is not None
+            task_id = task.id
+            await until(lambda: asyncio.sleep(0, sim.stats()["rest_restarts"]), lambda n: n == 1)
+            gone = await until(first_error(lambda: client.get_task(task_id)),
+                               lambda e: isinstance(e, NotFound), seen=Counter())
+            assert isinstance(gone, NotFound)
+            assert (await client.get_appliance()).appliance_version == V0
+            with pytest.raises(ApplianceError) as info:
+                await client.install(V1)
+            assert info.value.status == 400
+            await until(client.get_appliance, lambda a: a.appliance_version == V1,
+                        seen=Counter())
+        assert sim.stats()["installs_accepted"] == 1
+
+
+async def test_opaque_tasks_fault() -> None:
+    async with simulate("opaque_tasks") as (_sim, target), make_http() as http:
+        client = http.client(target)
+        task = await client.install(V1)
+        listed = await client.list_tasks()
+        for seen in (task, *listed):
+            text = f"{seen.description} {seen.type}".lower()
+            assert V1 not in text and "install" not in text
+
+
+async def test_in_progress_error_fault() -> None:
+    async with simulate("in_progress_error", duplicate_install="accept") as (sim, target):
+        async with make_http() as http:
+            client = http.client(target)
+            await client.install(V1)
+            with pytest.raises(ApplianceError) as info:
+                await client.install(V1)
+            assert info.value.status == 400
+            assert getattr(info.value, "error_code", None)
+        assert sim.stats()["duplicate_installs"] == 0
+
+
+async def test_sparse_accept_fault() -> None:
+    async with simulate("sparse_accept") as (_sim, target), make_http() as http:
+        client = http.client(target)
+        task = await client.install(V1)
+        assert task.id is None and task.status is TaskStatus.QUEUED
+        listed = await client.list_tasks()
+        assert [t.id for t in listed if t.id]  # the task is there, with its id

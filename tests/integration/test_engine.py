@@ -235,7 +235,8 @@ async def test_retry_failed(pool: asyncpg.Pool, db_url: str) -> None:
             rollout = await wait_until_terminal(pool, rid)
         assert rollout.state == "SUCCEEDED"
         row = (await task_by_appliance(pool, rid))["sim-00003"]
-        assert (row["state"], row["attempt"]) == ("SUCCEEDED", 2)
+        # retry-failed starts the task afresh: its attempt counter begins again
+        assert (row["state"], row["attempt"]) == ("SUCCEEDED", 1)
         assert f.sim.version_of("sim-00003") == TARGET
         assert f.sim.stats()["duplicate_installs"] == 0
 

@@ -5,15 +5,22 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 
-from orchestrator.engine.runner import InstallTimes, ReturnOffsets, TransitionBatcher
+from orchestrator.engine.batching import TransitionBatcher
+from orchestrator.engine.pacing import InstallTimes, ReturnOffsets
 from orchestrator.store import tasks as task_store
 from orchestrator.store.tasks import TransitionRequest
 from tests.fleet import TARGET, create, events_of, fleet
 
 OWNER = "test-owner"
+
+
+def _req(task: task_store.ClaimedTask, *args: Any, **kwargs: Any) -> TransitionRequest:
+    """A transition of `task` under the lease token of its claim."""
+    return TransitionRequest(task.id, *args, token=task.lease_token, **kwargs)
 
 
 async def _claim(pool: asyncpg.Pool, rid: int, n: int) -> list[task_store.ClaimedTask]:
@@ -32,12 +39,12 @@ async def test_transition_many_guards_each_task(pool: asyncpg.Pool, db_url: str)
         accepted = datetime.now(UTC)
         async with pool.acquire() as conn:
             matched = await task_store.transition_many(conn, owner=OWNER, requests=[
-                TransitionRequest(a.id, "DISPATCHING", "DISPATCHING",
+                _req(a, "DISPATCHING", "DISPATCHING",
                                   fields={"from_version": "9.0.0-10010"}, event=False),
-                TransitionRequest(b.id, "DISPATCHING", "INSTALLING", {"remote_task_id": "r1"},
+                _req(b, "DISPATCHING", "INSTALLING", {"remote_task_id": "r1"},
                                   fields={"remote_task_id": "r1", "accepted_at": accepted}),
                 # wrong expected state: another worker would own it, nothing changes
-                TransitionRequest(c.id, "INSTALLING", "VERIFYING", {"reason": "x"}),
+                _req(c, "INSTALLING", "VERIFYING", {"reason": "x"}),
             ])
         assert matched == {a.id, b.id}
         rows = {r["id"]: r for r in await pool.fetch(
@@ -54,7 +61,7 @@ async def test_transition_many_guards_each_task(pool: asyncpg.Pool, db_url: str)
         # through VERIFYING to SUCCEEDED in one statement: two events, lease released
         async with pool.acquire() as conn:
             matched = await task_store.transition_many(conn, owner=OWNER, requests=[
-                TransitionRequest(b.id, "INSTALLING", "SUCCEEDED", {}, via="VERIFYING",
+                _req(b, "INSTALLING", "SUCCEEDED", {}, via="VERIFYING",
                                   via_detail={"reason": "back up on the target version"},
                                   fields={"final_version": TARGET, "progress": 100,
                                           "reconfigure_required": None}),
@@ -80,9 +87,9 @@ async def test_batcher_writes_concurrent_transitions_in_one_statement(
         claimed = await _claim(pool, rid, 5)
         batcher = TransitionBatcher(pool, OWNER, delay=0.05)
         results = await asyncio.gather(*(
-            batcher.submit(TransitionRequest(t.id, "DISPATCHING", "PENDING", {"reason": "r"}))
+            batcher.submit(_req(t, "DISPATCHING", "PENDING", {"reason": "r"}))
             for t in claimed
-        ), batcher.submit(TransitionRequest(claimed[0].id, "VERIFYING", "SUCCEEDED", {})))
+        ), batcher.submit(_req(claimed[0], "VERIFYING", "SUCCEEDED", {})))
         # the same task twice: the second waits for the next statement, where its guard fails
         assert results == [True] * 5 + [False]
         assert batcher.statements == 2

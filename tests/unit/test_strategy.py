@@ -137,6 +137,7 @@ def test_defaults() -> None:
         "verify_services": ["hms|srm", "drrest"],
         "windows": None,
         "at_window_end": "finish-in-flight",
+        "after_overlapping": False,
     }
     assert tuple(strategy.to_dict()) == STRATEGY_KEYS
 
@@ -160,6 +161,7 @@ def test_everything_set() -> None:
         "verify_services": ["drrest"],
         "windows": "ignore",
         "at_window_end": "cancel-pending",
+        "after_overlapping": True,
     }
     strategy = parse_strategy(data)
     assert strategy.waves == (Size(count=2), Size(percent=Decimal(5)),
@@ -178,6 +180,15 @@ def test_window_modes_are_validated() -> None:
         parse_strategy({"windows": "sometimes"})
     with pytest.raises(StrategyError, match=r"strategy\.at_window_end"):
         parse_strategy({"at_window_end": "panic"})
+
+
+def test_after_overlapping_is_a_boolean() -> None:
+    assert parse_strategy({}).after_overlapping is False
+    assert parse_strategy({"after_overlapping": True}).after_overlapping is True
+    for bad in (1, "true", None):
+        with pytest.raises(StrategyError, match=r"strategy\.after_overlapping: .* is not true "
+                                                r"or false"):
+            parse_strategy({"after_overlapping": bad})
 
 
 def test_to_dict_normalises() -> None:
@@ -234,6 +245,7 @@ def strategy_objects(draw: st.DrawFn) -> dict[str, Any]:
         "install_retries": draw(st.integers(min_value=0, max_value=5)),
         "dispatch_retries": draw(st.integers(min_value=0, max_value=5)),
         "verify_services": draw(st.lists(st.sampled_from(["hms", "srm", "drrest", "hms|srm"]))),
+        "after_overlapping": draw(st.booleans()),
     }
     keep = draw(st.sets(st.sampled_from(sorted(candidates))))
     if {"reboot_grace", "task_timeout"} & keep:
