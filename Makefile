@@ -1,5 +1,8 @@
 # Two commands matter: `make demo` and `make test`. Everything else supports them.
 PYTHON ?= python3
+# pytest-xdist workers of `make test`: the suite mostly waits on simulated reboots, so three
+# workers (each with its own embedded PostgreSQL, databases and ports) fit two cores
+TEST_WORKERS ?= 3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.install-stamp
@@ -26,7 +29,7 @@ test: lint
 	-@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
 		&& (apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 \
 		&& apt-get install -y -q chromium >/dev/null 2>&1)) || echo "chromium not installed: the HTML report browser test will be skipped"; }
-	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 unit: install
 	$(BIN)/pytest -q tests/unit $(PYTEST_ARGS)

@@ -54,7 +54,7 @@ from common import (
 )
 
 GOAL_P99_MS = 50.0
-TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
+TERMINAL = ("SUCCEEDED", "COMPLETED_WITH_FAILURES", "FAILED", "CANCELLED")
 
 
 def percentile(values: list[float], q: float) -> float | None:

@@ -7,11 +7,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
+import errno
 import json
+import os
+import select
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 import asyncpg
 
@@ -19,7 +25,7 @@ from orchestrator import __version__, cli_rollout, cli_sites, cli_windows
 from orchestrator import demo as demo_cli
 from orchestrator.api import cli as api_cli
 from orchestrator.domain.selector import SelectorError
-from orchestrator.domain.states import OperationNotAllowed
+from orchestrator.domain.states import OperationNotAllowed, RolloutState
 from orchestrator.domain.strategy import StrategyError
 from orchestrator.domain.windows import WindowError
 from orchestrator.inventory import InventoryError, read_inventory
@@ -27,6 +33,8 @@ from orchestrator.logs import configure_logging
 from orchestrator.reports import cli as report_cli
 from orchestrator.settings import Settings, SettingsError, load_settings
 from orchestrator.simulator import cli as simulator_cli
+from orchestrator.simulator.config import SimulatorConfigError
+from orchestrator.simulator.faults import FaultProfileError
 from orchestrator.store import appliances as appliance_store
 from orchestrator.store import migrations
 from orchestrator.store.db import connect, create_pool, database_url
@@ -37,6 +45,7 @@ from orchestrator.store.windows import WindowStoreError
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what other tools report when the reader went away
 
 
 class CommandError(Exception):
@@ -46,6 +55,87 @@ class CommandError(Exception):
 def _fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
     print(f"orchestrator: {message}", file=sys.stderr)
     raise SystemExit(code)
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose subcommands refuse arguments they do not know themselves.
+
+    Plain argparse hands a subcommand's unrecognised arguments back to the top-level
+    parser, whose error then shows the top-level usage line; here the subcommand's own
+    parser reports them, with its usage (`add_subparsers` makes subparsers of this class).
+    """
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            hint = ""
+            for extra in extras:
+                close = difflib.get_close_matches(
+                    extra.split("=", 1)[0],
+                    [o for o in self._option_string_actions if o.startswith("--")], n=1,
+                )
+                if extra.startswith("--") and close:
+                    hint = f" (did you mean {close[0]}?)"
+                    break
+            self.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
+        return parsed, extras
+
+
+def attach_option_values(parser: argparse.ArgumentParser, argv: Sequence[str]) -> list[str]:
+    """`--opt VALUE` -> `--opt=VALUE` when VALUE starts with '-' and is not an option itself.
+
+    argparse reads a token such as `-1h` after an option that takes a value as another
+    option (`--duration: expected one argument`); joined, the value reaches the field's
+    own validation, which names it (`window.duration: '-1h' is not a duration ...`).
+    Subcommands are followed so that each token is looked up in the parser that reads it.
+    """
+    out: list[str] = []
+    current = parser
+    words = list(argv)
+    i = 0
+    while i < len(words):
+        word = words[i]
+        if word == "--":
+            out.extend(words[i:])
+            break
+        if word.startswith("-") and "=" not in word:
+            action = current._option_string_actions.get(word)
+            takes_value = action is not None and action.nargs is None
+            if takes_value and i + 1 < len(words):
+                value = words[i + 1]
+                known = value.split("=", 1)[0] in current._option_string_actions
+                if value.startswith("-") and value != "--" and not known:
+                    out.append(f"{word}={value}" if word.startswith("--") else word + value)
+                else:
+                    out.extend([word, value])
+                i += 2
+                continue
+        elif not word.startswith("-"):
+            for sub in current._actions:
+                if isinstance(sub, argparse._SubParsersAction) and word in sub.choices:
+                    current = sub.choices[word]
+                    break
+        out.append(word)
+        i += 1
+    return out
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 1") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 1")
+    return value
+
+
+def _non_empty(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is empty")
+    return text
 
 
 # --------------------------------------------------------------------------- helpers
@@ -203,19 +293,24 @@ def add_rollout_parsers(sub: Any) -> None:
     ):
         p = rsub.add_parser(name, help=text)
         p.add_argument("id", type=int)
+    rsub.choices["start"].add_argument(
+        "--schedule-at", help="ISO 8601 time with zone: a DRAFT rollout starts no earlier "
+                              "(SCHEDULED until then)")
     show = rsub.add_parser("show", help="state, counts and waves of a rollout")
     show.add_argument("id", type=int)
     show.add_argument("--json", action="store_true")
     lst = rsub.add_parser("list", help="recent rollouts")
-    lst.add_argument("--state", action="append", default=[])
-    lst.add_argument("--limit", type=int, default=50)
+    lst.add_argument("--state", action="append", default=[], type=str.upper,
+                     choices=[str(s) for s in RolloutState], metavar="STATE",
+                     help="repeatable: " + ", ".join(s.lower() for s in RolloutState))
+    lst.add_argument("--limit", type=_positive_int, default=50)
     lst.add_argument("--json", action="store_true")
     rollout.set_defaults(func=lambda s, a: cli_rollout.cmd_rollout(s, a, run_with_database))
 
 
 # --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="orchestrator",
         description="Roll appliance updates out across a fleet, safely.",
     )
@@ -241,12 +336,12 @@ def build_parser() -> argparse.ArgumentParser:
     imp = appl_sub.add_parser(
         "import", help="upsert appliances from a CSV or JSON file (all or nothing)"
     )
-    imp.add_argument("file")
+    imp.add_argument("file", type=_non_empty)
     imp.add_argument("--format", choices=["csv", "json"], help="default: from the file suffix")
     imp.set_defaults(func=cmd_appliances_import)
     lst = appl_sub.add_parser("list", help="list appliances")
-    lst.add_argument("--site")
-    lst.add_argument("--tag")
+    lst.add_argument("--site", type=_non_empty)
+    lst.add_argument("--tag", type=_non_empty)
     lst.add_argument("--json", action="store_true")
     lst.set_defaults(func=cmd_appliances_list)
 
@@ -292,9 +387,64 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _database_problem(settings: Settings, exc: BaseException) -> str:
+    """One line for a database error; a server that cannot be reached is named."""
+    unreachable = isinstance(exc, ConnectionError | TimeoutError | socket.gaierror) or (
+        isinstance(exc, OSError) and exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH,
+                                                   errno.ENETUNREACH, errno.ETIMEDOUT)
+    )
+    if unreachable:
+        where = "the database server"
+        if settings.database_url:
+            try:
+                parts = urlsplit(settings.database_url)
+                where = f"PostgreSQL at {parts.hostname or 'localhost'}:{parts.port or 5432}"
+            except ValueError:
+                pass
+        reason = str(exc) or type(exc).__name__
+        if isinstance(exc, socket.gaierror) and exc.strerror:
+            reason = exc.strerror
+        elif isinstance(exc, OSError) and exc.errno and exc.errno > 0:
+            reason = os.strerror(exc.errno)
+        return f"database: cannot connect to {where}: {reason}"
+    return f"database: {type(exc).__name__}: {exc}"
+
+
+def _stdout_broken() -> bool:
+    """Whether stdout is a pipe (or socket) whose reader went away."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(event & select.POLLERR for _, event in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _quiet_broken_pipe() -> int:
+    """The reader of our stdout went away (`| head`): end quietly, as other tools do.
+
+    stdout is pointed at /dev/null so that the interpreter's final flush of what is still
+    buffered raises nothing either."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
+    return EXIT_BROKEN_PIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(
+            attach_option_values(parser, sys.argv[1:] if argv is None else argv)
+        )
+    except SystemExit:
+        try:
+            sys.stdout.flush()  # --help into a closed pipe
+        except BrokenPipeError:
+            raise SystemExit(_quiet_broken_pipe()) from None
+        raise
     try:
         settings = load_settings(args.config)
     except SettingsError as exc:
@@ -302,6 +452,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_format, settings.log_level)
     try:
         code: int = args.func(settings, args)
+        sys.stdout.flush()  # a closed pipe shows here when the output was short
+    except BrokenPipeError as exc:
+        if not _stdout_broken():
+            _fail(f"database: {type(exc).__name__}: {exc}")
+        return _quiet_broken_pipe()
     except InventoryError as exc:
         _fail(str(exc))
     except migrations.MigrationError as exc:
@@ -318,8 +473,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _fail(str(exc))
     except SiteError as exc:
         _fail(str(exc))
+    except (SimulatorConfigError, FaultProfileError) as exc:
+        _fail(str(exc), EXIT_USAGE)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        _fail(f"database: {type(exc).__name__}: {exc}")
+        _fail(_database_problem(settings, exc))
     except KeyboardInterrupt:
         _fail("interrupted", 130)
     return code

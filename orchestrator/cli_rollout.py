@@ -8,7 +8,7 @@ import getpass
 import json
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,11 +18,12 @@ import asyncpg
 from orchestrator.appliance import ApplianceHttp
 from orchestrator.engine.engine import Engine, EngineConfig
 from orchestrator.settings import Settings
+from orchestrator.store import engines as engine_store
 from orchestrator.store import rollouts as rollout_store
 from orchestrator.store.audit import Actor
 from orchestrator.store.forecast import rollout_forecast
 
-TERMINAL_ROLLOUT = ("SUCCEEDED", "FAILED", "CANCELLED")
+TERMINAL_ROLLOUT = ("SUCCEEDED", "COMPLETED_WITH_FAILURES", "FAILED", "CANCELLED")
 TASK_STATES = ("PENDING", "DISPATCHING", "INSTALLING", "VERIFYING", "SUCCEEDED", "FAILED",
                "TIMED_OUT", "SKIPPED", "CANCELLED")
 
@@ -58,6 +59,9 @@ def add_selector_and_strategy(p: argparse.ArgumentParser) -> None:
     st.add_argument("--max-starts-per-minute", type=int)
     st.add_argument("--max-failures", help="a count or a percentage")
     st.add_argument("--min-executed", type=int)
+    st.add_argument("--canary-max-failures", type=int,
+                    help="failed tasks the canary wave may have before the rollout stops "
+                         "(default 0: its first failure stops it)")
     st.add_argument("--soak-seconds", type=float)
     st.add_argument("--approval", choices=["none", "each-wave", "after-canary"])
     st.add_argument("--task-timeout", type=float, help="seconds")
@@ -97,7 +101,7 @@ def strategy_from(args: argparse.Namespace) -> dict[str, Any]:
     if args.waves:
         strategy["waves"] = [_size(x) for x in args.waves.split(",")]
     for key in ("order", "per_site_concurrency", "max_starts_per_minute", "min_executed",
-                "soak_seconds", "approval", "task_timeout", "reboot_grace",
+                "canary_max_failures", "soak_seconds", "approval", "task_timeout", "reboot_grace",
                 "after_overlapping"):
         value = getattr(args, key)
         if value is not None:
@@ -135,25 +139,54 @@ def print_plan(plan: rollout_store.Plan, *, limit: int = 20) -> None:
               f"{gate}\n    {shown}")
 
 
+# how a wave's finished tasks ended, in the order they are listed
+_WAVE_OUTCOMES = (("SUCCEEDED", "succeeded"), ("FAILED", "failed"), ("TIMED_OUT", "timed out"),
+                  ("SKIPPED", "skipped"), ("CANCELLED", "cancelled"))
+_IN_FLIGHT = ("DISPATCHING", "INSTALLING", "VERIFYING")
+
+
+def wave_progress(counts: Mapping[str, int], planned: int) -> str:
+    """`30/30 done (28 succeeded, 2 failed)`: a wave's finished tasks out of its size and
+    how they ended (failures named as failures), then `; 3 in flight` while installs run."""
+    done = sum(counts.get(state, 0) for state, _ in _WAVE_OUTCOMES)
+    parts = ", ".join(f"{counts[state]} {label}" for state, label in _WAVE_OUTCOMES
+                      if counts.get(state, 0))
+    busy = sum(counts.get(state, 0) for state in _IN_FLIGHT)
+    if busy:
+        parts = f"{parts}; {busy} in flight" if parts else f"{busy} in flight"
+    return f"{done}/{planned} done" + (f" ({parts})" if parts else "")
+
+
+def wave_gate(wave: Mapping[str, Any]) -> str:
+    """What the approval gate AFTER this wave says ("" when it has none)."""
+    if not wave["requires_approval"] or wave["state"] in ("FAILED", "CANCELLED"):
+        return ""
+    if wave["approved_by"]:
+        return f"approved by {wave['approved_by']}"
+    if wave["state"] == "AWAITING_APPROVAL":
+        return "waiting for approval (rollout approve)"
+    return "approval needed after this wave"
+
+
+def wave_line(wave: Mapping[str, Any], counts: Mapping[str, int]) -> str:
+    """`SUCCEEDED         30/30 done (28 succeeded, 2 failed)`, then the gate if any."""
+    gate = wave_gate(wave)
+    return (f"{wave['state']:<17} {wave_progress(counts, wave['planned_size'])}"
+            + (f"; {gate}" if gate else ""))
+
+
 def rollout_summary(rollout: rollout_store.Rollout, counts: rollout_store.RolloutCounts) -> str:
     states = ", ".join(f"{k.lower()} {v}" for k, v in sorted(counts.by_state.items()))
+    where = "not started" if rollout.current_wave is None else f"wave {rollout.current_wave}"
     lines = [
         f"rollout {rollout.id} {rollout.name!r}: {rollout.state} - {rollout.target_version} on "
-        f"{rollout.targeted} appliance(s); wave {rollout.current_wave}",
+        f"{rollout.targeted} appliance(s); {where}",
         f"  tasks: {states}",
     ]
     if rollout.abort_reason:
         lines.append(f"  reason: {rollout.abort_reason}")
     for w in counts.waves:
-        wave_counts = counts.by_wave.get(w["number"], {})
-        done = sum(v for k, v in wave_counts.items() if k in
-                   ("SUCCEEDED", "FAILED", "TIMED_OUT", "SKIPPED", "CANCELLED"))
-        approval = ""
-        if w["requires_approval"]:
-            approval = f", approved by {w['approved_by']}" if w["approved_by"] else \
-                ", needs approval"
-        lines.append(f"  wave {w['number']}: {w['state']:<17} {done}/{w['planned_size']} done"
-                     f"{approval}")
+        lines.append(f"  wave {w['number']}: {wave_line(w, counts.by_wave.get(w['number'], {}))}")
     return "\n".join(lines)
 
 
@@ -190,20 +223,27 @@ def cmd_rollout(settings: Settings, args: argparse.Namespace,
                 print(json.dumps(rollout.to_dict(), indent=2))
             else:
                 print(message)
+            await warn_if_no_engine(pool, rollout.state)
             return 0
         if action in ("show", "watch"):
             if action == "watch":
                 return await watch(pool, args.id)
             rollout = await rollout_store.get_rollout(pool, args.id)
             counts = await rollout_store.rollout_counts(pool, args.id)
+            engine = await engine_store.engine_status(pool)
             forecast = await rollout_forecast(pool, args.id, datetime.now(UTC),
-                                              settings.eta_task_seconds)
+                                              settings.eta_task_seconds, engine=engine)
             if args.json:
                 print(json.dumps({**rollout.to_dict(), "counts": counts.to_dict(),
-                                  "forecast": forecast.to_dict()}, indent=2))
+                                  "forecast": forecast.to_dict(),
+                                  "engine": engine.to_dict()}, indent=2))
             else:
                 print(rollout_summary(rollout, counts))
-                if rollout.state not in TERMINAL_ROLLOUT and forecast.eta:
+                blocked = await engine_store.blocked_reason(pool, rollout.state, engine)
+                if blocked:
+                    print("  eta: none: nothing progresses while no engine runs")
+                    print(f"warning: {blocked}")
+                elif rollout.state not in TERMINAL_ROLLOUT and forecast.eta:
                     print(f"  eta: {forecast.eta:%Y-%m-%d %H:%M:%S} UTC ({forecast.basis})")
             return 0
         if action == "list":
@@ -223,24 +263,36 @@ def cmd_rollout(settings: Settings, args: argparse.Namespace,
             "approve": rollout_store.approve_rollout,
             "retry-failed": rollout_store.retry_failed,
         }
-        result = await operations[action](pool, args.id, actor)
+        if action == "start" and getattr(args, "schedule_at", None):
+            result = await rollout_store.start_rollout(
+                pool, args.id, actor, schedule_at=_parse_time(args.schedule_at))
+        else:
+            result = await operations[action](pool, args.id, actor)
         print(result.message)
+        await warn_if_no_engine(pool, result.rollout.state)
         return 0
 
     return run_with_database(settings, body)
 
 
+async def warn_if_no_engine(pool: asyncpg.Pool, rollout_state: str) -> None:
+    """On stderr, when a rollout in `rollout_state` needs an engine and none is live."""
+    blocked = await engine_store.blocked_reason(pool, rollout_state)
+    if blocked:
+        print(f"warning: {blocked}", file=sys.stderr)
+
+
 async def watch(pool: asyncpg.Pool, rollout_id: int, *, interval: float = 0.5) -> int:
     """Live progress bars per wave until the rollout ends."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.progress import BarColumn, Progress, TextColumn
 
     console = Console(stderr=False)
     rollout = await rollout_store.get_rollout(pool, rollout_id)
     counts = await rollout_store.rollout_counts(pool, rollout_id)
     columns = (
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[detail]}"),
+        TextColumn("{task.description}"), BarColumn(),
+        TextColumn("{task.fields[detail]}", markup=False),
     )
     with Progress(*columns, console=console, transient=False) as progress:
         bars = {
@@ -248,17 +300,22 @@ async def watch(pool: asyncpg.Pool, rollout_id: int, *, interval: float = 0.5) -
                                            detail="")
             for w in counts.waves
         }
+        warned = False  # whether the last line said that no engine is running
         while True:
             rollout = await rollout_store.get_rollout(pool, rollout_id)
             counts = await rollout_store.rollout_counts(pool, rollout_id)
             for w in counts.waves:
                 c = counts.by_wave.get(w["number"], {})
-                done = sum(c.get(s, 0) for s in ("SUCCEEDED", "FAILED", "TIMED_OUT",
-                                                  "SKIPPED", "CANCELLED"))
-                failed = c.get("FAILED", 0) + c.get("TIMED_OUT", 0)
-                busy = sum(c.get(s, 0) for s in ("DISPATCHING", "INSTALLING", "VERIFYING"))
-                detail = f"{w['state'].lower()}  in flight {busy}  failed {failed}"
-                progress.update(bars[w["number"]], completed=done, detail=detail)
+                done = sum(c.get(s, 0) for s, _ in _WAVE_OUTCOMES)
+                progress.update(bars[w["number"]], completed=done, detail=wave_line(w, c))
+            blocked = await engine_store.blocked_reason(pool, rollout.state)
+            if blocked and not warned:
+                progress.console.print(f"warning: {blocked}", markup=False, highlight=False,
+                                       soft_wrap=True)
+            elif warned and not blocked and rollout.state in engine_store.NEEDS_ENGINE:
+                progress.console.print("an engine is running now: the rollout progresses",
+                                       markup=False, highlight=False, soft_wrap=True)
+            warned = bool(blocked)
             if rollout.state in TERMINAL_ROLLOUT or rollout.state == "DRAFT":
                 break
             await asyncio.sleep(interval)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -11,7 +12,8 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
-from orchestrator.domain.windows import covering, next_openings
+from orchestrator.cli_rollout import UsageError
+from orchestrator.domain.windows import SEARCH_HORIZON, check_zone, covering, next_openings
 from orchestrator.settings import Settings
 from orchestrator.store import windows as window_store
 from orchestrator.store.audit import Actor
@@ -42,7 +44,7 @@ def add_arguments(sub: Any) -> None:
     nxt.add_argument("--site", required=True)
     nxt.add_argument("--tag", action="append", default=[])
     nxt.add_argument("--timezone", help="an appliance's own zone, overriding the window's")
-    nxt.add_argument("--count", type=int, default=5)
+    nxt.add_argument("--count", type=int, default=5, help="how many openings (default 5)")
     nxt.add_argument("--json", action="store_true")
 
 
@@ -55,6 +57,14 @@ def cmd_windows(settings: Settings, args: argparse.Namespace,
                 run_with_database: Callable[[Settings, Body], int], actor: Actor) -> int:
     action = args.windows_command
     now = datetime.now(UTC)
+    if action == "next":  # before any database
+        if args.count < 1:
+            raise UsageError(f"windows next: --count {args.count} is not an integer >= 1")
+        if args.timezone is not None:
+            try:
+                check_zone(args.timezone)
+            except ValueError as exc:
+                raise UsageError(f"windows next: --timezone {exc}") from None
 
     async def body(pool: asyncpg.Pool) -> int:
         if action == "create":
@@ -109,6 +119,9 @@ def cmd_windows(settings: Settings, args: argparse.Namespace,
                 rows.append((opens, closes, spec.name, zone))
         rows.sort()
         rows = rows[: args.count]
+        if specs and len(rows) < args.count:
+            print(f"note: {len(rows)} opening(s) in the next {SEARCH_HORIZON.days} days (the "
+                  f"search horizon), fewer than --count {args.count}", file=sys.stderr)
         if args.json:
             print(json.dumps([{"window": n, "opens": a.isoformat(), "closes": b.isoformat(),
                                "timezone": z} for a, b, n, z in rows], indent=2))

@@ -25,12 +25,15 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from orchestrator.appliance import ApplianceHttp
+from orchestrator.cli_rollout import UsageError, wave_line
+from orchestrator.domain.strategy import parse_strategy
 from orchestrator.engine.engine import Engine, EngineConfig
 from orchestrator.inventory import read_inventory
 from orchestrator.logs import configure_logging
 from orchestrator.reports import write_reports
 from orchestrator.settings import Settings
 from orchestrator.simulator import FaultProfile, SimulatorConfig, run_simulator
+from orchestrator.simulator.faults import FAULTS
 from orchestrator.store import appliances as appliance_store
 from orchestrator.store import migrations
 from orchestrator.store import rollouts as rollout_store
@@ -59,6 +62,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-concurrency", type=int, default=40)
     p.add_argument("--per-site-concurrency", type=int, default=8)
     p.add_argument("--max-failures", default="25%")
+    p.add_argument("--canary-max-failures", type=int, default=2,
+                   help="failed canary tasks tolerated before the rollout stops (the demo's "
+                        "fault mix fails a few appliances on purpose; a real rollout's "
+                        "default is 0)")
     p.add_argument("--min-executed", type=int, default=20,
                    help="executed tasks before a percentage max_failures can trip")
     p.add_argument("--reboot-grace", type=float, default=20.0)
@@ -72,11 +79,44 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default %(default)s)")
     p.add_argument("--json", action="store_true",
                    help="print only the summary, as one JSON object")
+    p.add_argument("--verbose", action="store_true",
+                   help="also print the log lines (at the log_level setting, at least info); "
+                        "without it only errors are logged")
 
 
 def _size(text: str) -> int | str:
     text = text.strip()
     return int(text) if text.isdigit() else text
+
+
+def demo_config(args: argparse.Namespace) -> SimulatorConfig:
+    """The simulated fleet the arguments describe (SimulatorConfigError, FaultProfileError
+    or UsageError naming a bad value)."""
+    try:
+        loaded = FaultProfile.load(args.profile)
+    except OSError as exc:
+        raise UsageError(f"--profile {args.profile}: cannot read: {exc.strerror}") from None
+    profile = loaded.with_changes(
+        params=dataclasses.replace(loaded.params, long_reboot_seconds=args.long_reboot_seconds)
+    )
+    return SimulatorConfig(
+        appliances=args.appliances, sites=args.sites, seed=args.seed,
+        install_seconds=args.install_seconds, install_jitter=0.3,
+        reboot_seconds=args.reboot_seconds, services_starting_seconds=0.5,
+        profile=profile, duplicate_install="accept",  # count, do not refuse, a 2nd install
+    )
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse bad values before any database or simulator starts (one line naming each)."""
+    demo_config(args)
+    parse_strategy(demo_strategy(args))
+    if args.canary_fault and args.canary_fault not in FAULTS:
+        raise UsageError(f"--canary-fault {args.canary_fault!r}: unknown fault (known: "
+                         f"{', '.join(FAULTS)})")
+    if not args.database_name.replace("_", "").isalnum():
+        raise UsageError(f"--database-name {args.database_name!r}: letters, digits and '_' "
+                         "only")
 
 
 def demo_strategy(args: argparse.Namespace) -> dict[str, Any]:
@@ -86,6 +126,7 @@ def demo_strategy(args: argparse.Namespace) -> dict[str, Any]:
         "per_site_concurrency": args.per_site_concurrency,
         "max_failures": _size(args.max_failures),
         "min_executed": args.min_executed,
+        "canary_max_failures": args.canary_max_failures,
         "reboot_grace": args.reboot_grace,
         "task_timeout": max(60.0, args.reboot_grace * 4),
         "dispatch_retries": 1,
@@ -140,11 +181,12 @@ async def truth_mismatches(pool: asyncpg.Pool, rollout_id: int,
 
 async def _progress(pool: asyncpg.Pool, rollout_id: int, done: asyncio.Event) -> None:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.progress import BarColumn, Progress, TextColumn
 
     counts = await rollout_store.rollout_counts(pool, rollout_id)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[detail]}"), console=Console(stderr=True)) as bars:
+    with Progress(TextColumn("{task.description}"), BarColumn(),
+                  TextColumn("{task.fields[detail]}", markup=False),
+                  console=Console(stderr=True)) as bars:
         ids = {w["number"]: bars.add_task(
             ("canary" if w["number"] == 0 else f"wave {w['number']}").ljust(7),
             total=w["planned_size"], detail="") for w in counts.waves}
@@ -153,11 +195,8 @@ async def _progress(pool: asyncpg.Pool, rollout_id: int, done: asyncio.Event) ->
             for w in counts.waves:
                 c = counts.by_wave.get(w["number"], {})
                 finished = sum(c.get(s, 0) for s in task_store.TERMINAL)
-                busy = sum(c.get(s, 0) for s in ("DISPATCHING", "INSTALLING", "VERIFYING"))
-                failed = c.get("FAILED", 0) + c.get("TIMED_OUT", 0)
-                bars.update(ids[w["number"]], completed=finished,
-                            detail=f"{w['state'].lower():<17} in flight {busy:>3}  "
-                                   f"failed {failed}")
+                # "30/30 done (28 succeeded, 2 failed)", like `rollout watch`
+                bars.update(ids[w["number"]], completed=finished, detail=wave_line(w, c))
             if done.is_set():
                 break
             with contextlib.suppress(TimeoutError):
@@ -170,16 +209,8 @@ async def run_demo(settings: Settings, args: argparse.Namespace, server_url: str
         if not args.json:
             print(message, file=sys.stderr)
 
-    loaded = FaultProfile.load(args.profile)
-    profile = loaded.with_changes(
-        params=dataclasses.replace(loaded.params, long_reboot_seconds=args.long_reboot_seconds)
-    )
-    config = SimulatorConfig(
-        appliances=args.appliances, sites=args.sites, seed=args.seed,
-        install_seconds=args.install_seconds, install_jitter=0.3,
-        reboot_seconds=args.reboot_seconds, services_starting_seconds=0.5,
-        profile=profile, duplicate_install="accept",  # count, do not refuse, a 2nd install
-    )
+    config = demo_config(args)
+    profile = config.profile
     strategy = demo_strategy(args)
     async with (
         demo_database(server_url, args.database_name) as url,
@@ -286,8 +317,11 @@ def print_summary(r: dict[str, Any]) -> None:
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
-    if settings.log_level in ("debug", "info"):
-        # the live progress is the demo's output; task-level lines stay in debug
-        configure_logging(settings.log_format, "warning")
+    # the live progress and the summary are the demo's output: log lines only when asked
+    # (--verbose), else only errors
+    level = ("debug" if settings.log_level == "debug" else "info") if args.verbose \
+        else "error"
+    configure_logging(settings.log_format, level)
+    check_arguments(args)
     with database_url(settings) as server_url:
         return asyncio.run(run_demo(settings, args, server_url))

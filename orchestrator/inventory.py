@@ -34,6 +34,17 @@ class InventoryError(Exception):
         )
 
 
+class InventoryFileError(InventoryError):
+    """The file itself is refused (missing, unreadable, unknown format): one line naming it."""
+
+    def __init__(self, source: str, reason: str) -> None:
+        super().__init__(source, [RowError(0, reason)])
+        self.args = (f"{source}: {reason}; nothing imported",)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 def _csv_records(text: str) -> Iterator[tuple[int, dict[str, Any]]]:
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
@@ -133,16 +144,25 @@ def parse_inventory(text: str, fmt: str) -> ValidationResult:
 
 
 def read_inventory(path: Path, fmt: str | None = None) -> ValidationResult:
-    """Read an inventory file; the format comes from `fmt` or the file's suffix."""
+    """Read an inventory file; the format comes from `fmt` or the file's suffix.
+
+    A file that does not exist, cannot be read or has an unknown format raises
+    InventoryFileError (one line naming the file); bad rows raise InventoryError."""
+    if not path.exists():
+        raise InventoryFileError(str(path), "the file does not exist")
+    if path.is_dir():
+        raise InventoryFileError(str(path), "is a directory, not an inventory file")
     fmt = (fmt or path.suffix.lstrip(".")).lower()
     if fmt not in ("csv", "json"):
-        raise InventoryError(str(path), [RowError(1, f"unknown format {fmt!r}: use .csv or .json")])
+        raise InventoryFileError(
+            str(path), f"unknown format {fmt!r}: name it .csv or .json, or pass --format"
+        )
     try:
         text = path.read_text(encoding="utf-8-sig")
     except OSError as exc:
-        raise InventoryError(str(path), [RowError(0, f"cannot read: {exc.strerror}")]) from None
+        raise InventoryFileError(str(path), f"cannot read: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
-        raise InventoryError(str(path), [RowError(0, f"not UTF-8 text: {exc.reason}")]) from None
+        raise InventoryFileError(str(path), f"not UTF-8 text: {exc.reason}") from None
     try:
         return parse_inventory(text, fmt)
     except InventoryError as exc:

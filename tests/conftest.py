@@ -20,7 +20,7 @@ import pytest
 from orchestrator.store import migrations
 from orchestrator.store.db import connect, create_pool
 from orchestrator.store.embedded import EmbeddedPostgres
-from tests.helpers import url_with_database
+from tests.helpers import cloned_database, url_with_database
 
 
 @pytest.fixture(scope="session")
@@ -67,27 +67,15 @@ async def template_db(pg_server_url: str) -> AsyncIterator[str]:
 @pytest.fixture
 async def db_url(pg_server_url: str, template_db: str) -> AsyncIterator[str]:
     """A fresh, migrated database for this test."""
-    name = f"orch_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(pg_server_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
-        yield url_with_database(pg_server_url, name)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    async with cloned_database(pg_server_url, template_db, "orch_test") as url:
+        yield url
 
 
 @pytest.fixture
 async def empty_db_url(pg_server_url: str) -> AsyncIterator[str]:
     """A fresh database with no schema at all (for migration tests)."""
-    name = f"orch_empty_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(pg_server_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield url_with_database(pg_server_url, name)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    async with cloned_database(pg_server_url, None, "orch_empty") as url:
+        yield url
 
 
 @pytest.fixture

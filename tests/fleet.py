@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 
 from orchestrator.appliance import ApplianceHttp
+from orchestrator.domain.states import TERMINAL_ROLLOUT_STATES
 from orchestrator.engine.engine import Engine, EngineConfig
 from orchestrator.inventory import read_inventory
 from orchestrator.simulator import Simulator, SimulatorConfig, run_simulator
@@ -126,7 +127,7 @@ async def wait_for_state(
 async def wait_until_terminal(pool: asyncpg.Pool, rollout_id: int,
                               timeout: float = 30.0) -> rollout_store.Rollout:
     """Until the rollout is terminal AND none of its tasks is in flight any more."""
-    rollout = await wait_for_state(pool, rollout_id, ("SUCCEEDED", "FAILED", "CANCELLED"),
+    rollout = await wait_for_state(pool, rollout_id, tuple(TERMINAL_ROLLOUT_STATES),
                                    timeout)
     deadline = asyncio.get_running_loop().time() + timeout
     while await pool.fetchval(

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
+import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -41,3 +44,33 @@ def run_cli(
         [str(VENV_BIN / "orchestrator"), *args],
         env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False,
     )
+
+
+async def drop_database(server_url: str, name: str) -> None:
+    """Drop database `name` on the server of `server_url` (connections to it are ended)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def cloned_database(
+    server_url: str, template: str | None, prefix: str
+) -> AsyncIterator[str]:
+    """A fresh database cloned from `template` (None: an empty one); dropped on exit.
+    Yields its URL."""
+    import asyncpg
+
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(server_url)
+    try:
+        clone = f' TEMPLATE "{template}"' if template else ""
+        await admin.execute(f'CREATE DATABASE "{name}"{clone}')
+        yield url_with_database(server_url, name)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()

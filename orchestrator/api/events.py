@@ -7,7 +7,8 @@
 - `event: progress` (no id): the rollout's state and task counts; sent first, after each
   batch of task events and when the rollout's state changes.
 - `: keep-alive` comments every 15 s of silence, so proxies keep the connection.
-- `event: end`: the rollout is terminal (SUCCEEDED, FAILED, CANCELLED), none of its tasks
+- `event: end`: the rollout is terminal (SUCCEEDED, COMPLETED_WITH_FAILURES, FAILED,
+  CANCELLED), none of its tasks
   is in flight and every event was sent; the server then closes the stream. A rollout that
   retry-failed reopens can be followed again by reconnecting with `Last-Event-ID`.
 
@@ -30,7 +31,7 @@ from orchestrator.store import rollouts as rollout_store
 from orchestrator.store.events import EventReader, TaskEvent
 from orchestrator.store.rollouts import RolloutNotFound
 
-TERMINAL: Final = ("SUCCEEDED", "FAILED", "CANCELLED")
+TERMINAL: Final = ("SUCCEEDED", "COMPLETED_WITH_FAILURES", "FAILED", "CANCELLED")
 IN_FLIGHT: Final = ("DISPATCHING", "INSTALLING", "VERIFYING")
 
 

@@ -26,15 +26,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from orchestrator.domain.states import RolloutState, TaskState
 from orchestrator.logs import get_logger
 
 log = get_logger("orchestrator.api.metrics")
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
-TASK_STATES: Final = ("PENDING", "DISPATCHING", "INSTALLING", "VERIFYING", "SUCCEEDED",
-                      "FAILED", "TIMED_OUT", "SKIPPED", "CANCELLED")
-ROLLOUT_STATES: Final = ("DRAFT", "SCHEDULED", "RUNNING", "PAUSED", "WAITING_WINDOW",
-                         "SUCCEEDED", "FAILED", "CANCELLED")
+TASK_STATES: Final = tuple(str(s) for s in TaskState)
+ROLLOUT_STATES: Final = tuple(str(s) for s in RolloutState)
 DURATION_BUCKETS: Final = (1, 5, 10, 30, 60, 120, 300, 600, 900, 1800, 3600, float("inf"))
 FAST_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                        5.0, float("inf"))

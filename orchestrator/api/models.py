@@ -208,6 +208,9 @@ class Strategy(Body):
     max_starts_per_minute: Count | None = None
     max_failures: FailureSize = "10%"
     min_executed: Annotated[int, Field(ge=0, le=MAX_COUNT)] = 5
+    canary_max_failures: Annotated[int, Field(ge=0, le=MAX_COUNT, description=(
+        "Failed tasks the canary wave (wave 0, when more waves follow) may have before the "
+        "rollout stops; 0: its first failure stops it."))] = 0
     soak_seconds: Seconds = 0
     approval: Literal["none", "each-wave", "after-canary"] = "none"
     task_timeout: PositiveSeconds = 3600
@@ -223,8 +226,9 @@ class Strategy(Body):
         "accepted and each such task waits until the other rollout's task has ended."))
     not_null: ClassVar[frozenset[str]] = frozenset({
         "waves", "order", "seed", "max_concurrency", "max_failures", "min_executed",
-        "soak_seconds", "approval", "task_timeout", "reboot_grace", "install_retries",
-        "dispatch_retries", "verify_services", "at_window_end", "after_overlapping",
+        "canary_max_failures", "soak_seconds", "approval", "task_timeout", "reboot_grace",
+        "install_retries", "dispatch_retries", "verify_services", "at_window_end",
+        "after_overlapping",
     })
 
 

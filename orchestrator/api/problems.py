@@ -48,7 +48,8 @@ TYPES: Final[dict[str, tuple[str, str]]] = {
     "unsupported-media-type": ("Unsupported media type", "The body's Content-Type is not one "
                                "this operation accepts."),
     "service-unavailable": ("Service unavailable", "The database cannot be reached or is "
-                            "not migrated; retry later."),
+                            "not migrated, or (`/readyz`) the engine this process runs is "
+                            "not live; retry later."),
     "internal-error": ("Internal error", "An unexpected error; it is logged on the server "
                        "with the `error_id` given in the response."),
 }

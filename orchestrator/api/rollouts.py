@@ -31,6 +31,7 @@ from orchestrator.api.validation import (
 from orchestrator.domain.selector import SelectorError
 from orchestrator.domain.states import OperationNotAllowed
 from orchestrator.domain.strategy import StrategyError
+from orchestrator.store import engines as engine_store
 from orchestrator.store import rollouts as rollout_store
 from orchestrator.store.forecast import rollout_forecast
 from orchestrator.store.rollouts import (
@@ -82,12 +83,14 @@ async def rollout_detail(pool: asyncpg.Pool, rollout_id: int, *, forecast: bool 
         except RolloutNotFound:
             raise not_found(rollout_id) from None
         counts = await rollout_store.rollout_counts(conn, rollout_id)
+        engine = await engine_store.engine_status(conn)
         out = rollout.to_dict()
+        out["engine"] = engine.to_dict()
         out["counts"] = counts.to_dict()
         out["in_flight"] = sum(counts.by_state.get(s, 0) for s in IN_FLIGHT)
         if forecast:
             result = await rollout_forecast(conn, rollout_id, datetime.now(UTC),
-                                            eta_task_seconds)
+                                            eta_task_seconds, engine=engine)
             out["forecast"] = result.to_dict()
     return out
 
@@ -102,7 +105,8 @@ async def list_rollouts(call: Call) -> web.StreamResponse:
     )
     more = len(items) > limit
     items = items[:limit]
-    return json_response(page([r.to_dict() for r in items],
+    engine = (await engine_store.engine_status(call.pool)).to_dict()
+    return json_response(page([{**r.to_dict(), "engine": engine} for r in items],
                               encode_cursor(items[-1].id) if more else None))
 
 
@@ -175,7 +179,9 @@ def control(name: str, run: Any) -> Any:
         except RolloutError as exc:
             raise Problem(409, f"cannot {name} rollout: {exc}",
                           current_state=await _state(call, rollout_id)) from None
-        return json_response({"message": result.message, "rollout": result.rollout.to_dict()})
+        engine = (await engine_store.engine_status(call.pool)).to_dict()
+        return json_response({"message": result.message,
+                              "rollout": {**result.rollout.to_dict(), "engine": engine}})
 
     handler.__name__ = f"{name}_rollout"
     return handler

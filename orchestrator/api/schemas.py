@@ -57,7 +57,9 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
                     "503), current_state and allowed_states (409 on a rollout control), "
                     "required_role (403), max_bytes (413), overlapping_rollouts (each "
                     "{id, name, state}) and overlapping_appliances (names) when a rollout "
-                    "overlaps an active one (409 on create, start, retry-failed)."),
+                    "overlaps an active one (409 on create, start, retry-failed); "
+                    "engine, live_engines, last_heartbeat_at and warning (503 on /readyz "
+                    "when the engine this process runs is not live)."),
     "Appliance": obj({
         "id": INT, "name": STR, "base_url": STR, "site": STR,
         "tags": {"type": "array", "items": STR},
@@ -75,7 +77,7 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
         "waves": {"type": "array", "items": SIZE}, "order": STR, "seed": INT,
         "max_concurrency": SIZE, "per_site_concurrency": nullable(INT),
         "max_starts_per_minute": nullable(INT), "max_failures": SIZE, "min_executed": INT,
-        "soak_seconds": {"type": "number"}, "approval": STR,
+        "canary_max_failures": INT, "soak_seconds": {"type": "number"}, "approval": STR,
         "task_timeout": {"type": "number"}, "reboot_grace": {"type": "number"},
         "install_retries": INT, "dispatch_retries": INT,
         "verify_services": {"type": "array", "items": STR}, "windows": nullable(STR),
@@ -86,8 +88,17 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
         "strategy": ref("StrategyOut"), "state": {"type": "string", "enum": ROLLOUT_STATES},
         "current_wave": nullable(INT), "schedule_at": nullable(TIME), "created_by": STR,
         "abort_reason": nullable(STR), "created_at": TIME, "started_at": nullable(TIME),
-        "finished_at": nullable(TIME), "targeted": INT,
+        "finished_at": nullable(TIME), "targeted": INT, "engine": ref("EngineStatus"),
     }),
+    "EngineStatus": obj({
+        "live_engines": {"type": "integer", "minimum": 0, "description": (
+            "Engines (`orchestrator run`, `orchestrator serve`) whose heartbeat is fresh. "
+            "0: no rollout progresses (a SCHEDULED, RUNNING or WAITING_WINDOW one stays "
+            "where it is until an engine runs).")},
+        "last_heartbeat_at": nullable({**TIME, "description": (
+            "The newest heartbeat (or clean stop) of any engine, live or not; null: no "
+            "engine has ever run against this database.")}),
+    }, description="Whether any engine is running now, read when the response was made."),
     "Wave": obj({
         "number": INT, "planned_size": INT, "state": {"type": "string", "enum": WAVE_STATES},
         "requires_approval": {"type": "boolean"}, "approved_by": nullable(STR),
@@ -102,7 +113,11 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
         "waves": {"type": "array", "items": ref("Wave")},
     }),
     "Forecast": obj({"eta": nullable(TIME), "task_seconds": {"type": "number"},
-                     "observed_tasks": INT, "basis": STR}),
+                     "observed_tasks": INT, "basis": STR,
+                     "blocked": nullable({"type": "string", "description": (
+                         "Why the rollout cannot progress now, e.g. `no engine is running "
+                         "(...)`: `eta` is then what it would be if an engine started "
+                         "now. null: nothing blocks it.")})}),
     "RolloutPage": page_of("Rollout"),
     "OperationResult": obj({"message": STR, "rollout": ref("Rollout")}),
     "Plan": obj({
@@ -138,7 +153,17 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
     "Health": obj({"status": {"type": "string", "enum": ["ok"]}, "version": STR}),
     "Ready": obj({"status": {"type": "string", "enum": ["ready"]},
                   "database": {"type": "string", "enum": ["ok"]},
-                  "engine": {"type": "string", "enum": ["running", "off"]}}),
+                  "engine": {"type": "string", "enum": ["running", "off"], "description": (
+                      "running: this process runs an engine (and it is live, else /readyz "
+                      "answers 503); off: served with `--no-engine`.")},
+                  "live_engines": {"type": "integer", "minimum": 0, "description": (
+                      "Live engines against this database, this process's included.")},
+                  "last_heartbeat_at": nullable({**TIME, "description": (
+                      "The newest heartbeat (or clean stop) of any engine; null: none has "
+                      "ever run.")}),
+                  "warning": nullable({"type": "string", "description": (
+                      "When no engine is live: says so and since when (nothing progresses "
+                      "until one runs); else null.")})}),
     "Window": obj({
         "id": INT, "name": STR, "cron": STR,
         "duration": {"type": "integer", "description": "Seconds."},

@@ -187,20 +187,27 @@ def validate_record(record: Mapping[str, Any]) -> tuple[ApplianceSpec | None, li
 
 
 def validate_records(records: Iterable[tuple[int, Mapping[str, Any]]]) -> ValidationResult:
-    """Validate (line, record) pairs; duplicates by name inside the input are errors too."""
+    """Validate (line, record) pairs; duplicates by name inside the input are errors too.
+
+    Every bad row is listed with every reason: a row is checked for a duplicated name
+    whether or not its other fields are valid (and counts as the first holder of its name
+    even when it is bad itself)."""
     result = ValidationResult()
     first_line: dict[str, int] = {}
     for line, record in records:
         spec, reasons = validate_record(record)
         for reason in reasons:
             result.errors.append(RowError(line, reason))
+        raw_name = record.get("name")
+        name = raw_name.strip() if isinstance(raw_name, str) else None
+        if name:
+            if name in first_line:
+                result.errors.append(
+                    RowError(line, f"name: {name!r} duplicates line {first_line[name]}")
+                )
+                continue
+            first_line[name] = line
         if spec is None:
             continue
-        if spec.name in first_line:
-            result.errors.append(
-                RowError(line, f"name: {spec.name!r} duplicates line {first_line[spec.name]}")
-            )
-            continue
-        first_line[spec.name] = line
         result.specs.append(spec)
     return result

@@ -21,6 +21,7 @@ from orchestrator.domain.states import (
     EXECUTED_TASK_STATES,
     FAILED_TASK_STATES,
     TERMINAL_TASK_STATES,
+    RolloutState,
     TaskState,
     WaveState,
 )
@@ -110,6 +111,44 @@ def evaluate_policy(
     return PolicyVerdict(False, f"{tally} ({share}), not above max_failures {max_failures}")
 
 
+def evaluate_canary(
+    canary_max_failures: int, canary: Outcomes, *, more_waves: bool
+) -> PolicyVerdict:
+    """The canary's own rule: the canary wave (wave 0) exists to stop a bad version before
+    it spreads, so more than `canary_max_failures` failed tasks in it trip the rollout at
+    once, whatever `max_failures` and `min_executed` say. A rollout of one wave has no
+    canary (its only wave is the whole rollout): the rule does not apply."""
+    if not more_waves:
+        return PolicyVerdict(False, "a single wave: no canary")
+    noun = "task" if canary.failed == 1 else "tasks"
+    if canary.failed > canary_max_failures:
+        return PolicyVerdict(
+            True, f"{canary.failed} {noun} of the canary wave failed, more than "
+                  f"canary_max_failures {canary_max_failures}",
+        )
+    return PolicyVerdict(
+        False, f"{canary.failed} {noun} of the canary wave failed, not more than "
+               f"canary_max_failures {canary_max_failures}",
+    )
+
+
+def final_rollout_state(outcomes: Outcomes) -> tuple[RolloutState, str]:
+    """How a rollout whose last wave finished with the policy holding ends.
+
+    SUCCEEDED only when no executed task failed (every task succeeded or was skipped);
+    FAILED when every executed task failed (a rollout that installed nothing anywhere is
+    never a success, whatever min_executed said); otherwise COMPLETED_WITH_FAILURES."""
+    if outcomes.failed == 0:
+        return RolloutState.SUCCEEDED, "every task succeeded or was skipped"
+    if outcomes.failed == outcomes.executed:
+        noun = "task" if outcomes.executed == 1 else "tasks"
+        return (RolloutState.FAILED,
+                f"every executed task failed ({outcomes.failed} of {outcomes.executed} "
+                f"{noun})")
+    return (RolloutState.COMPLETED_WITH_FAILURES,
+            f"{outcomes.failed} of {outcomes.executed} executed tasks failed")
+
+
 def wave_requires_approval(approval: str, wave_number: int, wave_count: int) -> bool:
     """Whether the gate after wave `wave_number` (0-based) of `wave_count` waits for an
     operator's approval, per the strategy's `approval`.
@@ -138,7 +177,8 @@ class GateDecision(StrEnum):
     OPEN: the next wave may start.
     TRIPPED: the failure policy tripped: stop dispatching, let in-flight installs finish,
         cancel the never-started tasks, end the rollout FAILED with the verdict's reason.
-    DONE: the last wave finished with the policy holding: the rollout SUCCEEDED.
+    DONE: the last wave finished with the policy holding: the rollout ends in the state
+        `final_rollout_state` gives (SUCCEEDED, COMPLETED_WITH_FAILURES or FAILED).
     """
 
     WAIT_TASKS = "WAIT_TASKS"

@@ -25,6 +25,8 @@ class RolloutState(StrEnum):
     PAUSED = "PAUSED"
     WAITING_WINDOW = "WAITING_WINDOW"
     SUCCEEDED = "SUCCEEDED"
+    # every wave ran and the failure policy held, but some tasks failed or timed out
+    COMPLETED_WITH_FAILURES = "COMPLETED_WITH_FAILURES"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
 
@@ -70,22 +72,27 @@ _T = TaskState
 #                     CANCELLED
 #   SCHEDULED      -> RUNNING (schedule reached, or "start" now), WAITING_WINDOW (bound to
 #                     windows and none open), PAUSED, CANCELLED
-#   RUNNING        -> PAUSED, WAITING_WINDOW, SUCCEEDED (last wave done), FAILED (policy
-#                     tripped), CANCELLED
+#   RUNNING        -> PAUSED, WAITING_WINDOW, SUCCEEDED (last wave done, every task
+#                     succeeded or skipped), COMPLETED_WITH_FAILURES (last wave done, the
+#                     policy held, some tasks failed or timed out), FAILED (policy tripped,
+#                     or every executed task failed), CANCELLED
 #   PAUSED         -> RUNNING (resume), CANCELLED, FAILED (installs still in flight when
 #                     paused finished as failures and tripped the policy)
 #   WAITING_WINDOW -> RUNNING (a window opened), PAUSED, CANCELLED, FAILED (in-flight
 #                     failures tripped the policy)
-#   SUCCEEDED, FAILED, CANCELLED: terminal, no exits (see ROLLOUT_RETRY_TRANSITIONS).
+#   SUCCEEDED, COMPLETED_WITH_FAILURES, FAILED, CANCELLED: terminal, no exits (see
+#                     ROLLOUT_RETRY_TRANSITIONS).
 ROLLOUT_TRANSITIONS: Mapping[RolloutState, frozenset[RolloutState]] = MappingProxyType({
     _R.DRAFT: frozenset({_R.SCHEDULED, _R.RUNNING, _R.CANCELLED}),
     _R.SCHEDULED: frozenset({_R.RUNNING, _R.WAITING_WINDOW, _R.PAUSED, _R.CANCELLED}),
     _R.RUNNING: frozenset({
-        _R.PAUSED, _R.WAITING_WINDOW, _R.SUCCEEDED, _R.FAILED, _R.CANCELLED,
+        _R.PAUSED, _R.WAITING_WINDOW, _R.SUCCEEDED, _R.COMPLETED_WITH_FAILURES, _R.FAILED,
+        _R.CANCELLED,
     }),
     _R.PAUSED: frozenset({_R.RUNNING, _R.CANCELLED, _R.FAILED}),
     _R.WAITING_WINDOW: frozenset({_R.RUNNING, _R.PAUSED, _R.CANCELLED, _R.FAILED}),
     _R.SUCCEEDED: frozenset(),
+    _R.COMPLETED_WITH_FAILURES: frozenset(),
     _R.FAILED: frozenset(),
     _R.CANCELLED: frozenset(),
 })
@@ -94,12 +101,13 @@ ROLLOUT_TRANSITIONS: Mapping[RolloutState, frozenset[RolloutState]] = MappingPro
 # the rollout runs again. Only the "retry-failed" operation may make these moves.
 ROLLOUT_RETRY_TRANSITIONS: Mapping[RolloutState, frozenset[RolloutState]] = MappingProxyType({
     _R.SUCCEEDED: frozenset({_R.RUNNING}),
+    _R.COMPLETED_WITH_FAILURES: frozenset({_R.RUNNING}),
     _R.FAILED: frozenset({_R.RUNNING}),
     _R.CANCELLED: frozenset({_R.RUNNING}),
 })
 
 TERMINAL_ROLLOUT_STATES: frozenset[RolloutState] = frozenset(
-    {_R.SUCCEEDED, _R.FAILED, _R.CANCELLED}
+    {_R.SUCCEEDED, _R.COMPLETED_WITH_FAILURES, _R.FAILED, _R.CANCELLED}
 )
 # The states the engine scans on every tick (the partial index rollouts_active_idx).
 ACTIVE_ROLLOUT_STATES: frozenset[RolloutState] = frozenset(
@@ -249,15 +257,19 @@ def check_task_transition(a: TaskState, b: TaskState, *, retry_failed: bool = Fa
 #                installs cannot be stopped and run to their end
 #   approve      RUNNING, PAUSED, WAITING_WINDOW: approves the wave awaiting approval (or
 #                the current wave's gate ahead of time); does not change the rollout state
-#   retry-failed RUNNING, PAUSED (retry in place), FAILED, SUCCEEDED, CANCELLED (the
-#                rollout reopens: ROLLOUT_RETRY_TRANSITIONS)
+#   retry-failed RUNNING, PAUSED (retry in place), FAILED, SUCCEEDED,
+#                COMPLETED_WITH_FAILURES, CANCELLED (the rollout reopens:
+#                ROLLOUT_RETRY_TRANSITIONS)
 ROLLOUT_OPERATIONS: Mapping[str, frozenset[RolloutState]] = MappingProxyType({
     "start": frozenset({_R.DRAFT, _R.SCHEDULED}),
     "pause": frozenset({_R.SCHEDULED, _R.RUNNING, _R.WAITING_WINDOW}),
     "resume": frozenset({_R.PAUSED}),
     "cancel": frozenset({_R.DRAFT, _R.SCHEDULED, _R.RUNNING, _R.PAUSED, _R.WAITING_WINDOW}),
     "approve": frozenset({_R.RUNNING, _R.PAUSED, _R.WAITING_WINDOW}),
-    "retry-failed": frozenset({_R.RUNNING, _R.PAUSED, _R.FAILED, _R.SUCCEEDED, _R.CANCELLED}),
+    "retry-failed": frozenset({
+        _R.RUNNING, _R.PAUSED, _R.FAILED, _R.SUCCEEDED, _R.COMPLETED_WITH_FAILURES,
+        _R.CANCELLED,
+    }),
 })
 
 

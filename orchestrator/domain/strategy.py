@@ -130,6 +130,9 @@ class Strategy:
     max_failures: the failure threshold (see policy.evaluate_policy): more than this many
         failed tasks, or a failed share of executed tasks above this percentage, trips it.
     min_executed: executed tasks needed before a percentage max_failures can trip.
+    canary_max_failures: failed tasks the canary wave (wave 0, when more waves follow) may
+        have before the rollout stops: 0 (the default) stops it at the canary's first
+        failure, whatever max_failures and min_executed say.
     soak_seconds: wait after a wave's last task finished before the gate opens.
     approval: "none", "each-wave" (every wave but the last waits for an operator before the
         next one starts) or "after-canary" (only the first wave does).
@@ -162,6 +165,7 @@ class Strategy:
     max_starts_per_minute: int | None = None
     max_failures: Size = Size(percent=Decimal(10))
     min_executed: int = 5
+    canary_max_failures: int = 0
     soak_seconds: float = 0.0
     approval: str = "none"
     task_timeout: float = 3600.0
@@ -184,6 +188,7 @@ class Strategy:
             "max_starts_per_minute": self.max_starts_per_minute,
             "max_failures": self.max_failures.to_json(),
             "min_executed": self.min_executed,
+            "canary_max_failures": self.canary_max_failures,
             "soak_seconds": _number_json(self.soak_seconds),
             "approval": self.approval,
             "task_timeout": _number_json(self.task_timeout),
@@ -349,6 +354,7 @@ def parse_strategy(data: Mapping[str, Any] | None) -> Strategy:
         "max_starts_per_minute": _optional_int_at_least(1),
         "max_failures": lambda v: parse_size(v, min_count=0, zero_percent=True),
         "min_executed": _int_at_least(0),
+        "canary_max_failures": _int_at_least(0),
         "soak_seconds": _seconds(positive=False),
         "approval": _choice(APPROVALS),
         "task_timeout": _seconds(positive=True),

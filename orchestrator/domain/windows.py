@@ -254,12 +254,17 @@ def _duration_field(field: str, value: object) -> timedelta:
         raise WindowError(f"window.{field}", str(exc)) from None
 
 
-def parse_window(data: Mapping[str, Any]) -> WindowSpec:
+def parse_window(data: Mapping[str, Any], *, now: datetime | None = None) -> WindowSpec:
     """Validate a window object into a WindowSpec.
 
     Keys: name, cron, duration, timezone (required); cutoff (default 0), sites, tags
     (default empty; at least one of them non-empty). Durations as parse_duration reads
     them. Unknown keys are refused by name. Raises WindowError on the first problem.
+
+    With `now` (when a window is created or changed), a window that does not open within
+    SEARCH_HORIZON of `now` in its own zone is refused too, on `window.cron` (e.g.
+    `0 0 * 2 MON#5`, a fifth Monday in February); without it (a stored window being read
+    back) it is not checked.
     """
     if not isinstance(data, Mapping):
         raise WindowError("window", f"{data!r} is not an object")
@@ -305,10 +310,26 @@ def parse_window(data: Mapping[str, Any]) -> WindowSpec:
             "window.sites", "[] and tags [] are both empty: a window covers at least one "
             "site or tag"
         )
-    return WindowSpec(
+    spec = WindowSpec(
         name=name, cron=cron, duration=duration, timezone=zone, cutoff=cutoff,
         sites=sites, tags=tags,
     )
+    if now is not None:
+        check_opens(spec, now)
+    return spec
+
+
+def check_opens(spec: WindowSpec, now: datetime) -> None:
+    """Raise WindowError on `window.cron`, naming the expression, when the window does not
+    open within SEARCH_HORIZON (400 days) after `now` in its own zone."""
+    at = _utc(now)
+    if _next_opening_after(spec.cron, spec.timezone, at) is None:
+        raise WindowError(
+            "window.cron",
+            f"{spec.cron!r} never opens in the {SEARCH_HORIZON.days} days after "
+            f"{at:%Y-%m-%d} ({spec.timezone}): a window must open at least once in "
+            f"{SEARCH_HORIZON.days} days",
+        )
 
 
 # --- from wall-clock times to instants ------------------------------------------------

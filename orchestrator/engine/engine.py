@@ -33,7 +33,9 @@ from orchestrator.domain.planning import resolve_max_concurrency
 from orchestrator.domain.policy import (
     GateDecision,
     count_outcomes,
+    evaluate_canary,
     evaluate_policy,
+    final_rollout_state,
     gate_next_wave,
 )
 from orchestrator.domain.states import TaskState
@@ -44,6 +46,7 @@ from orchestrator.engine.batching import TransitionBatcher
 from orchestrator.engine.pacing import InstallTimes, ProgressBuffer
 from orchestrator.engine.runner import RunnerContext, TaskRunner
 from orchestrator.logs import get_logger
+from orchestrator.store import engines as engine_store
 from orchestrator.store import rollouts as rollout_store
 from orchestrator.store import tasks as task_store
 from orchestrator.store import windows as window_store
@@ -162,7 +165,11 @@ class Engine:
         """The engine's life: returns after `stop()` (or, with until_idle, once no rollout
         is active and no task runs here)."""
         log.info("engine_started", owner=self.owner, max_tasks=self.config.max_tasks)
+        with contextlib.suppress(Exception):  # the heartbeat loop registers it later
+            async with self.pool.acquire() as conn:
+                await engine_store.register(conn, self.owner)
         background = [
+            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(self._lease_loop(), name="leases"),
             asyncio.create_task(self._progress_loop(), name="progress"),
             asyncio.create_task(self._listen_loop(), name="listen"),
@@ -199,7 +206,10 @@ class Engine:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await self._flush_progress()
-            log.warning("engine_stopped", owner=self.owner, claimed=self.claimed,
+            with contextlib.suppress(Exception):
+                async with self.pool.acquire() as conn:
+                    await engine_store.stopped(conn, self.owner)
+            log.info("engine_stopped", owner=self.owner, claimed=self.claimed,
                         reclaimed=self.reclaimed,
                         max_loop_lag_ms=round(self.max_loop_lag * 1000, 1))
 
@@ -341,6 +351,14 @@ class Engine:
                     else current
                 self._waves[(rollout_id, current)] = cached = (wave, last_wave)
             wave, last_wave = cached
+            if not verdict.tripped and current == 0:
+                canary = count_outcomes(
+                    [TaskState(x["state"]) for x in rows if x["wave"] == 0
+                     for _ in range(x["n"])])
+                canary_verdict = evaluate_canary(strategy.canary_max_failures, canary,
+                                                 more_waves=last_wave > 0)
+                if canary_verdict.tripped:
+                    verdict = canary_verdict
             gate = gate_next_wave(
                 gated, verdict=verdict, is_last_wave=current >= last_wave,
                 finished_at=last_finished, soak_seconds=strategy.soak_seconds,
@@ -352,8 +370,15 @@ class Engine:
                 await self._trip(conn, rollout_id, current, gate.reason, in_flight)
                 return []
             if decision == GateDecision.DONE:
-                await self._set_wave(conn, rollout_id, current, "SUCCEEDED")
-                await self._finish_rollout(conn, rollout_id, "SUCCEEDED")
+                final, why = final_rollout_state(outcomes)
+                if final == "FAILED":
+                    await self._set_wave(conn, rollout_id, current, "FAILED")
+                    await conn.execute(
+                        "UPDATE rollouts SET abort_reason = $2 WHERE id = $1", rollout_id, why)
+                else:
+                    await self._set_wave(conn, rollout_id, current, "SUCCEEDED")
+                await self._finish_rollout(conn, rollout_id, str(final))
+                log.info("rollout_outcome", rollout=rollout_id, state=str(final), reason=why)
                 return self._inactive(rollout_id)
             if decision in (GateDecision.WAIT_SOAK, GateDecision.WAIT_APPROVAL):
                 wanted = "SOAKING" if decision == GateDecision.WAIT_SOAK else "AWAITING_APPROVAL"
@@ -470,7 +495,7 @@ class Engine:
 
     async def _set_wave(self, conn: Any, rollout_id: int, number: int, state: str) -> None:
         self._waves.pop((rollout_id, number), None)
-        finished = state in ("SUCCEEDED", "FAILED", "CANCELLED")
+        finished = state in ("SUCCEEDED", "FAILED", "CANCELLED")  # wave states
         await conn.execute(
             """UPDATE rollout_waves SET state = $3,
                       finished_at = CASE WHEN $4 THEN coalesce(finished_at, now())
@@ -562,6 +587,18 @@ class Engine:
                 if handle:
                     log.warning("lease_lost", task=tid)
                     handle.cancel()
+
+    async def _heartbeat_loop(self) -> None:
+        """Tell the database that this engine is alive (see `store.engines`)."""
+        while True:
+            try:
+                async with self.pool.acquire() as conn:
+                    await engine_store.heartbeat(conn, self.owner)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("heartbeat_failed", error=repr(exc))
+            await asyncio.sleep(engine_store.HEARTBEAT_INTERVAL)
 
     async def _flush_progress(self) -> None:
         batch = self.ctx.progress.drain()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -60,16 +59,12 @@ def cmd_report(settings: Settings, args: argparse.Namespace,
                   file=sys.stderr)
             return 0
         out = sys.stdout.buffer
+        # a reader that goes away (`| head`) raises BrokenPipeError: the CLI's main entry
+        # point ends quietly then, as other tools do
         async with contextlib.aclosing(as_chunks(payload)) as chunks:
-            try:
-                async for chunk in chunks:
-                    out.write(chunk)
-                out.flush()
-            except BrokenPipeError:
-                # the reader went away (`| head`): stop quietly, as other tools do
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(devnull, sys.stdout.fileno())
-                return 1
+            async for chunk in chunks:
+                out.write(chunk)
+            out.flush()
         return 0
 
     return run_with_database(settings, body)

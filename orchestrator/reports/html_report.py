@@ -39,6 +39,7 @@ section { margin: 28px 0; }
 .state { display: inline-block; padding: 1px 10px; border: 2px solid currentColor;
   border-radius: 12px; font-weight: 600; font-size: .85em; letter-spacing: .03em; }
 .state.SUCCEEDED { color: var(--ok); } .state.FAILED { color: var(--bad); }
+.state.COMPLETED_WITH_FAILURES { color: var(--warn); }
 .state.CANCELLED { color: var(--muted); } .state.RUNNING, .state.PAUSED,
 .state.WAITING_WINDOW, .state.SCHEDULED, .state.DRAFT { color: #0969da; }
 .cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(120px, 1fr));

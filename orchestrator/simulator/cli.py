@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import signal
 import sys
 from typing import Any
@@ -178,7 +179,35 @@ def build_config(args: argparse.Namespace) -> SimulatorConfig:
     creds = _credentials(args)
     if creds is not None:
         values["username"], values["password"] = creds
-    return SimulatorConfig(**values)
+    config = SimulatorConfig(**values)
+    check_fault_appliances(config, {_split(item, "--fault-appliance")[0]
+                                    for item in args.fault_appliance})
+    return config
+
+
+_SIM_NAME = re.compile(r"^sim-(\d{5,})$")
+
+
+def check_fault_appliances(config: SimulatorConfig, from_flags: set[str]) -> None:
+    """Refuse faults given to appliances the fleet does not have (SimulatorConfigError
+    naming the first such appliance and the fleet's names); `from_flags`: the names given
+    with --fault-appliance (the others come from the profile)."""
+    def known(name: str) -> bool:
+        match = _SIM_NAME.match(name)
+        return match is not None and 1 <= int(match.group(1)) <= config.appliances \
+            and name == config.appliance_name(int(match.group(1)) - 1)
+
+    unknown = sorted(name for name in config.profile.appliances if not known(name))
+    if not unknown:
+        return
+    first = unknown[0]
+    source = "--fault-appliance" if first in from_flags else "profile appliances"
+    also = f" (also unknown: {', '.join(unknown[1:])})" if unknown[1:] else ""
+    raise SimulatorConfigError(
+        f"{source}: no appliance {first!r} in a fleet of {config.appliances}: the names "
+        f"are {config.appliance_name(0)} .. {config.appliance_name(config.appliances - 1)}"
+        f"{also}"
+    )
 
 
 def raise_open_files_limit() -> tuple[int, int]:
@@ -236,6 +265,9 @@ async def _serve(config: SimulatorConfig, args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Run the simulator until SIGINT/SIGTERM. 0 on a clean stop, 1 failure, 2 bad usage."""
+    if not 0 <= args.port <= 65535:
+        print(f"simulator: --port {args.port} is not a port number (0-65535)", file=sys.stderr)
+        return 2
     try:
         config = build_config(args)
     except (ValueError, OSError) as exc:  # config/profile errors; unreadable profile file

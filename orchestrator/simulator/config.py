@@ -78,17 +78,19 @@ class SimulatorConfig:
         else:
             object.__setattr__(self, "available_versions", tuple(self.available_versions))
         if self.appliances < 1:
-            raise SimulatorConfigError("appliances: must be >= 1")
+            raise SimulatorConfigError(f"appliances: must be >= 1, got {self.appliances}")
         if self.sites < 1:
-            raise SimulatorConfigError("sites: must be >= 1")
+            raise SimulatorConfigError(f"sites: must be >= 1, got {self.sites}")
         for name in ("queued_seconds", "install_seconds", "reboot_seconds",
                      "services_starting_seconds", "retrieve_seconds"):
             if getattr(self, name) < 0:
-                raise SimulatorConfigError(f"{name}: must be >= 0")
+                raise SimulatorConfigError(f"{name}: must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.install_jitter <= 1.0:
-            raise SimulatorConfigError("install_jitter: must be between 0 and 1")
+            raise SimulatorConfigError(
+                f"install_jitter: must be between 0 and 1, got {self.install_jitter}")
         if not 0.0 <= self.reconfigure_fraction <= 1.0:
-            raise SimulatorConfigError("reconfigure_fraction: must be between 0 and 1")
+            raise SimulatorConfigError(
+                f"reconfigure_fraction: must be between 0 and 1, got {self.reconfigure_fraction}")
         choices: dict[str, tuple[str, ...]] = {
             "reboot_mode": REBOOT_MODES,
             "task_after_reboot": TASK_AFTER_REBOOT,

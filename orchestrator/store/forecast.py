@@ -21,8 +21,9 @@ from orchestrator.domain.strategy import parse_strategy
 from orchestrator.domain.windows import WindowError, WindowSpec, covering, openings
 from orchestrator.store import windows as window_store
 from orchestrator.store.db import DB
+from orchestrator.store.engines import EngineStatus, blocked_reason
 
-TERMINAL_ROLLOUT = ("SUCCEEDED", "FAILED", "CANCELLED")
+TERMINAL_ROLLOUT = ("SUCCEEDED", "COMPLETED_WITH_FAILURES", "FAILED", "CANCELLED")
 
 
 @dataclass(frozen=True)
@@ -31,16 +32,22 @@ class Forecast:
     task_seconds: float
     observed: int
     basis: str
+    # why the rollout cannot progress now (no engine is live; `eta` is then what it would be
+    # if one started now), or None
+    blocked: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"eta": self.eta.isoformat() if self.eta else None,
                 "task_seconds": round(self.task_seconds, 1), "observed_tasks": self.observed,
-                "basis": self.basis}
+                "basis": self.basis, "blocked": self.blocked}
 
 
 async def rollout_forecast(
-    conn: DB, rollout_id: int, now: datetime, estimate_seconds: float
+    conn: DB, rollout_id: int, now: datetime, estimate_seconds: float, *,
+    engine: EngineStatus | None = None,
 ) -> Forecast:
+    """`blocked` says so when the rollout needs an engine and none is live (`engine`: an
+    `engines.engine_status` already read, else it is read here)."""
     r = await conn.fetchrow(
         """SELECT state, strategy, current_wave, started_at, finished_at
            FROM rollouts WHERE id = $1""",
@@ -51,6 +58,7 @@ async def rollout_forecast(
     if r["state"] in TERMINAL_ROLLOUT:
         return Forecast(r["finished_at"], estimate_seconds, 0, f"rollout {r['state']}")
     strategy = parse_strategy(r["strategy"])
+    blocked = await blocked_reason(conn, r["state"], engine)
     stats = await conn.fetchrow(
         """SELECT percentile_cont(0.5) WITHIN GROUP (
                       ORDER BY extract(epoch FROM finished_at - dispatched_at)) AS median,
@@ -71,7 +79,7 @@ async def rollout_forecast(
         rollout_id,
     )
     if not rows:
-        return Forecast(now, seconds, observed, "nothing left to run")
+        return Forecast(now, seconds, observed, "nothing left to run", blocked)
     targeted = int(await conn.fetchval(
         "SELECT count(*) FROM tasks WHERE rollout_id = $1", rollout_id))
     waves: dict[int, list[ApplianceSlot]] = {}
@@ -102,10 +110,10 @@ async def rollout_forecast(
             concurrency, strategy.per_site_concurrency, in_flight, windows_for if specs else None,
         )
     except WindowError as exc:
-        return Forecast(None, seconds, observed, f"no forecast: {exc}")
+        return Forecast(None, seconds, observed, f"no forecast: {exc}", blocked)
     basis = (f"{seconds:.1f} s per task from {observed} finished task(s)" if observed
              else "the configured estimate (no task finished yet)")
-    return Forecast(eta, seconds, observed, basis)
+    return Forecast(eta, seconds, observed, basis, blocked)
 
 
 async def _observed_slot_seconds(

@@ -20,6 +20,7 @@ from orchestrator.domain.planning import PlanItem, plan_waves
 from orchestrator.domain.policy import wave_requires_approval
 from orchestrator.domain.selector import Selector, parse_selector
 from orchestrator.domain.states import (
+    TERMINAL_ROLLOUT_STATES,
     RolloutState,
     TaskState,
     WaveState,
@@ -426,10 +427,25 @@ class OperationResult:
     message: str
 
 
-async def start_rollout(pool: asyncpg.Pool, rollout_id: int, actor: Actor) -> OperationResult:
+async def start_rollout(
+    pool: asyncpg.Pool, rollout_id: int, actor: Actor, *, schedule_at: datetime | None = None
+) -> OperationResult:
+    """Start a DRAFT rollout (SCHEDULED when its schedule_at is in the future) or a
+    SCHEDULED one now. `schedule_at` (DRAFT only) sets the rollout's schedule_at first."""
     async with pool.acquire() as conn, conn.transaction():
         rollout = await _get(conn, rollout_id, lock=True)
         check_operation("start", rollout.state)
+        if schedule_at is not None:
+            if rollout.state != RolloutState.DRAFT:
+                raise RolloutError(
+                    f"cannot schedule rollout {rollout_id}: it is {rollout.state} (a start "
+                    "time applies to a DRAFT rollout; start without one to start it now)"
+                )
+            await conn.execute(
+                "UPDATE rollouts SET schedule_at = $2, updated_at = now() WHERE id = $1",
+                rollout_id, schedule_at,
+            )
+            rollout = await _get(conn, rollout_id)
         if rollout.state == RolloutState.DRAFT:
             # a SCHEDULED rollout is active already: it was checked when it was started
             await _check_overlap(
@@ -452,7 +468,8 @@ async def start_rollout(pool: asyncpg.Pool, rollout_id: int, actor: Actor) -> Op
         else:
             await begin_running(conn, rollout_id)
             message = f"rollout {rollout_id} started"
-        await record_audit(conn, actor, "rollout.start", "rollout", rollout_id, {})
+        await record_audit(conn, actor, "rollout.start", "rollout", rollout_id,
+                           {"schedule_at": _iso(schedule_at)} if schedule_at else {})
         await _notify(conn, rollout_id)
         return OperationResult(await _get(conn, rollout_id), message)
 
@@ -538,11 +555,25 @@ async def cancel_pending_tasks(conn: DB, rollout_id: int, reason: str) -> int:
     return int(count)
 
 
+async def _cancel_open_waves(conn: DB, rollout_id: int) -> None:
+    """Every wave of a cancelled rollout that has not ended (PENDING, RUNNING, SOAKING,
+    AWAITING_APPROVAL) becomes CANCELLED (WAVE_TRANSITIONS allows it from each); waves that
+    ended (SUCCEEDED, FAILED) keep their state. Installs still in flight in the active
+    wave run to their end; the wave's state says that the rollout will not continue."""
+    await conn.execute(
+        """UPDATE rollout_waves SET state = 'CANCELLED', finished_at = coalesce(finished_at, now())
+           WHERE rollout_id = $1
+             AND state IN ('PENDING', 'RUNNING', 'SOAKING', 'AWAITING_APPROVAL')""",
+        rollout_id,
+    )
+
+
 async def cancel_rollout(pool: asyncpg.Pool, rollout_id: int, actor: Actor) -> OperationResult:
     async with pool.acquire() as conn, conn.transaction():
         rollout = await _get(conn, rollout_id, lock=True)
         check_operation("cancel", rollout.state)
         cancelled = await cancel_pending_tasks(conn, rollout_id, f"cancelled by {actor.name}")
+        await _cancel_open_waves(conn, rollout_id)
         in_flight = await _in_flight(conn, rollout_id)
         await conn.execute(
             """UPDATE rollouts SET state = 'CANCELLED', updated_at = now(),
@@ -629,7 +660,7 @@ async def retry_failed(pool: asyncpg.Pool, rollout_id: int, actor: Actor) -> Ope
             raise RolloutError(f"rollout {rollout_id} has no failed, timed-out or cancelled task")
         retried = sum(int(r["n"]) for r in rows)
         current = rollout.current_wave if rollout.current_wave is not None else 0
-        if rollout.state in (RolloutState.FAILED, RolloutState.SUCCEEDED, RolloutState.CANCELLED):
+        if rollout.state in TERMINAL_ROLLOUT_STATES:
             await conn.execute(
                 """UPDATE rollouts SET state = 'RUNNING', abort_reason = NULL, finished_at = NULL,
                           current_wave = $2, started_at = coalesce(started_at, now()),

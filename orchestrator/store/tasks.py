@@ -407,12 +407,24 @@ WITH u AS (
         rel boolean, term boolean, tok uuid)
 ),
 lk AS (  -- rows locked in id order: two batches never wait on each other in a cycle
-    SELECT tasks.id FROM tasks JOIN u ON u.id = tasks.id
+    SELECT tasks.id, tasks.rollout_id FROM tasks JOIN u ON u.id = tasks.id
     WHERE tasks.state = u.f AND tasks.lease_owner = $2 AND tasks.lease_token = u.tok
     ORDER BY tasks.id FOR UPDATE OF tasks
 ),
+rl AS (  -- the rollouts of tasks sent back to PENDING, under a share lock: a cancel or a
+         -- trip being written is waited for, and then seen
+    SELECT r.id, (r.state IN ('CANCELLED', 'FAILED') OR r.abort_reason IS NOT NULL) AS stop
+    FROM rollouts r
+    WHERE r.id IN (SELECT lk.rollout_id FROM lk JOIN u ON u.id = lk.id WHERE u.s = 'PENDING')
+    ORDER BY r.id FOR SHARE OF r
+),
+w AS (  -- a never-sent task of a cancelled or tripped rollout is CANCELLED, not PENDING
+    SELECT u.*, CASE WHEN u.s = 'PENDING' AND coalesce(rl.stop, false) THEN 'CANCELLED'
+                     ELSE u.s END AS es
+    FROM u JOIN lk ON lk.id = u.id LEFT JOIN rl ON rl.id = lk.rollout_id
+),
 t AS (
-    UPDATE tasks SET state = u.s,
+    UPDATE tasks SET state = u.es,
         updated_at = CASE WHEN u.ev THEN now() ELSE tasks.updated_at END,
         remote_task_id = CASE WHEN u.x ? 'remote_task_id' THEN u.x->>'remote_task_id'
                               ELSE tasks.remote_task_id END,
@@ -438,12 +450,15 @@ t AS (
         lease_expires_at = CASE WHEN u.rel THEN NULL ELSE tasks.lease_expires_at END,
         attempt = CASE WHEN u.x ? 'attempt' THEN (u.x->>'attempt')::int ELSE tasks.attempt END,
         install_sent_at = CASE WHEN u.s = 'PENDING' THEN NULL ELSE tasks.install_sent_at END,
-        finished_at = CASE WHEN u.term THEN now() ELSE tasks.finished_at END
-    FROM u JOIN lk ON lk.id = u.id
+        finished_at = CASE WHEN u.term OR u.es <> u.s THEN now() ELSE tasks.finished_at END
+    FROM w AS u
     WHERE tasks.id = u.id AND tasks.state = u.f AND tasks.lease_owner = $2
       AND tasks.lease_token = u.tok
-    RETURNING tasks.id, tasks.rollout_id, tasks.appliance_id, u.f, u.s, u.via, u.d, u.vd,
-              u.ev, u.term, u.x->>'final_version' AS final_version
+    RETURNING tasks.id, tasks.rollout_id, tasks.appliance_id, u.f, u.es AS s, u.via,
+              CASE WHEN u.es <> u.s THEN u.d || jsonb_build_object(
+                  'reason', 'never sent: the rollout was cancelled or its failure policy '
+                            'tripped') ELSE u.d END AS d,
+              u.vd, u.ev, u.term OR u.es <> u.s AS term, u.x->>'final_version' AS final_version
 ),
 ev AS (
     INSERT INTO task_events (task_id, rollout_id, from_state, to_state, detail)

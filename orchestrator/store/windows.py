@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -37,8 +38,9 @@ def _spec(row: asyncpg.Record) -> StoredWindow:
 
 
 async def create_window(conn: DB, data: Mapping[str, Any], actor: Actor) -> StoredWindow:
-    """Validate (WindowError names the bad field) and store a window."""
-    spec = parse_window(data)
+    """Validate (WindowError names the bad field; a window that never opens within 400
+    days is refused on window.cron) and store a window."""
+    spec = parse_window(data, now=datetime.now(UTC))
     values = spec.to_dict()
     try:
         row = await conn.fetchrow(
@@ -81,7 +83,7 @@ async def update_window(conn: DB, name_or_id: str | int, changes: Mapping[str, A
     the bad field); the row is locked for the transaction."""
     window = await get_window(conn, name_or_id)
     await conn.execute("SELECT 1 FROM maintenance_windows WHERE id = $1 FOR UPDATE", window.id)
-    spec = parse_window({**window.spec.to_dict(), **changes})
+    spec = parse_window({**window.spec.to_dict(), **changes}, now=datetime.now(UTC))
     values = spec.to_dict()
     try:
         row = await conn.fetchrow(

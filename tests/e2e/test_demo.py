@@ -6,17 +6,7 @@ import asyncio
 import json
 import uuid
 
-import asyncpg
-
-from tests.helpers import cli_env, run_cli
-
-
-async def _drop(server_url: str, name: str) -> None:
-    conn = await asyncpg.connect(server_url)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+from tests.helpers import cli_env, drop_database, run_cli
 
 
 def run_demo(pg_server_url: str, *args: str) -> dict[str, object]:
@@ -25,7 +15,7 @@ def run_demo(pg_server_url: str, *args: str) -> dict[str, object]:
         result = run_cli("demo", "--json", "--database-name", name, *args,
                          env=cli_env(pg_server_url), timeout=400)
     finally:
-        asyncio.run(_drop(pg_server_url, name))
+        asyncio.run(drop_database(pg_server_url, name))
     assert result.returncode == 0, result.stderr[-3000:]
     summary: dict[str, object] = json.loads(result.stdout)
     return summary
@@ -38,8 +28,9 @@ def test_default_demo_holds_every_promise(pg_server_url: str) -> None:
     assert isinstance(tasks, dict)
     assert sum(tasks.values()) == 300
     assert not set(tasks) & {"PENDING", "DISPATCHING", "INSTALLING", "VERIFYING"}
-    assert r["state"] == "SUCCEEDED"
-    assert tasks["SUCCEEDED"] > 200 and tasks.get("FAILED", 0) > 0  # the faults show
+    # the faults show: some tasks fail, so the rollout does not read as a full success
+    assert r["state"] == "COMPLETED_WITH_FAILURES"
+    assert tasks["SUCCEEDED"] > 200 and tasks.get("FAILED", 0) > 0
     assert r["duplicate_installs"] == 0
     assert r["truth_mismatches"] == 0
     assert 0 < r["max_in_flight"] <= r["max_concurrency"]  # type: ignore[operator]
@@ -51,9 +42,9 @@ def test_default_demo_holds_every_promise(pg_server_url: str) -> None:
 
 def test_failing_canary_stops_the_rollout(pg_server_url: str) -> None:
     r = run_demo(pg_server_url, "--appliances", "60", "--canary-fault", "install_error",
-                 "--min-executed", "5", "--install-seconds", "0.5", "--reboot-seconds", "0.3")
+                 "--install-seconds", "0.5", "--reboot-seconds", "0.3")
     assert r["state"] == "FAILED"
-    assert "failure policy tripped" in str(r["abort_reason"])
+    assert "canary wave failed" in str(r["abort_reason"])
     assert r["tasks"] == {"FAILED": 5, "CANCELLED": 55}
     assert r["installs_accepted"] == 5, "no later wave started"
     assert r["truth_mismatches"] == 0

@@ -23,7 +23,7 @@ import pytest
 
 from orchestrator.reports import write_reports
 from tests.fleet import create, engine, fleet, wait_until_terminal
-from tests.helpers import cli_env, run_cli
+from tests.helpers import cli_env, drop_database, run_cli
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
@@ -149,14 +149,6 @@ def _demo_has_report_dir() -> bool:
     return "--report-dir" in result.stdout
 
 
-async def _drop(server_url: str, name: str) -> None:
-    conn = await asyncpg.connect(server_url)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
-
-
 @needs_chromium
 def test_demo_report_in_chromium(pg_server_url: str, tmp_path: Path) -> None:
     """The demo's own HTML report (`orchestrator demo --report-dir DIR`)."""
@@ -172,7 +164,7 @@ def test_demo_report_in_chromium(pg_server_url: str, tmp_path: Path) -> None:
             env=cli_env(pg_server_url), timeout=400,
         )
     finally:
-        asyncio.run(_drop(pg_server_url, name))
+        asyncio.run(drop_database(pg_server_url, name))
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)
     if "reports" not in summary:

@@ -161,3 +161,37 @@ async def test_a_bad_row_fails_alone_and_appliance_text_is_cleaned(
             "SELECT detail FROM task_events WHERE task_id = $1 ORDER BY id DESC LIMIT 1", a.id)
         assert "bad text \ufffd" in str(detail)
         assert await pool.fetchval("SELECT state FROM tasks WHERE id = $1", c.id) == "PENDING"
+
+
+async def test_a_task_sent_back_after_a_cancel_or_a_trip_is_cancelled(
+    pool: asyncpg.Pool, db_url: str
+) -> None:
+    """A claimed task that comes back unsent (a retry, a hold) after its rollout was
+    cancelled or its policy tripped is CANCELLED, never left PENDING for nobody."""
+    async with fleet(pool, db_url, appliances=2, sites=1):
+        tripped = await create(pool)
+        (a, _) = await _claim(pool, tripped, 2)
+        await pool.execute("UPDATE rollouts SET abort_reason = 'tripped' WHERE id = $1",
+                           tripped)
+        async with pool.acquire() as conn:
+            assert await task_store.transition_many(conn, owner=OWNER, requests=[
+                TransitionRequest(a.id, "DISPATCHING", "PENDING", {"reason": "retry"},
+                                  token=a.lease_token)]) == {a.id}
+        row = await pool.fetchrow("SELECT * FROM tasks WHERE id = $1", a.id)
+        assert row["state"] == "CANCELLED" and row["finished_at"] is not None
+        assert row["lease_owner"] is None
+        detail = await pool.fetchval(
+            "SELECT detail FROM task_events WHERE task_id = $1 ORDER BY id DESC LIMIT 1", a.id)
+        assert "never sent" in str(detail)
+
+
+async def test_a_task_sent_back_while_running_is_pending(pool: asyncpg.Pool,
+                                                         db_url: str) -> None:
+    async with fleet(pool, db_url, appliances=1, sites=1):
+        rid = await create(pool)
+        (a,) = await _claim(pool, rid, 1)
+        async with pool.acquire() as conn:
+            await task_store.transition_many(conn, owner=OWNER, requests=[
+                TransitionRequest(a.id, "DISPATCHING", "PENDING", {"reason": "retry"},
+                                  token=a.lease_token)])
+        assert await pool.fetchval("SELECT state FROM tasks WHERE id = $1", a.id) == "PENDING"

@@ -14,12 +14,15 @@ from orchestrator.domain.policy import (
     Outcomes,
     PolicyVerdict,
     count_outcomes,
+    evaluate_canary,
     evaluate_policy,
+    final_rollout_state,
     gate_next_wave,
     wave_requires_approval,
 )
 from orchestrator.domain.states import (
     WAVE_TRANSITIONS,
+    RolloutState,
     TaskState,
     WaveState,
 )
@@ -295,3 +298,42 @@ def test_gate_wave_states_are_reachable_from_running() -> None:
     assert GATE_WAVE_STATE[D.TRIPPED] is WaveState.FAILED
     assert WaveState.SUCCEEDED in WAVE_TRANSITIONS[WaveState.SOAKING]
     assert WaveState.SUCCEEDED in WAVE_TRANSITIONS[WaveState.AWAITING_APPROVAL]
+
+
+# --- the canary's own rule and how a finished rollout ends -------------------------------
+
+
+@pytest.mark.parametrize(
+    ("allowed", "failed", "more_waves", "tripped"),
+    [
+        (0, 0, True, False),
+        (0, 1, True, True),  # the README's waves and the defaults: one failure stops it
+        (1, 1, True, False),
+        (1, 2, True, True),
+        (0, 5, False, False),  # one wave: no canary, max_failures alone decides
+    ],
+)
+def test_a_failed_canary_trips_whatever_min_executed_says(
+    allowed: int, failed: int, more_waves: bool, tripped: bool
+) -> None:
+    verdict = evaluate_canary(allowed, Outcomes(executed=max(1, failed), failed=failed),
+                              more_waves=more_waves)
+    assert verdict.tripped is tripped
+    if tripped:
+        assert f"more than canary_max_failures {allowed}" in verdict.reason
+
+
+@pytest.mark.parametrize(
+    ("executed", "failed", "state"),
+    [
+        (0, 0, RolloutState.SUCCEEDED),  # everything skipped
+        (10, 0, RolloutState.SUCCEEDED),
+        (10, 1, RolloutState.COMPLETED_WITH_FAILURES),
+        (2, 2, RolloutState.FAILED),  # every executed task failed: never a success
+        (1, 1, RolloutState.FAILED),
+    ],
+)
+def test_how_a_finished_rollout_ends(executed: int, failed: int, state: RolloutState) -> None:
+    final, reason = final_rollout_state(Outcomes(executed, failed))
+    assert final is state
+    assert reason

@@ -44,13 +44,23 @@ MIGRATION = Path(__file__).resolve().parents[2] / "migrations" / "0001_initial.s
 
 
 def _checked_states(table: str) -> list[str]:
-    """The values of the `state IN (...)` CHECK of `table` in the initial migration."""
-    sql = MIGRATION.read_text()
-    body = sql[sql.index(f"CREATE TABLE {table} ("):]
-    found = re.search(r"state\s+text NOT NULL DEFAULT '\w+' CHECK \(state IN \((.*?)\)\)",
-                      body, re.S)
-    assert found is not None
-    return re.findall(r"'(\w+)'", found.group(1))
+    """The values of the `state IN (...)` CHECK of `table`: the initial migration's, or the
+    one a later migration put in its place (the last one wins)."""
+    states: list[str] = []
+    for path in sorted(MIGRATION.parent.glob("*.sql")):
+        sql = path.read_text()
+        if f"CREATE TABLE {table} (" in sql:
+            body = sql[sql.index(f"CREATE TABLE {table} ("):]
+            found = re.search(
+                r"state\s+text NOT NULL DEFAULT '\w+' CHECK \(state IN \((.*?)\)\)", body, re.S)
+            assert found is not None
+            states = re.findall(r"'(\w+)'", found.group(1))
+        for later in re.finditer(
+            rf"ALTER TABLE {table} ADD CONSTRAINT {table}_state_check CHECK \(state IN \((.*?)\)\)",
+            sql, re.S,
+        ):
+            states = re.findall(r"'(\w+)'", later.group(1))
+    return states
 
 
 @pytest.mark.parametrize(
@@ -102,7 +112,8 @@ def test_terminal_sets_are_the_states_without_exits() -> None:
     assert TERMINAL_ROLLOUT_STATES == {s for s, n in ROLLOUT_TRANSITIONS.items() if not n}
     assert TERMINAL_WAVE_STATES == {s for s, n in WAVE_TRANSITIONS.items() if not n}
     assert TERMINAL_TASK_STATES == {s for s, n in TASK_TRANSITIONS.items() if not n}
-    assert TERMINAL_ROLLOUT_STATES == {R.SUCCEEDED, R.FAILED, R.CANCELLED}
+    assert TERMINAL_ROLLOUT_STATES == {R.SUCCEEDED, R.COMPLETED_WITH_FAILURES, R.FAILED,
+                                      R.CANCELLED}
     assert TERMINAL_TASK_STATES == {T.SUCCEEDED, T.FAILED, T.TIMED_OUT, T.SKIPPED, T.CANCELLED}
 
 
@@ -120,10 +131,12 @@ def test_task_state_groups() -> None:
 EXPECTED_ROLLOUT = {
     R.DRAFT: {R.SCHEDULED, R.RUNNING, R.CANCELLED},
     R.SCHEDULED: {R.RUNNING, R.WAITING_WINDOW, R.CANCELLED, R.PAUSED},
-    R.RUNNING: {R.PAUSED, R.WAITING_WINDOW, R.SUCCEEDED, R.FAILED, R.CANCELLED},
+    R.RUNNING: {R.PAUSED, R.WAITING_WINDOW, R.SUCCEEDED, R.COMPLETED_WITH_FAILURES, R.FAILED,
+                R.CANCELLED},
     R.PAUSED: {R.RUNNING, R.CANCELLED, R.FAILED},
     R.WAITING_WINDOW: {R.RUNNING, R.PAUSED, R.CANCELLED, R.FAILED},
     R.SUCCEEDED: set(),
+    R.COMPLETED_WITH_FAILURES: set(),
     R.FAILED: set(),
     R.CANCELLED: set(),
 }
@@ -247,7 +260,8 @@ EXPECTED_OPERATIONS = {
     "resume": {R.PAUSED},
     "cancel": {R.DRAFT, R.SCHEDULED, R.RUNNING, R.PAUSED, R.WAITING_WINDOW},
     "approve": {R.RUNNING, R.PAUSED, R.WAITING_WINDOW},
-    "retry-failed": {R.RUNNING, R.PAUSED, R.FAILED, R.SUCCEEDED, R.CANCELLED},
+    "retry-failed": {R.RUNNING, R.PAUSED, R.FAILED, R.SUCCEEDED, R.COMPLETED_WITH_FAILURES,
+                     R.CANCELLED},
 }
 
 

@@ -128,6 +128,7 @@ def test_defaults() -> None:
         "max_starts_per_minute": None,
         "max_failures": "10%",
         "min_executed": 5,
+        "canary_max_failures": 0,
         "soak_seconds": 0,
         "approval": "none",
         "task_timeout": 3600,
@@ -152,6 +153,7 @@ def test_everything_set() -> None:
         "max_starts_per_minute": 30,
         "max_failures": 0,
         "min_executed": 0,
+        "canary_max_failures": 2,
         "soak_seconds": 120.5,
         "approval": "after-canary",
         "task_timeout": 1800,
@@ -238,6 +240,7 @@ def strategy_objects(draw: st.DrawFn) -> dict[str, Any]:
             st.decimals(min_value=0, max_value=100, places=3).map(lambda d: f"{d}%"),
         )),
         "min_executed": draw(st.integers(min_value=0, max_value=1000)),
+        "canary_max_failures": draw(st.integers(min_value=0, max_value=1000)),
         "soak_seconds": draw(st.just(0) | _seconds),
         "approval": draw(st.sampled_from(APPROVALS)),
         "task_timeout": timeout,
@@ -303,6 +306,8 @@ def test_round_trip(data: dict[str, Any]) -> None:
          "strategy.max_failures: True is not a count >= 0 or a percentage in [0, 100]"),
         ({"min_executed": -1}, "strategy.min_executed: -1 is not an integer >= 0"),
         ({"min_executed": 2.0}, "strategy.min_executed: 2.0 is not an integer >= 0"),
+        ({"canary_max_failures": -1},
+         "strategy.canary_max_failures: -1 is not an integer >= 0"),
         ({"soak_seconds": -1}, "strategy.soak_seconds: -1 is not a number of seconds >= 0"),
         ({"soak_seconds": float("nan")},
          "strategy.soak_seconds: nan is not a number of seconds >= 0"),
@@ -362,7 +367,8 @@ def test_unknown_keys_are_named() -> None:
 @pytest.mark.parametrize(
     "key",
     ["seed", "per_site_concurrency", "max_starts_per_minute", "min_executed",
-     "install_retries", "dispatch_retries", "max_concurrency", "max_failures"],
+     "canary_max_failures", "install_retries", "dispatch_retries", "max_concurrency",
+     "max_failures"],
 )
 def test_bools_are_not_counts(key: str) -> None:
     for flag in (True, False):
