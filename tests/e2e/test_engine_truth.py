@@ -180,3 +180,35 @@ async def test_pause_during_a_claim_burst_stops_every_unsent_install(
         by_state = {r["state"]: r["n"] for r in states}
         assert by_state.get("CANCELLED") == 1000 - sent
         assert by_state.get("SUCCEEDED") == sent
+
+
+async def test_retry_failed_after_a_late_success_records_it_succeeded(
+    pool: asyncpg.Pool, db_url: str
+) -> None:
+    """A task that timed out while its appliance took too long to come back; the install did
+    apply in the end. retry-failed starts the task afresh, finds the target version, and
+    records SUCCEEDED (its own earlier install), not SKIPPED, without a second install."""
+    profile = FaultProfile(appliances={"sim-00001": ["long_reboot"]},
+                           params={"long_reboot_seconds": 4.0})
+    async with fleet(pool, db_url, appliances=2, sites=1, profile=profile) as f:
+        rid = await create(pool, {"reboot_grace": 1, "task_timeout": 20})
+        async with engine(f):
+            await wait_until_terminal(pool, rid)
+            row = (await task_by_appliance(pool, rid))["sim-00001"]
+            assert (row["state"], row["error_code"]) == ("TIMED_OUT", "UNREACHABLE")
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 30
+            while f.sim.stats(include_appliances=True)["appliances"]["sim-00001"][
+                    "phase"] != "up":  # back from its reboot, on the target version
+                assert loop.time() < deadline
+                await asyncio.sleep(0.1)
+            assert f.sim.version_of("sim-00001") == TARGET
+            await rollout_store.retry_failed(pool, rid, ACTOR)
+            rollout = await wait_until_terminal(pool, rid)
+        row = (await task_by_appliance(pool, rid))["sim-00001"]
+        assert (row["state"], row["attempt"], row["error_code"]) == ("SUCCEEDED", 1, None)
+        assert row["final_version"] == TARGET
+        assert rollout.state == "SUCCEEDED"
+        stats = f.sim.stats(include_appliances=True)
+        assert stats["appliances"]["sim-00001"]["installs_accepted"] == 1
+        assert stats["duplicate_installs"] == 0

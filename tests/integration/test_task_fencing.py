@@ -10,11 +10,13 @@ from typing import Any
 import asyncpg
 import pytest
 
+from orchestrator.engine import engine as engine_module
 from orchestrator.engine.batching import TransitionBatcher
+from orchestrator.simulator import FaultProfile
 from orchestrator.store import rollouts as rollout_store
 from orchestrator.store import tasks as task_store
 from orchestrator.store.tasks import ClaimedTask, SendVerdict, TransitionRequest
-from tests.fleet import ACTOR, create, fleet
+from tests.fleet import ACTOR, create, engine, fleet, wait_until_terminal
 
 OWNER = "owner-a"
 OTHER = "owner-b"
@@ -195,3 +197,39 @@ async def test_a_task_sent_back_while_running_is_pending(pool: asyncpg.Pool,
                 TransitionRequest(a.id, "DISPATCHING", "PENDING", {"reason": "retry"},
                                   token=a.lease_token)])
         assert await pool.fetchval("SELECT state FROM tasks WHERE id = $1", a.id) == "PENDING"
+
+
+async def test_background_loops_survive_any_error(
+    pool: asyncpg.Pool, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lease renewal meets an error that is not a dropped connection (here: a bad
+    value): it logs, carries on, and the next renewal keeps the leases."""
+    failures = {"left": 2}
+    renew = task_store.renew_leases
+
+    async def flaky(*args: Any, **kwargs: Any) -> set[int]:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise ValueError("not a connection error")
+        return await renew(*args, **kwargs)
+
+    monkeypatch.setattr(engine_module.task_store, "renew_leases", flaky)
+    profile = FaultProfile(appliances={"sim-00001": ["long_reboot"]},
+                           params={"long_reboot_seconds": 3.0})
+    async with fleet(pool, db_url, appliances=1, sites=1, profile=profile) as f:
+        rid = await create(pool, {"reboot_grace": 8, "task_timeout": 30})
+        async with engine(f, lease_seconds=1.5):
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 20
+            while failures["left"]:  # the faults happen
+                assert loop.time() < deadline
+                await asyncio.sleep(0.05)
+            # the install runs 3 s more: the loop goes on renewing, the lease never lapses
+            for _ in range(8):
+                fresh = await pool.fetchval(
+                    "SELECT lease_expires_at > now() FROM tasks WHERE rollout_id = $1 "
+                    "AND state IN ('DISPATCHING', 'INSTALLING', 'VERIFYING')", rid)
+                assert fresh in (True, None)
+                await asyncio.sleep(0.25)
+            rollout = await wait_until_terminal(pool, rid)
+        assert rollout.state == "SUCCEEDED"
