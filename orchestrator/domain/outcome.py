@@ -34,6 +34,10 @@ from enum import StrEnum
 # The confirmation period's floor, and how many observed restart times it spans.
 CONFIRM_FLOOR_S = 120.0
 CONFIRM_RESTARTS = 2.0
+# Within the confirmation period, looks whose task list could not be read may separate two
+# quiet reads by at most this share of the period (a flaky REST service is not a reboot);
+# a longer unread stretch is no evidence, and the period starts over.
+QUIET_GAP_SHARE = 0.25
 # Appliance clocks are not ours: a task whose start time is within this much before our
 # send may still be the install we sent.
 CLOCK_SKEW = timedelta(minutes=10)
@@ -227,7 +231,7 @@ class Watch:
     target_since: float | None = None  # on the target version (services maybe not all up)
     old_since: float | None = None  # on the old version with the key services up
     quiet_at: float | None = None  # last task list (since old_since) showing nothing running
-    listed: bool = False  # the task list was read, quiet, since the last look at the version
+    listed: bool = False  # the task list was read quiet at the latest look
     third_version: str | None = None
     task_error: str | None = None  # the followed install task ended in ERROR
 
@@ -255,9 +259,11 @@ def saw_version(w: Watch, now: float, version: str, services_up: bool) -> Watch:
     # the old version (or no old version known: anything but the target counts as old)
     if not services_up:
         return replace(w, old_since=None, quiet_at=None, third_version=None, listed=False)
-    if w.old_since is not None and not w.listed:
-        # the previous look read no quiet task list: the stretch since then is not
-        # evidence of "no install running" (rule 2): the stability clock starts again
+    if w.old_since is not None and not w.listed and (
+        w.quiet_at is None or now - w.quiet_at > QUIET_GAP_SHARE * w.confirm
+    ):
+        # the previous look read no quiet task list, and none was read for too long: that
+        # stretch is not evidence of "no install running" (rule 2): the clock starts again
         return replace(w, old_since=now, quiet_at=None, third_version=None, listed=False)
     return replace(w, old_since=w.old_since if w.old_since is not None else now,
                    third_version=None, listed=False)

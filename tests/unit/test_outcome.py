@@ -44,7 +44,9 @@ TARGET = "5.2.0-LTS"
 OLD = "5.1.3-LTS"
 THIRD = "5.1.4-hotfix"
 SENT_AT = datetime(2026, 5, 4, 12, tzinfo=UTC)
-BOUNDED = settings(max_examples=200, deadline=None)
+# derandomize: the same examples on every run, so that CI never meets a new one by chance
+# (a failure found while exploring with a random seed becomes an @example)
+BOUNDED = settings(max_examples=200, deadline=None, derandomize=True)
 
 
 def spellings(version: str) -> list[str]:
