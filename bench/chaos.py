@@ -105,7 +105,8 @@ def wait_for_simulator(sim_url: str, proc: subprocess.Popen[bytes], timeout: flo
     raise RuntimeError("the simulator did not start")
 
 
-async def outcome(db_url: str, versions: dict[str, str], task_timeout: float) -> dict[str, Any]:
+async def outcome(db_url: str, versions: dict[str, str], installs: dict[str, int],
+                  task_timeout: float) -> dict[str, Any]:
     conn = await asyncpg.connect(db_url)
     try:
         # a task may not stay unfinished past task_timeout after its (last) dispatch; the
@@ -117,7 +118,7 @@ async def outcome(db_url: str, versions: dict[str, str], task_timeout: float) ->
             task_timeout,
         )
         rows = await conn.fetch(
-            """SELECT a.name, t.state, t.final_version FROM tasks t
+            """SELECT a.name, t.state, t.final_version, t.error_code FROM tasks t
                JOIN appliances a ON a.id = t.appliance_id"""
         )
         rollout = await conn.fetchrow("SELECT state, abort_reason FROM rollouts")
@@ -136,6 +137,8 @@ async def outcome(db_url: str, versions: dict[str, str], task_timeout: float) ->
             or (r["state"] in ("FAILED", "CANCELLED") and actual == TARGET)
             or (r["final_version"] is not None and r["state"] != "TIMED_OUT"
                 and r["final_version"] != actual)
+            # "the install did not apply" claims the appliance acknowledged one
+            or (r["error_code"] == "VERSION_MISMATCH" and not installs.get(r["name"]))
         )
         if wrong:
             mismatches.append({"appliance": r["name"], "recorded": r["state"],
@@ -163,6 +166,9 @@ def main() -> int:
     parser.add_argument("--max-run-seconds", type=float, default=6.0,
                         help="an engine killed from outside lives at most this long")
     parser.add_argument("--profile", help="simulator fault profile (e.g. mixed)")
+    parser.add_argument("--waves", default="1%,10%,100%",
+                        help="wave sizes (a single 100%% wave keeps installs flowing while "
+                             "the engines are killed: no wave gate waits for a verdict)")
     parser.add_argument("--per-site", type=int, default=None,
                         help="the rollout's per_site_concurrency (default: none)")
     parser.add_argument("--site-limit", type=int, default=None,
@@ -225,7 +231,8 @@ def main() -> int:
                     cli("sites", "set-limit", f"site-{n:02d}", str(opts.site_limit))
             strategy = tmp / "strategy.json"
             strategy.write_text(json.dumps({
-                "waves": ["1%", "10%", "100%"], "max_concurrency": opts.concurrency,
+                "waves": [w if w.endswith("%") else int(w) for w in opts.waves.split(",")],
+                "max_concurrency": opts.concurrency,
                 "reboot_grace": opts.reboot_grace, "task_timeout": opts.task_timeout,
                 "max_failures": "100%", "dispatch_retries": opts.dispatch_retries,
                 **({"per_site_concurrency": opts.per_site} if opts.per_site else {}),
@@ -278,7 +285,8 @@ def main() -> int:
             last_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
             stats = sim_stats(sim_url)
             versions = {n: a["version"] for n, a in stats["appliances"].items()}
-            result = asyncio.run(outcome(db_url, versions, opts.task_timeout))
+            installs = {n: a["installs_accepted"] for n, a in stats["appliances"].items()}
+            result = asyncio.run(outcome(db_url, versions, installs, opts.task_timeout))
             lag = [json.loads(line).get("max_loop_lag_ms") for line in
                    (err or "").splitlines() if '"engine_stopped"' in line]
             report = {

@@ -542,11 +542,14 @@ class TaskRunner:
             self.accepted = verdict.action == LostAction.ADOPT
             self.accepted_mono = self.accepted_mono or time.monotonic()
             if self.state == "DISPATCHING":
+                # accepted_at only when the appliance acknowledged it (a running task found):
+                # a later verdict tells "did not apply" from "may never have started" by it
+                acknowledged: dict[str, Any] = {"accepted_at": _now()} if self.accepted else {}
                 await self._to(
                     "INSTALLING",
                     {"remote_task_id": self.remote_id, "evidence": verdict.reason},
                     remote_task_id=self.remote_id, from_version=self.from_version,
-                    accepted_at=_now(),
+                    **acknowledged,
                 )
             return True
 

@@ -15,6 +15,7 @@ import pytest
 from orchestrator.engine.engine import Engine
 from orchestrator.simulator import FaultProfile
 from orchestrator.store import rollouts as rollout_store
+from orchestrator.store import tasks as task_store
 from orchestrator.store.db import create_pool
 from tests.fleet import (
     ACTOR,
@@ -212,3 +213,31 @@ async def test_retry_failed_after_a_late_success_records_it_succeeded(
         stats = f.sim.stats(include_appliances=True)
         assert stats["appliances"]["sim-00001"]["installs_accepted"] == 1
         assert stats["duplicate_installs"] == 0
+
+
+async def test_a_crash_between_the_guard_and_the_post_is_never_resent(
+    pool: asyncpg.Pool, db_url: str
+) -> None:
+    """An engine recorded that it was sending the install and died before the request left.
+    The next engine cannot prove that nothing started (the dead one's session is gone), so
+    it never sends it again: it watches the appliance and, once the old version has stayed
+    put for the confirmation period, records INSTALL_UNCONFIRMED (not VERSION_MISMATCH: no
+    install was ever acknowledged)."""
+    async with fleet(pool, db_url, appliances=1, sites=1) as f:
+        rid = await create(pool, {"reboot_grace": 2, "task_timeout": 30})
+        async with pool.acquire() as conn, conn.transaction():
+            (task,) = await task_store.claim_tasks(
+                conn, rollout_id=rid, current_wave=0, owner="dead", lease_seconds=60,
+                max_in_flight=1, per_site=None, starts_per_minute=None, limit=1)
+        async with pool.acquire() as conn:
+            verdict, _ = await task_store.guard_install_send(
+                conn, task_id=task.id, owner="dead", token=task.lease_token,
+                from_version="9.0.0-10010", lease_margin=1)
+        assert verdict == "send"
+        await pool.execute("UPDATE tasks SET lease_expires_at = now() WHERE id = $1", task.id)
+        async with engine(f) as eng:
+            await wait_until_terminal(pool, rid)
+            assert eng.reclaimed == 1
+        row = (await task_by_appliance(pool, rid))["sim-00001"]
+        assert (row["state"], row["error_code"]) == ("FAILED", "INSTALL_UNCONFIRMED")
+        assert f.sim.stats()["installs_accepted"] == 0  # never sent again
