@@ -28,6 +28,7 @@ from orchestrator.simulator import (
     run_simulator,
 )
 from orchestrator.simulator.fleet import Fleet
+from tests.integration.test_simulator import Api as SimulatorApi
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -47,35 +48,8 @@ INSTALL = f"/appliance/update-manager/updates/{V1}/actions/install"
 DROPPED = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 
 
-class Api:
-    """A thin client of one simulated appliance: status and parsed body per call."""
-
-    def __init__(self, http: aiohttp.ClientSession, base: str) -> None:
-        self.http = http
-        self.base = base
-        self.sid: str | None = None
-
-    async def raw(self, method: str, path: str, *, auth: bool = True,
-                  headers: dict[str, str] | None = None,
-                  timeout: float = 2.0) -> tuple[int, bytes]:
-        sent = dict(headers or {})
-        if auth and self.sid is not None:
-            sent["x-dr-session"] = self.sid
-        async with self.http.request(method, self.base + path, headers=sent,
-                                     timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
-            return resp.status, await resp.read()
-
-    async def call(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
-        status, body = await self.raw(method, path, **kwargs)
-        return status, (json.loads(body) if body else None)
-
-    async def login(self) -> None:
-        status, body = await self.call("POST", "/session", auth=False, headers=AUTH)
-        assert status == 200, status
-        self.sid = body["session_id"]
-
-    async def install(self) -> tuple[int, Any]:
-        return await self.call("POST", INSTALL)
+class Api(SimulatorApi):
+    """The simulator tests' client of one appliance, plus its task list."""
 
     async def tasks(self) -> list[dict[str, Any]]:
         status, body = await self.call("GET", "/tasks")
