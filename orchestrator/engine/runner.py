@@ -864,6 +864,10 @@ class TaskRunner:
             except ApplianceError as exc:
                 sign = _signals_restart(exc)
                 self.saw_outage = self.saw_outage or sign
+                # for the stability of the old version, a restart shows as connections
+                # refused or reset, or a forgotten session; a lone 503 between good answers
+                # is a flaky service (a reboot in 503 mode ends on a version anyway)
+                sign = sign and not isinstance(exc, ServiceUnavailable)
                 outage_since = outage_since or now
                 watch = outcome.saw_no_answer(watch, now, restart_sign=sign)
             else:
@@ -916,10 +920,8 @@ class TaskRunner:
         if self.remote_id:
             try:
                 remote = await self._bounded(client.get_task(self.remote_id, retries=0))
-            except NotFound:
-                pass  # forgotten (a restart): the task list tells what runs now
             except ApplianceError:
-                return watch
+                pass  # forgotten (404 after a restart) or unreadable: the list tells
             else:
                 if remote.status == TaskStatus.ERROR:
                     return outcome.saw_task_error(
