@@ -1,9 +1,9 @@
 """Wave planning: order the targeted appliances, then cut the order into waves.
 
-The plan is a snapshot (DESIGN.md section 5): the engine stores one task per planned item,
-with its wave number and its position in the flattened plan order, so a dry run shows
-exactly what will run. Everything here is deterministic: the same items (in any input
-order), sizes, order and seed give the same plan.
+The plan is a snapshot (README: "A rollout against your own inventory"): the engine
+stores one task per planned item, with its wave number and its position in the flattened
+plan order, so a dry run shows exactly what will run. Everything here is deterministic:
+the same items (in any input order), sizes, order and seed give the same plan.
 """
 
 from __future__ import annotations

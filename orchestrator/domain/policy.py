@@ -1,4 +1,4 @@
-"""The failure policy and the wave gate (DESIGN.md section 5).
+"""The failure policy and the wave gate (README: "How a rollout ends").
 
 `evaluate_policy` judges the failures of a rollout against its `max_failures`;
 `gate_next_wave` decides, from the current wave's tasks, the verdict, the soak time and the

@@ -1,4 +1,4 @@
-"""Which appliances a rollout targets (DESIGN.md section 5).
+"""Which appliances a rollout targets (README: "A rollout against your own inventory").
 
 A selector filters enabled appliances by site, tag, name and current version. Fields
 combine with AND; the values of one field with OR. An absent field does not filter, so the

@@ -1,4 +1,4 @@
-"""State machines of rollouts, waves and tasks (DESIGN.md section 4), and operator controls.
+"""State machines of rollouts, waves and tasks (README: "How a task runs"), and operator controls.
 
 The enum values are exactly the strings stored in the `state` columns of
 `migrations/0001_initial.sql`. Every table below is a frozen mapping from a state to the
@@ -247,7 +247,8 @@ def check_task_transition(a: TaskState, b: TaskState, *, retry_failed: bool = Fa
         raise InvalidTransition("task", a, b)
 
 
-# Operator controls (DESIGN.md section 5) and the rollout states in which each is allowed.
+# Operator controls (README: "A rollout against your own inventory") and the rollout
+# states in which each is allowed.
 #   start        DRAFT (now, or SCHEDULED when schedule_at is in the future), SCHEDULED
 #                (start now instead of waiting for the schedule)
 #   pause        SCHEDULED, RUNNING, WAITING_WINDOW: stops new dispatches only; installs

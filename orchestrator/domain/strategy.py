@@ -118,7 +118,7 @@ def parse_size(value: object, *, min_count: int = 1, zero_percent: bool = False)
 
 @dataclass(frozen=True)
 class Strategy:
-    """How a rollout runs (DESIGN.md section 5). Build it with `parse_strategy`.
+    """How a rollout runs (README: the strategy table). Build it with `parse_strategy`.
 
     waves: wave sizes, each a count or a percentage of all targeted appliances (not
         cumulative); the last one repeats until every appliance is planned.

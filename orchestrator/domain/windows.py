@@ -1,4 +1,4 @@
-"""Maintenance windows: when an appliance may start an install (DESIGN.md section 6).
+"""Maintenance windows: when an appliance may start an install (docs/windows.md).
 
 A window is a 5-field cron expression, a duration, an IANA time zone and a cutoff; it
 covers sites and/or tags. `parse_window` validates the object stored in
@@ -83,7 +83,7 @@ class WindowError(ValueError):
 
 @dataclass(frozen=True)
 class WindowSpec:
-    """A maintenance window (DESIGN.md section 6). Build it with `parse_window`.
+    """A maintenance window (docs/windows.md). Build it with `parse_window`.
 
     name: unique name of the window.
     cron: 5-field cron expression matched on the local wall clock (see the module doc).

@@ -555,7 +555,7 @@ class TaskRunner:
 
     # ------------------------------------------------------------------ reconcile
     async def _reconcile(self) -> None:
-        """A reclaimed task: ask the appliance before doing anything (DESIGN.md section 7)."""
+        """A reclaimed task: ask the appliance before doing anything (docs/outcomes.md)."""
         log.info("task_reconcile", state=self.state, remote_task_id=self.remote_id,
                  install_sent=self.task.install_sent_at is not None)
         if self.state == "INSTALLING" and self.remote_id:
