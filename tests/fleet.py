@@ -93,12 +93,14 @@ async def create(
 @contextlib.asynccontextmanager
 async def engine(
     f: Fleet, *, http: ApplianceHttp | None = None,
-    clock: Callable[[], datetime] | None = None, **config: Any,
+    clock: Callable[[], datetime] | None = None, pool: asyncpg.Pool | None = None,
+    **config: Any,
 ) -> AsyncIterator[Engine]:
-    """An engine running in the background of the test's event loop."""
+    """An engine running in the background of the test's event loop (on the fleet's pool,
+    or on `pool`)."""
     async with http or http_client() as client:
-        eng = Engine(f.pool, client, fast_engine_config(**config), database_url=f.db_url,
-                     clock=clock)
+        eng = Engine(pool or f.pool, client, fast_engine_config(**config),
+                     database_url=f.db_url, clock=clock)
         task = asyncio.create_task(eng.run())
         try:
             yield eng

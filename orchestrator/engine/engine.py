@@ -428,7 +428,7 @@ class Engine:
             if in_flight >= max_in_flight or not startable:
                 return []  # nothing may start: spare the claim statement
             claimed = await task_store.claim_tasks(
-                conn, after_overlapping=bool(getattr(strategy, "after_overlapping", False)),
+                conn, after_overlapping=strategy.after_overlapping,
                 rollout_id=rollout_id, current_wave=current, owner=self.owner,
                 lease_seconds=self.config.lease_seconds,
                 max_in_flight=max_in_flight,

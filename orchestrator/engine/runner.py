@@ -425,10 +425,6 @@ class TaskRunner:
         until = self.ctx.lease_until.get(self.task.id)
         return float("inf") if until is None else until - time.monotonic()
 
-    async def _install_and_monitor(self, client: ApplianceClient) -> None:
-        if await self._install(client):
-            await self._monitor()
-
     async def _install(self, client: ApplianceClient) -> bool:
         """Send the install and act on its answer (`outcome.after_install_post`); True
         once an install is known or believed to run and INSTALLING is recorded."""

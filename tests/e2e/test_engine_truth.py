@@ -23,7 +23,6 @@ from tests.fleet import (
     Fleet,
     create,
     engine,
-    fast_engine_config,
     fleet,
     http_client,
     task_by_appliance,
@@ -126,15 +125,10 @@ async def test_lost_answers_and_rest_restarts_end_succeeded_with_one_install(
 
 @contextlib.asynccontextmanager
 async def _big_engine(f: Fleet, **config: Any) -> AsyncIterator[Engine]:
+    """An engine with a pool of its own, large enough for a 1,000-task burst."""
     async with create_pool(f.db_url, min_size=2, max_size=20) as pool, \
-            http_client(request_timeout=10.0) as http:
-        eng = Engine(pool, http, fast_engine_config(**config), database_url=f.db_url)
-        task = asyncio.create_task(eng.run())
-        try:
-            yield eng
-        finally:
-            eng.stop()
-            await asyncio.wait_for(task, 60)
+            engine(f, http=http_client(request_timeout=10.0), pool=pool, **config) as eng:
+        yield eng
 
 
 async def test_pause_during_a_claim_burst_stops_every_unsent_install(
