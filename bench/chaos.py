@@ -122,6 +122,7 @@ async def outcome(db_url: str, versions: dict[str, str], installs: dict[str, int
                JOIN appliances a ON a.id = t.appliance_id"""
         )
         rollout = await conn.fetchrow("SELECT state, abort_reason FROM rollouts")
+        held = await conn.fetchval("SELECT count(*) FROM tasks WHERE holds_slot")
         reclaims = await conn.fetchval(
             "SELECT count(*) FROM task_events WHERE detail ? 'previous_owner'"
         )
@@ -135,8 +136,9 @@ async def outcome(db_url: str, versions: dict[str, str], installs: dict[str, int
         wrong = (
             (r["state"] in ("SUCCEEDED", "SKIPPED") and actual != TARGET)
             or (r["state"] in ("FAILED", "CANCELLED") and actual == TARGET)
-            or (r["final_version"] is not None and r["state"] != "TIMED_OUT"
-                and r["final_version"] != actual)
+            # TIMED_OUT records a final version only once its held slot was freed (the
+            # appliance seen idle): then it must be the appliance's
+            or (r["final_version"] is not None and r["final_version"] != actual)
             # "the install did not apply" claims the appliance acknowledged one
             or (r["error_code"] == "VERSION_MISMATCH" and not installs.get(r["name"]))
         )
@@ -149,7 +151,8 @@ async def outcome(db_url: str, versions: dict[str, str], installs: dict[str, int
     assert rollout is not None
     return {"lost": lost, "mismatches": mismatches, "states": states,
             "rollout_state": rollout["state"], "abort_reason": rollout["abort_reason"],
-            "reclaims": int(reclaims), "over_timeout": int(over_timeout)}
+            "reclaims": int(reclaims), "over_timeout": int(over_timeout),
+            "held": int(held)}
 
 
 def main() -> int:
@@ -302,6 +305,8 @@ def main() -> int:
                 "rollout_state": result["rollout_state"],
                 "tasks": result["states"],
                 "reclaimed_tasks": result["reclaims"],
+                # timed-out installs whose appliance was not yet seen idle at the end
+                "held_slots_at_end": result["held"],
                 "tasks_over_task_timeout": result["over_timeout"],
                 "max_loop_lag_ms": lag[-1] if lag else None,
                 "profile": opts.profile or "none",

@@ -329,6 +329,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         poll_interval=settings.engine_poll_interval,
         shutdown_deadline=settings.engine_shutdown_deadline,
         max_tasks=settings.engine_max_tasks,
+        held_slot_interval=settings.engine_held_slot_interval,
     )
 
 

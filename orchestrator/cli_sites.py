@@ -3,6 +3,8 @@
     orchestrator sites list [--json]
     orchestrator sites set-limit SITE N         # at most N installs in flight at SITE
     orchestrator sites set-limit SITE --clear   # unlimited again
+    orchestrator sites held [--json]            # timed-out installs still holding a slot
+    orchestrator sites release APPLIANCE        # free them (the appliance is idle or gone)
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -36,6 +39,18 @@ def add_arguments(sub: Any) -> None:
     limit.add_argument("limit", nargs="?", metavar="N",
                        help="an integer >= 1 (leave it out with --clear)")
     limit.add_argument("--clear", action="store_true", help="remove the limit: unlimited")
+    held = ssub.add_parser(
+        "held", help="timed-out installs that still count as in flight",
+        description="A task that timed out after its install was sent keeps its slot until "
+                    "an engine sees its appliance answer with no install task running.",
+    )
+    held.add_argument("--json", action="store_true")
+    release = ssub.add_parser(
+        "release", help="free the slots held by an appliance's timed-out installs",
+        description="Use when you know the appliance is idle (or gone): its timed-out "
+                    "install stops counting as in flight at once.",
+    )
+    release.add_argument("appliance", metavar="APPLIANCE")
 
 
 def parse_limit(args: argparse.Namespace) -> int | None:
@@ -61,6 +76,10 @@ def parse_limit(args: argparse.Namespace) -> int | None:
     return value
 
 
+def _when(at: datetime | None) -> str:
+    return at.strftime("%Y-%m-%d %H:%M:%S") if at else "-"
+
+
 def _shown(limit: int | None) -> str:
     return "unlimited" if limit is None else str(limit)
 
@@ -77,10 +96,25 @@ def cmd_sites(settings: Settings, args: argparse.Namespace,
             if args.json:
                 print(json.dumps([s.to_dict() for s in items], indent=2))
                 return 0
-            print_table(["site", "limit", "in flight", "appliances"],
-                        [(s.name, _shown(s.max_in_flight), s.in_flight, s.appliances)
+            print_table(["site", "limit", "in flight", "held", "appliances"],
+                        [(s.name, _shown(s.max_in_flight), s.in_flight, s.held, s.appliances)
                          for s in items])
             print(f"{len(items)} site(s)")
+            return 0
+        if action == "held":
+            slots = await site_store.list_held(pool)
+            if args.json:
+                print(json.dumps([h.to_dict() for h in slots], indent=2))
+                return 0
+            print_table(["task", "rollout", "appliance", "site", "timed out", "last look"],
+                        [(h.task, h.rollout, h.appliance, h.site, _when(h.since),
+                          _when(h.last_look)) for h in slots])
+            print(f"{len(slots)} held slot(s)")
+            return 0
+        if action == "release":
+            released = await site_store.release_held(pool, args.appliance, actor)
+            print(f"appliance {args.appliance!r}: {len(released)} held slot(s) released "
+                  f"(task(s) {', '.join(map(str, released))})")
             return 0
         before = await site_store.get_site(pool, args.site)
         site = await site_store.set_site_limit(pool, args.site, limit, actor)

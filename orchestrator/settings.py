@@ -69,6 +69,8 @@ class Settings(BaseModel):
     engine_shutdown_deadline: float = Field(default=20.0, ge=0, le=3600)
     eta_task_seconds: float = Field(default=900.0, gt=0, le=86_400)
     engine_max_tasks: int = Field(default=2000, ge=1, le=100_000)
+    # how often an appliance holding a timed-out install's slot is looked at again
+    engine_held_slot_interval: float = Field(default=15.0, gt=0, le=3600)
 
     # --- REST API -------------------------------------------------------------------
     api_host: str = "127.0.0.1"

@@ -42,7 +42,7 @@ def fast_engine_config(**overrides: Any) -> EngineConfig:
         "lease_seconds": 5.0, "poll_interval": 0.2, "shutdown_deadline": 5.0,
         "progress_interval": 0.2, "batch_delay": 0.01, "install_estimate": 0.3,
         "reboot_estimate": 0.5,
-        "min_poll": 0.05, "max_poll": 0.3,
+        "min_poll": 0.05, "max_poll": 0.3, "held_slot_interval": 0.5,
     }
     values.update(overrides)
     return EngineConfig(**values)

@@ -106,6 +106,10 @@ class ApiMetrics:
         self.in_flight = Gauge("orchestrator_installs_in_flight",
                                "Tasks in DISPATCHING, INSTALLING or VERIFYING (all engines).",
                                registry=r)
+        self.held_slots = Gauge(
+            "orchestrator_held_slots",
+            "Timed-out installs that still count as in flight until their appliance is seen "
+            "idle (orchestrator sites held).", registry=r)
         self.rollouts = Gauge("orchestrator_rollouts", "Rollouts by state.", ["state"],
                               registry=r)
         self.database_up = Gauge("orchestrator_database_up",
@@ -195,6 +199,7 @@ class ApiMetrics:
                 in_flight = await conn.fetchval(
                     """SELECT count(*) FROM tasks
                        WHERE state IN ('DISPATCHING', 'INSTALLING', 'VERIFYING')""")
+                held = await conn.fetchval("SELECT count(*) FROM tasks WHERE holds_slot")
                 rollouts = await conn.fetch(
                     "SELECT state, count(*)::bigint AS n FROM rollouts GROUP BY state")
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -206,6 +211,7 @@ class ApiMetrics:
         for state in TASK_STATES:
             self.tasks.labels(state).set(by_state.get(state, 0))
         self.in_flight.set(int(in_flight))
+        self.held_slots.set(int(held))
         by_rollout = {r["state"]: int(r["n"]) for r in rollouts}
         for state in ROLLOUT_STATES:
             self.rollouts.labels(state).set(by_rollout.get(state, 0))

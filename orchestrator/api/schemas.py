@@ -190,7 +190,11 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
             "Installs in flight at the site across every rollout; null: unlimited.")}),
         "in_flight": {"type": "integer", "minimum": 0, "description": (
             "Tasks in DISPATCHING, INSTALLING or VERIFYING at the site now, all "
-            "rollouts together.")},
+            "rollouts together, plus the held slots (`held`).")},
+        "held": {"type": "integer", "minimum": 0, "description": (
+            "Of `in_flight`: tasks that timed out after their install was sent and keep "
+            "their slot until an engine sees the appliance idle (or an operator runs "
+            "`orchestrator sites release APPLIANCE`).")},
         "appliances": {"type": "integer", "minimum": 0,
                        "description": "Appliances of the inventory at the site."},
         "updated_at": nullable({**TIME, "description": (

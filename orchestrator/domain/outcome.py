@@ -333,3 +333,15 @@ def judge(w: Watch, now: float) -> Verdict:
                        f"with no install running for {w.confirm:g} s: the install may never "
                        f"have started (retry-failed sends it again)", final_version=old)
     return WAIT
+
+
+# ---------------------------------------------------------------------- a held slot
+def slot_free(*, version: str | None, listing_read: bool, install_running: bool,
+              services_up: bool) -> bool:
+    """A task that timed out after its install was sent keeps its slot (it counts as in
+    flight for every limit) until its appliance is seen idle: it answered with a version,
+    its key services are up, and its task list was read with no task running. An
+    unanswered request or an unread list is no evidence (the appliance may still be
+    rebooting), and neither is the version alone (the install may still be about to reboot
+    it, or its services may still be starting)."""
+    return version is not None and listing_read and not install_running and services_up

@@ -41,7 +41,7 @@ from orchestrator.domain.policy import (
 from orchestrator.domain.states import TaskState
 from orchestrator.domain.strategy import Strategy, parse_strategy
 from orchestrator.domain.windows import can_start_any, covering, start_deadline
-from orchestrator.engine import failpoints
+from orchestrator.engine import failpoints, held
 from orchestrator.engine.batching import TransitionBatcher
 from orchestrator.engine.pacing import InstallTimes, ProgressBuffer
 from orchestrator.engine.runner import RunnerContext, TaskRunner
@@ -85,6 +85,8 @@ class EngineConfig:
     # runners in a phase of several appliance requests at once (RunnerContext.gate); the
     # database writes that end such a phase are made outside it
     active_runners: int = 200
+    # how often each slot held by a timed-out install is looked at (engine/held.py)
+    held_slot_interval: float = 15.0
 
 
 class Engine:
@@ -174,6 +176,7 @@ class Engine:
             asyncio.create_task(self._progress_loop(), name="progress"),
             asyncio.create_task(self._listen_loop(), name="listen"),
             asyncio.create_task(self._loop_lag_monitor(), name="loop-lag"),
+            asyncio.create_task(self._held_loop(), name="held-slots"),
         ]
         spacing = self.config.tick_spacing
         if spacing is None:
@@ -587,6 +590,19 @@ class Engine:
                 if handle:
                     log.warning("lease_lost", task=tid)
                     handle.cancel()
+
+    async def _held_loop(self) -> None:
+        """Free the slots held by timed-out installs whose appliances are idle again
+        (engine/held.py). Survives any error."""
+        interval = self.config.held_slot_interval
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await held.release_idle(self.pool, self.http, every=interval)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("held_slot_check_failed", error=repr(exc))
 
     async def _heartbeat_loop(self) -> None:
         """Tell the database that this engine is alive (see `store.engines`)."""

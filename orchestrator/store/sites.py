@@ -3,7 +3,8 @@
 A site is any value of `appliances.site`, or a row of `sites`. `sites.max_in_flight` caps
 the installs in flight at that site across every rollout together (NULL: unlimited); the
 engine enforces it in its claim, beside each rollout's own `per_site_concurrency`. In flight
-means a task in DISPATCHING, INSTALLING or VERIFYING, counted by `tasks.site` (the site the
+means a task in DISPATCHING, INSTALLING or VERIFYING, or a timed-out install still holding
+its slot (`tasks.holds_slot`, see engine/held.py), counted by `tasks.site` (the site the
 appliance had when the rollout was planned).
 
 These functions are the one implementation behind `orchestrator sites` and
@@ -19,6 +20,7 @@ from typing import Any, Final
 
 import asyncpg
 
+from orchestrator.store import tasks as task_store
 from orchestrator.store.audit import Actor, record_audit
 from orchestrator.store.db import DB
 from orchestrator.store.rollouts import NOTIFY_CHANNEL
@@ -48,14 +50,15 @@ class SiteNotFound(SiteError):
 class Site:
     name: str
     max_in_flight: int | None  # None: unlimited
-    in_flight: int  # tasks in flight there now, all rollouts together
+    in_flight: int  # tasks in flight there now, all rollouts together (held slots too)
     appliances: int  # appliances of the inventory at this site
     updated_at: datetime | None  # when its limit was last set or cleared; None: never
+    held: int = 0  # of in_flight: timed-out installs holding their slot
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name, "max_in_flight": self.max_in_flight,
-            "in_flight": self.in_flight, "appliances": self.appliances,
+            "in_flight": self.in_flight, "held": self.held, "appliances": self.appliances,
             "updated_at": self.updated_at.isoformat() if self.updated_at else None,
         }
 
@@ -82,11 +85,12 @@ def check_limit(value: object) -> int | None:
 
 _SELECT = """
     WITH counts AS (SELECT site, count(*) AS n FROM appliances GROUP BY site),
-         flight AS (SELECT site, count(*) AS n FROM tasks
-                    WHERE state = ANY($1::text[]) GROUP BY site),
+         flight AS (SELECT site, count(*) AS n, count(*) FILTER (WHERE holds_slot) AS held
+                    FROM tasks WHERE state = ANY($1::text[]) OR holds_slot GROUP BY site),
          names AS (SELECT site AS name FROM counts UNION SELECT name FROM sites)
     SELECT names.name, s.max_in_flight, s.updated_at,
-           coalesce(counts.n, 0) AS appliances, coalesce(flight.n, 0) AS in_flight
+           coalesce(counts.n, 0) AS appliances, coalesce(flight.n, 0) AS in_flight,
+           coalesce(flight.held, 0) AS held
     FROM names
     LEFT JOIN sites s ON s.name = names.name
     LEFT JOIN counts ON counts.site = names.name
@@ -97,7 +101,7 @@ _SELECT = """
 def _site(row: asyncpg.Record) -> Site:
     return Site(name=row["name"], max_in_flight=row["max_in_flight"],
                 in_flight=int(row["in_flight"]), appliances=int(row["appliances"]),
-                updated_at=row["updated_at"])
+                updated_at=row["updated_at"], held=int(row["held"]))
 
 
 async def list_sites(db: DB) -> list[Site]:
@@ -168,14 +172,66 @@ async def _set_limit(conn: Any, name: str, limit: int | None, actor: Actor) -> S
     return await get_site(conn, name)
 
 
+@dataclass(frozen=True)
+class HeldSlot:
+    task: int
+    rollout: int
+    appliance: str
+    site: str
+    since: datetime | None  # when the task timed out
+    last_look: datetime | None  # the engines' last look at the appliance
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.__dict__)
+        for key in ("since", "last_look"):
+            out[key] = out[key].isoformat() if out[key] else None
+        return out
+
+
+async def list_held(db: DB) -> list[HeldSlot]:
+    """Every slot held by a timed-out install, oldest task first."""
+    rows = await task_store.held_slots(db)
+    return [HeldSlot(task=r["id"], rollout=r["rollout_id"], appliance=r["appliance"],
+                     site=r["site"], since=r["since"], last_look=r["last_look"])
+            for r in rows]
+
+
+async def release_held(db: DB, appliance: str, actor: Actor) -> list[int]:
+    """An operator frees the slots held by timed-out installs on `appliance` (known idle,
+    or gone); the released task ids. SiteError naming the appliance when it is unknown or
+    holds no slot. Audited; wakes the engines."""
+    if isinstance(db, asyncpg.Pool):
+        async with db.acquire() as conn, conn.transaction():
+            return await _release_held(conn, appliance, actor)
+    async with db.transaction():
+        return await _release_held(db, appliance, actor)
+
+
+async def _release_held(conn: Any, appliance: str, actor: Actor) -> list[int]:
+    appliance_id = await conn.fetchval("SELECT id FROM appliances WHERE name = $1", appliance)
+    if appliance_id is None:
+        raise SiteError("appliance", f"appliance: no appliance named {appliance!r}")
+    released = await task_store.release_appliance_slots(
+        conn, appliance_id, reason=f"released by {actor.name} ({actor.via})")
+    if not released:
+        raise SiteError("appliance", f"appliance {appliance!r} holds no slot (no timed-out "
+                                     "install of it is counted as in flight)")
+    await record_audit(conn, actor, "site.release-held", "appliance", appliance,
+                       {"tasks": released})
+    return released
+
+
 __all__ = [
     "MAX_LIMIT",
+    "HeldSlot",
     "Site",
     "SiteError",
     "SiteNotFound",
     "check_limit",
     "check_site_name",
     "get_site",
+    "list_held",
     "list_sites",
+    "release_held",
     "set_site_limit",
 ]

@@ -70,15 +70,16 @@ def _claimed(row: asyncpg.Record, reclaimed: bool) -> ClaimedTask:
 
 
 CLAIM = f"""
-WITH inflight AS (  -- this rollout's installs in flight, per site
+WITH inflight AS (  -- this rollout's busy tasks (in flight or holding a slot), per site
     SELECT site, count(*)::int AS n FROM tasks
-    WHERE rollout_id = $1 AND state IN ('DISPATCHING', 'INSTALLING', 'VERIFYING')
+    WHERE rollout_id = $1 AND (state IN ('DISPATCHING', 'INSTALLING', 'VERIFYING') OR holds_slot)
     GROUP BY site
 ),
 fleet AS (  -- room left under each site's fleet-wide capacity (every rollout together)
     SELECT s.name AS site, s.max_in_flight - (
                SELECT count(*) FROM tasks o
-               WHERE o.site = s.name AND o.state IN ('DISPATCHING', 'INSTALLING', 'VERIFYING')
+               WHERE o.site = s.name
+                 AND (o.state IN ('DISPATCHING', 'INSTALLING', 'VERIFYING') OR o.holds_slot)
            )::int AS room
     FROM sites s WHERE s.max_in_flight IS NOT NULL
 ),
@@ -87,15 +88,16 @@ ranked AS (
            row_number() OVER (PARTITION BY t.site ORDER BY t.position) AS rn,
            coalesce(f.n, 0) AS site_busy, fl.room AS site_room
     FROM tasks t LEFT JOIN inflight f ON f.site = t.site LEFT JOIN fleet fl ON fl.site = t.site
-    WHERE t.rollout_id = $1 AND t.state = 'PENDING' AND t.wave <= $2
+    WHERE t.rollout_id = $1 AND t.state = 'PENDING' AND t.wave <= $2 AND NOT t.holds_slot
       AND (t.not_before IS NULL OR t.not_before <= now())
       AND ($9::bigint[] IS NULL OR t.appliance_id = ANY($9::bigint[]))
-      -- one install per appliance fleet-wide: not while another task of it is in flight,
-      -- nor (after_overlapping) while an earlier active rollout still has it to do
+      -- one install per appliance fleet-wide: not while another task of it is busy (in
+      -- flight, or a timed-out install still holding its slot), nor (after_overlapping)
+      -- while an earlier active rollout still has it to do
       AND NOT EXISTS (
           SELECT 1 FROM tasks o
           WHERE o.appliance_id = t.appliance_id AND o.id <> t.id
-            AND (o.state IN ('DISPATCHING', 'INSTALLING', 'VERIFYING')
+            AND (o.state IN ('DISPATCHING', 'INSTALLING', 'VERIFYING') OR o.holds_slot
                  OR ($10::boolean AND o.state = 'PENDING' AND o.rollout_id < t.rollout_id
                      AND EXISTS (SELECT 1 FROM rollouts orr WHERE orr.id = o.rollout_id
                                  AND orr.state IN ('SCHEDULED', 'RUNNING', 'PAUSED',
@@ -450,6 +452,10 @@ t AS (
         lease_expires_at = CASE WHEN u.rel THEN NULL ELSE tasks.lease_expires_at END,
         attempt = CASE WHEN u.x ? 'attempt' THEN (u.x->>'attempt')::int ELSE tasks.attempt END,
         install_sent_at = CASE WHEN u.s = 'PENDING' THEN NULL ELSE tasks.install_sent_at END,
+        -- a timed-out install that was sent may still run on the appliance: its slot is
+        -- held until the appliance is seen idle (`release_held_slot`)
+        holds_slot = CASE WHEN u.es = 'TIMED_OUT' THEN tasks.install_sent_at IS NOT NULL
+                          ELSE tasks.holds_slot END,
         finished_at = CASE WHEN u.term OR u.es <> u.s THEN now() ELSE tasks.finished_at END
     FROM w AS u
     WHERE tasks.id = u.id AND tasks.state = u.f AND tasks.lease_owner = $2
@@ -506,3 +512,110 @@ async def transition_many(
         })
     matched = await conn.fetch(TRANSITION_MANY, rows, owner)  # jsonb: the pool's codec
     return {int(m["id"]) for m in matched}
+
+
+# ---------------------------------------------------------------------- held slots
+@dataclass(frozen=True)
+class HeldSlot:
+    """A task that ended TIMED_OUT after its install was sent: its appliance may still be
+    installing or rebooting, so the task keeps counting as in flight (its rollout's limits,
+    its site's capacity, one install per appliance) until the appliance is seen idle."""
+
+    id: int
+    rollout_id: int
+    appliance_id: int
+    appliance: str
+    base_url: str
+    credentials_ref: str | None
+    tls_ca_file: str | None
+    tls_thumbprint: str | None
+    site: str
+    target_version: str
+    finished_at: datetime | None
+    strategy: dict[str, Any]
+
+
+DUE_HELD_SLOTS = """
+WITH due AS (
+    SELECT id FROM tasks
+    WHERE holds_slot AND (slot_checked_at IS NULL
+                          OR slot_checked_at < now() - make_interval(secs => $1))
+    ORDER BY slot_checked_at NULLS FIRST, id
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+),
+c AS (
+    UPDATE tasks t SET slot_checked_at = now() FROM due WHERE t.id = due.id
+    RETURNING t.id, t.rollout_id, t.appliance_id, t.site, t.finished_at
+)
+SELECT c.id, c.rollout_id, c.appliance_id, a.name AS appliance, a.base_url,
+       a.credentials_ref, a.tls_ca_file, a.tls_thumbprint, c.site, r.target_version,
+       c.finished_at, r.strategy
+FROM c JOIN appliances a ON a.id = c.appliance_id JOIN rollouts r ON r.id = c.rollout_id
+ORDER BY c.id
+"""
+
+
+async def due_held_slots(conn: DB, *, every_seconds: float, limit: int) -> list[HeldSlot]:
+    """Up to `limit` held slots not looked at for `every_seconds`, marked as looked at now
+    (so that another engine skips them until then)."""
+    rows = await conn.fetch(DUE_HELD_SLOTS, every_seconds, limit)
+    return [HeldSlot(**dict(r)) for r in rows]
+
+
+RELEASE_HELD = """
+WITH t AS (
+    UPDATE tasks SET holds_slot = false, updated_at = now(),
+           final_version = CASE WHEN state = 'TIMED_OUT' THEN coalesce($2::text, final_version)
+                                ELSE final_version END
+    WHERE holds_slot AND ($1::bigint IS NULL OR id = $1)
+      AND ($3::bigint IS NULL OR appliance_id = $3)
+    RETURNING id, rollout_id, appliance_id, state
+),
+ev AS (
+    INSERT INTO task_events (task_id, rollout_id, from_state, to_state, detail)
+    SELECT id, rollout_id, state, state, $4::jsonb FROM t
+),
+seen AS (
+    UPDATE appliances a SET current_version = $2, last_seen_at = now()
+    FROM t WHERE a.id = t.appliance_id AND $2::text IS NOT NULL
+)
+SELECT t.id, t.rollout_id, pg_notify('orchestrator', 'task:' || t.rollout_id) FROM t
+"""
+
+
+async def release_held_slot(
+    conn: DB, task_id: int, *, version: str | None, reason: str
+) -> bool:
+    """The appliance of a held slot was seen idle (answering, no install task running) on
+    `version`: the slot is free again, the version is recorded as the task's final version
+    and the appliance's current one, and a task event says why. Whether it was held."""
+    rows = await conn.fetch(
+        RELEASE_HELD, task_id, clean_text(version), None,
+        clean_json({"slot_released": True, "version": version, "reason": reason}),
+    )
+    return bool(rows)
+
+
+async def release_appliance_slots(
+    conn: DB, appliance_id: int, *, reason: str
+) -> list[int]:
+    """An operator frees every slot held by timed-out installs on one appliance (it is known
+    to be idle, or gone); the ids of the tasks released."""
+    rows = await conn.fetch(
+        RELEASE_HELD, None, None, appliance_id,
+        clean_json({"slot_released": True, "version": None, "reason": reason}),
+    )
+    return [int(r["id"]) for r in rows]
+
+
+async def held_slots(conn: DB, *, rollout_id: int | None = None) -> list[asyncpg.Record]:
+    """Held slots (of one rollout, or all): task id, rollout, appliance, site, since."""
+    return list(await conn.fetch(
+        """SELECT t.id, t.rollout_id, a.name AS appliance, t.site, t.finished_at AS since,
+                  t.slot_checked_at AS last_look
+           FROM tasks t JOIN appliances a ON a.id = t.appliance_id
+           WHERE t.holds_slot AND ($1::bigint IS NULL OR t.rollout_id = $1)
+           ORDER BY t.id""",
+        rollout_id,
+    ))

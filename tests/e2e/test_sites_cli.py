@@ -5,10 +5,13 @@ subprocess; its output goes to files (no pipe is left unread)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+import asyncpg
 
 from tests.helpers import ROOT, VENV_BIN, cli_env
 
@@ -71,8 +74,8 @@ def test_sites_list_set_and_clear(db_url: str, tmp_path: Path) -> None:
     table = cli("sites", "list")
     assert table.returncode == 0, table.stderr
     rows = [line.split() for line in table.stdout.strip().splitlines()]
-    assert rows[0] == ["SITE", "LIMIT", "IN", "FLIGHT", "APPLIANCES"]
-    assert rows[1:] == [["site-a", "3", "0", "2"], ["site-b", "unlimited", "0", "1"],
+    assert rows[0] == ["SITE", "LIMIT", "IN", "FLIGHT", "HELD", "APPLIANCES"]
+    assert rows[1:] == [["site-a", "3", "0", "0", "2"], ["site-b", "unlimited", "0", "0", "1"],
                         ["2", "site(s)"]]
 
     _one_line_error(cli("sites", "set-limit", "site-a", "0"), "'0'", "integer >= 1")
@@ -114,3 +117,51 @@ def test_rollout_overlap_refused_on_the_command_line(db_url: str, tmp_path: Path
     assert queued.returncode == 0, queued.stderr
     shown = json.loads(queued.stdout)
     assert shown["state"] == "RUNNING" and shown["strategy"]["after_overlapping"] is True
+
+
+def test_held_slots_listed_and_released_on_the_command_line(
+    db_url: str, tmp_path: Path
+) -> None:
+    """A timed-out install that still holds its slot shows in `sites list` and `sites held`;
+    `sites release` frees it, and names a bad appliance in one line."""
+    cli = Cli(db_url, tmp_path)
+    inventory = tmp_path / "fleet.csv"
+    inventory.write_text(CSV)
+    assert cli("appliances", "import", str(inventory)).returncode == 0
+    created = cli("rollout", "create", "--name", "r", "--version", "9.0.1-20020",
+                  "--site", "site-a", "--json")
+    assert created.returncode == 0, created.stderr
+    rid = json.loads(created.stdout)["id"]
+    asyncio.run(_time_out_holding(db_url, rid, "vr-a-1"))
+
+    listed = json.loads(cli("sites", "list", "--json").stdout)
+    assert [(s["name"], s["in_flight"], s["held"]) for s in listed] == [
+        ("site-a", 1, 1), ("site-b", 0, 0)]
+    held = cli("sites", "held", "--json")
+    assert held.returncode == 0, held.stderr
+    assert [(h["rollout"], h["appliance"], h["site"]) for h in json.loads(held.stdout)] == [
+        (rid, "vr-a-1", "site-a")]
+    table = cli("sites", "held")
+    assert table.stdout.strip().splitlines()[-1] == "1 held slot(s)"
+    assert "vr-a-1" in table.stdout
+
+    _one_line_error(cli("sites", "release", "vr-zz"), "no appliance named 'vr-zz'")
+    _one_line_error(cli("sites", "release", "vr-a-2"), "'vr-a-2' holds no slot")
+    released = cli("sites", "release", "vr-a-1")
+    assert released.returncode == 0, released.stderr
+    assert released.stdout.startswith("appliance 'vr-a-1': 1 held slot(s) released")
+    assert json.loads(cli("sites", "held", "--json").stdout) == []
+    assert json.loads(cli("sites", "list", "--json").stdout)[0]["in_flight"] == 0
+
+
+async def _time_out_holding(db_url: str, rollout_id: int, appliance: str) -> None:
+    """The state a timed-out install leaves: TIMED_OUT after the install was sent."""
+    conn = await asyncpg.connect(db_url)
+    try:
+        await conn.execute(
+            """UPDATE tasks t SET state = 'TIMED_OUT', install_sent_at = now(),
+                      installs_sent = 1, holds_slot = true, finished_at = now()
+               FROM appliances a WHERE a.id = t.appliance_id AND a.name = $2
+                 AND t.rollout_id = $1""", rollout_id, appliance)
+    finally:
+        await conn.close()

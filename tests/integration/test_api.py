@@ -334,6 +334,7 @@ async def test_health_ready_metrics_and_docs(pool: asyncpg.Pool) -> None:
             text = await resp.text()
             assert resp.status == 200
         for name in ("orchestrator_tasks", "orchestrator_installs_in_flight",
+                     "orchestrator_held_slots",
                      "orchestrator_install_duration_seconds",
                      "orchestrator_reboot_duration_seconds",
                      "orchestrator_claim_latency_seconds",

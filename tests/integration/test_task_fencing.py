@@ -203,8 +203,10 @@ async def test_background_loops_survive_any_error(
     pool: asyncpg.Pool, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The lease renewal meets an error that is not a dropped connection (here: a bad
-    value): it logs, carries on, and the next renewal keeps the leases."""
-    failures = {"left": 2}
+    value): it logs, carries on, and the next renewal keeps the leases. (One failure:
+    renewals run every third of the lease, so a second one in a row would leave the next
+    renewal racing the lease's end on a loaded machine.)"""
+    failures = {"left": 1}
     renew = task_store.renew_leases
 
     async def flaky(*args: Any, **kwargs: Any) -> set[int]:

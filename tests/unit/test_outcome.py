@@ -37,6 +37,7 @@ from orchestrator.domain.outcome import (
     saw_task_error,
     saw_tasks,
     saw_version,
+    slot_free,
     start_watch,
 )
 
@@ -764,3 +765,23 @@ def test_a_finished_task_is_never_adopted_for_a_running_one_without_an_id() -> N
         listing=Listing(running_ids=(None,), newer_ids=("t-9",)), answered_throughout=True,
     )
     assert verdict.action is LostAction.FOLLOW and verdict.task_id is None
+
+
+# ---------------------------------------------------------------------- a held slot
+@pytest.mark.parametrize(
+    ("version", "listing_read", "install_running", "services_up", "free"),
+    [
+        ("9.0.1", True, False, True, True),  # answered, key services up, nothing running
+        (None, True, False, True, False),  # no version: still rebooting, or unreachable
+        ("9.0.1", False, False, True, False),  # the list could not be read: no evidence
+        ("9.0.1", True, True, True, False),  # an install still runs
+        ("9.0.1", True, False, False, False),  # services still starting
+    ],
+)
+def test_a_held_slot_is_freed_only_on_positive_evidence_of_idleness(
+    version: str | None, listing_read: bool, install_running: bool, services_up: bool,
+    free: bool,
+) -> None:
+    assert slot_free(version=version, listing_read=listing_read,
+                     install_running=install_running, services_up=services_up) is free
+
