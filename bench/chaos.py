@@ -195,7 +195,9 @@ def main() -> int:
             env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")}
             env |= {
                 "ORCHESTRATOR_DATABASE_URL": db_url, "ORCHESTRATOR_LOG_LEVEL": "warning",
-                "ORCHESTRATOR_LOG_FORMAT": "json", "SIM_CREDENTIALS": "admin:admin",
+                "ORCHESTRATOR_LOG_FORMAT": "json", "APPLIANCE_SIM_CREDENTIALS": "admin:admin",
+                "ORCHESTRATOR_APPLIANCE_ALLOW_HTTP": "true",
+                "ORCHESTRATOR_APPLIANCE_ALLOW_LOCAL_ADDRESSES": "true",
                 "ORCHESTRATOR_ENGINE_LEASE_SECONDS": str(opts.lease_seconds),
                 "ORCHESTRATOR_ENGINE_POLL_INTERVAL": "0.5",
                 "ORCHESTRATOR_APPLIANCE_MAX_CONNECTIONS_PER_HOST": "0",

@@ -469,7 +469,10 @@ def orchestrator_env(db_url: str, **settings: Any) -> dict[str, str]:
     simulator's credentials, and `settings` as ORCHESTRATOR_<KEY> variables."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")}
     env |= {"ORCHESTRATOR_DATABASE_URL": db_url, "ORCHESTRATOR_LOG_LEVEL": "warning",
-            "ORCHESTRATOR_LOG_FORMAT": "json", "SIM_CREDENTIALS": "admin:admin"}
+            "ORCHESTRATOR_LOG_FORMAT": "json", "APPLIANCE_SIM_CREDENTIALS": "admin:admin",
+            # the simulator answers on http://127.0.0.1: a lab
+            "ORCHESTRATOR_APPLIANCE_ALLOW_HTTP": "true",
+            "ORCHESTRATOR_APPLIANCE_ALLOW_LOCAL_ADDRESSES": "true"}
     env |= {f"ORCHESTRATOR_{k.upper()}": str(v) for k, v in settings.items()}
     return env
 

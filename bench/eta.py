@@ -25,6 +25,7 @@ from pathlib import Path
 from benchdb import temporary_database
 
 from orchestrator.appliance import ApplianceHttp
+from orchestrator.domain.inventory import LAB_POLICY
 from orchestrator.engine.engine import Engine, EngineConfig
 from orchestrator.inventory import read_inventory
 from orchestrator.logs import configure_logging
@@ -55,7 +56,7 @@ async def run(opts: argparse.Namespace, url: str) -> dict[str, object]:
         try:
             sim.write_inventory(tmp / "fleet.csv")
             await appliance_store.upsert_appliances(
-                pool, read_inventory(tmp / "fleet.csv").specs)
+                pool, read_inventory(tmp / "fleet.csv", policy=LAB_POLICY).specs)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         await window_store.create_window(pool, {
@@ -70,11 +71,12 @@ async def run(opts: argparse.Namespace, url: str) -> dict[str, object]:
         )
         http = ApplianceHttp(request_timeout=5, connect_timeout=2, verify_tls=False,
                              max_connections_per_host=0,
-                             environ={"SIM_CREDENTIALS": "admin:admin"})
+                             environ={"APPLIANCE_SIM_CREDENTIALS": "admin:admin"})
         async with http:
             engine = Engine(pool, http, EngineConfig(
                 lease_seconds=10, poll_interval=0.5, install_estimate=opts.install_seconds,
                 reboot_estimate=opts.reboot_seconds, min_poll=0.25, max_poll=5,
+                target_policy=LAB_POLICY,
             ), database_url=url)
             await rollout_store.start_rollout(pool, rollout.id, ACTOR)
             started = datetime.now(UTC)

@@ -28,7 +28,7 @@ from orchestrator.domain.selector import SelectorError
 from orchestrator.domain.states import OperationNotAllowed, RolloutState
 from orchestrator.domain.strategy import StrategyError
 from orchestrator.domain.windows import WindowError
-from orchestrator.inventory import InventoryError, read_inventory
+from orchestrator.inventory import InventoryError, read_inventory, target_policy
 from orchestrator.logs import configure_logging
 from orchestrator.reports import cli as report_cli
 from orchestrator.settings import Settings, SettingsError, load_settings
@@ -224,11 +224,15 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_appliances_import(settings: Settings, args: argparse.Namespace) -> int:
-    result = read_inventory(Path(args.file), args.format)
+    result = read_inventory(Path(args.file), args.format, target_policy(settings),
+                            max_rows=settings.appliance_import_max_rows)
 
     async def body(pool: asyncpg.Pool) -> int:
         async with pool.acquire() as conn, conn.transaction():
-            summary = await appliance_store.upsert_appliances(conn, result.specs)
+            try:
+                summary = await appliance_store.upsert_appliances(conn, result.specs)
+            except appliance_store.HostChangeError as exc:
+                raise CommandError(f"{args.file}: {exc}; nothing imported") from None
         print(
             f"imported {summary.total} appliance(s) from {args.file}: "
             f"{summary.inserted} new, {summary.updated} updated"

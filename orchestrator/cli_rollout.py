@@ -16,7 +16,8 @@ from typing import Any
 import asyncpg
 
 from orchestrator.appliance import ApplianceHttp
-from orchestrator.engine.engine import Engine, EngineConfig
+from orchestrator.engine.engine import Engine, EngineConfig, tune_gc_for_engine
+from orchestrator.inventory import target_policy
 from orchestrator.settings import Settings
 from orchestrator.store import engines as engine_store
 from orchestrator.store import rollouts as rollout_store
@@ -283,8 +284,13 @@ async def warn_if_no_engine(pool: asyncpg.Pool, rollout_state: str) -> None:
 
 
 async def watch(pool: asyncpg.Pool, rollout_id: int, *, interval: float = 0.5) -> int:
-    """Live progress bars per wave until the rollout ends."""
+    """Live progress bars per wave until the rollout ends.
+
+    Text from the database (rollout, appliance, site and approver names, abort reasons)
+    reaches rich only escaped or with markup off: a name like `[/]` or `[bold]x` is shown
+    as written, never read as markup."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.progress import BarColumn, Progress, TextColumn
 
     console = Console(stderr=False)
@@ -296,8 +302,8 @@ async def watch(pool: asyncpg.Pool, rollout_id: int, *, interval: float = 0.5) -
     )
     with Progress(*columns, console=console, transient=False) as progress:
         bars = {
-            w["number"]: progress.add_task(f"wave {w['number']}", total=w["planned_size"],
-                                           detail="")
+            w["number"]: progress.add_task(escape(f"wave {w['number']}"),
+                                           total=w["planned_size"], detail="")
             for w in counts.waves
         }
         warned = False  # whether the last line said that no engine is running
@@ -319,7 +325,7 @@ async def watch(pool: asyncpg.Pool, rollout_id: int, *, interval: float = 0.5) -
             if rollout.state in TERMINAL_ROLLOUT or rollout.state == "DRAFT":
                 break
             await asyncio.sleep(interval)
-    console.print(rollout_summary(rollout, counts))
+    console.print(escape(rollout_summary(rollout, counts)))
     return 0 if rollout.state == "SUCCEEDED" else 1
 
 
@@ -330,6 +336,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         shutdown_deadline=settings.engine_shutdown_deadline,
         max_tasks=settings.engine_max_tasks,
         held_slot_interval=settings.engine_held_slot_interval,
+        target_policy=target_policy(settings),
     )
 
 
@@ -345,6 +352,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace,
                 loop.add_signal_handler(sig, engine.stop)
             print(f"engine {engine.owner} running (SIGTERM or Ctrl-C stops it)",
                   file=sys.stderr)
+            tune_gc_for_engine()
             await engine.run(until_idle=args.until_idle)
         return 0
 

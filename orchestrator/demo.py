@@ -28,7 +28,7 @@ from orchestrator.appliance import ApplianceHttp
 from orchestrator.cli_rollout import UsageError, wave_line
 from orchestrator.domain.strategy import parse_strategy
 from orchestrator.engine.engine import Engine, EngineConfig
-from orchestrator.inventory import read_inventory
+from orchestrator.inventory import read_inventory, target_policy
 from orchestrator.logs import configure_logging
 from orchestrator.reports import write_reports
 from orchestrator.settings import Settings
@@ -211,6 +211,10 @@ async def run_demo(settings: Settings, args: argparse.Namespace, server_url: str
 
     config = demo_config(args)
     profile = config.profile
+    # the simulated appliances answer on http://127.0.0.1: a lab, allowed for the demo only
+    settings = settings.model_copy(update={"appliance_allow_http": True,
+                                           "appliance_allow_local_addresses": True})
+    policy = target_policy(settings)
     strategy = demo_strategy(args)
     async with (
         demo_database(server_url, args.database_name) as url,
@@ -223,7 +227,7 @@ async def run_demo(settings: Settings, args: argparse.Namespace, server_url: str
             inventory = Path(tmp) / "fleet.csv"
             sim.write_inventory(inventory)
             summary = await appliance_store.upsert_appliances(
-                pool, read_inventory(inventory).specs
+                pool, read_inventory(inventory, policy=policy).specs
             )
         say(f"imported {summary.total} appliances into the database")
         rollout, _ = await rollout_store.create_rollout(
@@ -240,11 +244,13 @@ async def run_demo(settings: Settings, args: argparse.Namespace, server_url: str
             f"max_failures {strategy['max_failures']}")
         await rollout_store.start_rollout(pool, rollout.id, ACTOR)
         http = ApplianceHttp(settings, request_timeout=4.0, connect_timeout=1.0, retries=1,
-                             environ={"SIM_CREDENTIALS": f"{config.username}:{config.password}"})
+                             environ={"APPLIANCE_SIM_CREDENTIALS":
+                                      f"{config.username}:{config.password}"})
         async with http:
             engine = Engine(pool, http, EngineConfig(
                 lease_seconds=settings.engine_lease_seconds, poll_interval=1.0,
                 install_estimate=args.install_seconds, min_poll=0.25, max_poll=5.0,
+                target_policy=policy,
             ), database_url=url)
             runner = asyncio.create_task(engine.run(until_idle=True))
             done = asyncio.Event()

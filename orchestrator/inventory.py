@@ -2,35 +2,64 @@
 
 CSV: a header row with any of the inventory fields (name, base_url and site required);
 `tags` is a `;`-separated list. JSON: an array of objects with the same keys, `tags` a list.
+
+At most `max_rows` appliances (setting `appliance_import_max_rows`) are read from one input,
+and at most MAX_LISTED_ERRORS bad rows are listed (the rest are counted), so a huge or
+broken file cannot exhaust memory. Every row is checked against the `TargetPolicy` of the
+settings (`target_policy`): the same rules as the API's create, update and import.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import ipaddress
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.domain.inventory import (
     FIELDS,
     REQUIRED,
+    STRICT_POLICY,
     RowError,
+    TargetPolicy,
+    TooManyRows,
     ValidationResult,
     validate_records,
 )
+
+if TYPE_CHECKING:
+    from orchestrator.settings import Settings
+
+DEFAULT_MAX_ROWS = 200_000
+
+
+def target_policy(settings: Settings) -> TargetPolicy:
+    """The settings' rules for credentials references and base URLs."""
+    secrets_dir = settings.appliance_secrets_dir
+    return TargetPolicy(
+        env_prefix=settings.appliance_credentials_env_prefix,
+        secrets_dir=str(secrets_dir) if secrets_dir is not None else None,
+        allow_http=settings.appliance_allow_http,
+        allow_local=settings.appliance_allow_local_addresses,
+        networks=tuple(ipaddress.ip_network(n) for n in settings.appliance_allowed_networks),
+        domains=tuple(settings.appliance_allowed_domains),
+    )
 
 
 class InventoryError(Exception):
     """The file is refused; `errors` lists every bad row with its line."""
 
-    def __init__(self, source: str, errors: list[RowError]) -> None:
+    def __init__(self, source: str, errors: list[RowError], more: int = 0) -> None:
         self.source = source
         self.errors = errors
+        self.more = more  # problems found beyond those listed in `errors`
+        tail = f"\n  ... and {more} more problem(s)" if more else ""
         super().__init__(
-            f"{source}: {len(errors)} problem(s), nothing imported\n"
-            + "\n".join(f"  {e}" for e in errors)
+            f"{source}: {len(errors) + more} problem(s), nothing imported\n"
+            + "\n".join(f"  {e}" for e in errors) + tail
         )
 
 
@@ -116,34 +145,34 @@ def _line_of(text: str, pos: int) -> int:
     return text.count("\n", 0, pos) + 1
 
 
-def parse_inventory(text: str, fmt: str) -> ValidationResult:
-    """Parse and validate; raise InventoryError listing every bad row."""
+def parse_inventory(
+    text: str, fmt: str, policy: TargetPolicy = STRICT_POLICY, *,
+    max_rows: int = DEFAULT_MAX_ROWS,
+) -> ValidationResult:
+    """Parse and validate; raise InventoryError listing the bad rows (the first
+    MAX_LISTED_ERRORS, and how many more), or naming the row past `max_rows`."""
     records = _csv_records(text) if fmt == "csv" else _json_records(text)
-    shape_errors: list[RowError] = []
-
-    def checked() -> Iterator[tuple[int, dict[str, Any]]]:
-        for line, record in records:
-            if "__shape__" in record:
-                shape_errors.append(RowError(line, f"row {record['__shape__']}"))
-                continue
-            yield line, record
-
+    result = ValidationResult()
     try:
-        result = validate_records(checked())
+        validate_records(records, policy, max_rows=max_rows, result=result)
     except InventoryError:
         raise
+    except TooManyRows as exc:
+        raise InventoryError(fmt, [RowError(exc.line, str(exc))]) from None
     except csv.Error as exc:  # e.g. a NUL byte or a field larger than the csv limit
-        raise InventoryError(fmt, [*shape_errors, RowError(0, f"unreadable CSV: {exc}")]) \
-            from None
-    errors = sorted(shape_errors + result.errors, key=lambda e: e.line)
-    if errors:
-        raise InventoryError(fmt, errors)
+        result.add_error(RowError(0, f"unreadable CSV: {exc}"))
+        raise InventoryError(fmt, result.errors, result.more_errors) from None
+    if result.errors:
+        raise InventoryError(fmt, result.errors, result.more_errors)
     if not result.specs:
         raise InventoryError(fmt, [RowError(1, "the file lists no appliances")])
     return result
 
 
-def read_inventory(path: Path, fmt: str | None = None) -> ValidationResult:
+def read_inventory(
+    path: Path, fmt: str | None = None, policy: TargetPolicy = STRICT_POLICY, *,
+    max_rows: int = DEFAULT_MAX_ROWS,
+) -> ValidationResult:
     """Read an inventory file; the format comes from `fmt` or the file's suffix.
 
     A file that does not exist, cannot be read or has an unknown format raises
@@ -164,6 +193,6 @@ def read_inventory(path: Path, fmt: str | None = None) -> ValidationResult:
     except UnicodeDecodeError as exc:
         raise InventoryFileError(str(path), f"not UTF-8 text: {exc.reason}") from None
     try:
-        return parse_inventory(text, fmt)
+        return parse_inventory(text, fmt, policy, max_rows=max_rows)
     except InventoryError as exc:
-        raise InventoryError(str(path), exc.errors) from None
+        raise InventoryError(str(path), exc.errors, exc.more) from None

@@ -11,7 +11,9 @@ it into exit code 2.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -22,9 +24,12 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
+
+from orchestrator.store.embedded import default_data_dir
 
 ENV_PREFIX = "ORCHESTRATOR_"
 DEFAULT_CONFIG_PATH = Path("config/orchestrator.toml")
@@ -33,6 +38,13 @@ MASK = "********"
 
 class SettingsError(Exception):
     """A setting is missing, unknown or invalid. The message is one line naming the key."""
+
+
+# keys that existed once: a file or a variable that still names one gets a clear error
+REMOVED_SETTINGS = {
+    "appliance_http_client": "aiohttp is the only HTTP client now (the stream pool is "
+    "gone); delete this setting",
+}
 
 
 class Settings(BaseModel):
@@ -45,7 +57,8 @@ class Settings(BaseModel):
     db_pool_min_size: int = Field(default=2, ge=0, le=100)
     db_pool_max_size: int = Field(default=10, ge=1, le=500)
     db_command_timeout: float = Field(default=30.0, gt=0, le=3600)
-    data_dir: Path = Path("~/.local/share/orchestrator")
+    # ~/.local/share/orchestrator; as root /var/lib/orchestrator (store/embedded.py)
+    data_dir: Path = Field(default_factory=default_data_dir)
 
     # --- logging --------------------------------------------------------------------
     log_format: Literal["auto", "json", "console"] = "auto"
@@ -59,9 +72,17 @@ class Settings(BaseModel):
     appliance_retries: int = Field(default=2, ge=0, le=10)
     appliance_session_max_age: float = Field(default=300.0, gt=0, le=86_400)
     appliance_verify_tls: bool = True
-    # "stream": the lean keep-alive HTTP/1.1 pool of orchestrator/appliance/transport.py
-    # (about half the CPU per request); "aiohttp": aiohttp's ClientSession
-    appliance_http_client: Literal["stream", "aiohttp"] = "stream"
+    # HTTPS_PROXY / HTTP_PROXY / NO_PROXY (and ~/.netrc for the proxy's credentials) apply
+    appliance_trust_env: bool = True
+    # where credentials_ref may point and where credentials may go (domain/inventory.py)
+    appliance_credentials_env_prefix: str = Field(
+        default="APPLIANCE_", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    appliance_secrets_dir: Path | None = Path("/etc/orchestrator/secrets")
+    appliance_allow_http: bool = False
+    appliance_allow_local_addresses: bool = False
+    appliance_allowed_networks: list[str] = []
+    appliance_allowed_domains: list[str] = []
+    appliance_import_max_rows: int = Field(default=200_000, ge=1, le=10_000_000)
 
     # --- engine ---------------------------------------------------------------------
     engine_lease_seconds: float = Field(default=30.0, ge=2, le=3600)
@@ -75,6 +96,27 @@ class Settings(BaseModel):
     # --- REST API -------------------------------------------------------------------
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8080, ge=1, le=65535)
+    # HTTPS: a PEM certificate (chain) and its private key; both or neither
+    api_tls_cert: Path | None = None
+    api_tls_key: Path | None = None
+    # seconds a token lookup is reused (a revoked token works at most this long after)
+    api_token_cache_seconds: float = Field(default=5.0, ge=0, le=60)
+    # failed authentications (a bad, revoked or expired token) per client address and
+    # minute before it gets 429 with Retry-After
+    api_auth_failures_per_minute: int = Field(default=60, ge=1, le=100_000)
+    # true: the token that created a rollout may not approve its waves (403)
+    api_forbid_self_approval: bool = False
+    # unauthenticated load (api/metrics.py, api/events.py, store/db.py): seconds the
+    # database figures of /metrics are reused; a bearer token /metrics requires (the
+    # token, or env:NAME / file:PATH naming where it is; unset: no token); open event
+    # streams per token and in all; seconds between two checks of a stream's token; and
+    # seconds a request waits for a database connection before its 503
+    api_metrics_cache_seconds: float = Field(default=5.0, ge=0, le=300)
+    api_metrics_token: str | None = None
+    api_sse_max_streams_per_token: int = Field(default=10, ge=1, le=10_000)
+    api_sse_max_streams: int = Field(default=200, ge=1, le=100_000)
+    api_sse_token_recheck_seconds: float = Field(default=5.0, gt=0, le=300)
+    api_db_acquire_timeout: float = Field(default=10.0, gt=0, le=300)
 
     @field_validator("database_url")
     @classmethod
@@ -85,6 +127,85 @@ class Settings(BaseModel):
         if parts.scheme not in ("postgresql", "postgres"):
             raise ValueError("must be a postgresql:// URL")
         return value
+
+    @field_validator("api_metrics_token")
+    @classmethod
+    def _check_metrics_token(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        scheme, sep, rest = value.partition(":")
+        if sep and scheme in ("env", "file"):
+            if not rest.strip():
+                raise ValueError(f"{scheme}: names nothing (env:NAME or file:PATH)")
+        elif len(value) < 16:
+            raise ValueError("a metrics token must have at least 16 characters")
+        return value
+
+    @field_validator("api_tls_cert", "api_tls_key", mode="before")
+    @classmethod
+    def _empty_path_is_unset(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _check_tls_pair(self) -> Settings:
+        if (self.api_tls_cert is None) != (self.api_tls_key is None):
+            given, missing = (("api_tls_cert", "api_tls_key") if self.api_tls_cert
+                              else ("api_tls_key", "api_tls_cert"))
+            raise ValueError(f"{given} is set but {missing} is not: HTTPS needs both the "
+                             "certificate and its private key")
+        return self
+
+    @field_validator("appliance_credentials_env_prefix")
+    @classmethod
+    def _check_env_prefix(cls, value: str) -> str:
+        if value.upper().startswith(ENV_PREFIX[: len(value)]):
+            raise ValueError(f"must not be a prefix of {ENV_PREFIX} (the settings' own "
+                             "variables never hold appliance credentials)")
+        return value
+
+    @field_validator("appliance_secrets_dir", mode="before")
+    @classmethod
+    def _check_secrets_dir(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None or value == "":
+            return None
+        path = Path(str(value)).expanduser()
+        if not path.is_absolute() or path == Path("/"):
+            raise ValueError("must be an absolute directory other than /")
+        data_dir = info.data.get("data_dir")
+        if isinstance(data_dir, Path) and data_dir.expanduser().is_relative_to(path):
+            raise ValueError(f"holds data_dir ({data_dir}), whose files (the database's "
+                             "password among them) are no appliance credentials")
+        return path
+
+    @field_validator("appliance_allowed_networks", "appliance_allowed_domains",
+                     mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        if isinstance(value, str):  # from an environment variable: comma-separated
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("appliance_allowed_networks")
+    @classmethod
+    def _check_networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not a network such as 10.20.0.0/16") from None
+        return [str(ipaddress.ip_network(item, strict=False)) for item in value]
+
+    @field_validator("appliance_allowed_domains")
+    @classmethod
+    def _check_domains(cls, value: list[str]) -> list[str]:
+        out = []
+        for item in value:
+            domain = item.strip().lstrip("*").strip(".").lower()
+            if not re.fullmatch(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?", domain):
+                raise ValueError(f"{item!r} is not a domain suffix such as example.net")
+            out.append(domain)
+        return out
 
     @model_validator(mode="after")
     def _check_pool(self) -> Settings:
@@ -111,6 +232,9 @@ class Settings(BaseModel):
         for key, value in self.model_dump().items():
             if key == "database_url" and value:
                 value = mask_url(value)
+            elif key == "api_metrics_token" and value and \
+                    not value.startswith(("env:", "file:")):
+                value = MASK
             elif isinstance(value, Path):
                 value = str(value)
             out[key] = value
@@ -178,12 +302,20 @@ def load_settings(
     source: dict[str, str] = {key: str(path) for key in values}
     known = set(Settings.model_fields)
     for key in values:
+        if key in REMOVED_SETTINGS:
+            raise SettingsError(
+                f"{key} (in {path}): this setting was removed: {REMOVED_SETTINGS[key]}"
+            )
         if key not in known:
             raise SettingsError(f"{key}: unknown setting in {path}")
     for name, raw in env.items():
         if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
             continue
         key = name[len(ENV_PREFIX) :].lower()
+        if key in REMOVED_SETTINGS:
+            raise SettingsError(
+                f"{name}: the setting {key} was removed: {REMOVED_SETTINGS[key]}"
+            )
         if key not in known:
             raise SettingsError(f"{name}: unknown setting (known: {', '.join(sorted(known))})")
         values[key] = raw
@@ -197,5 +329,7 @@ def load_settings(
         shown = err.get("input")
         if key == "database_url" and isinstance(shown, str):
             shown = mask_url(shown)
+        elif key == "api_metrics_token":
+            shown = MASK
         msg = str(err["msg"]).removeprefix("Value error, ")
         raise SettingsError(f"{key} (from {where}): {msg}; got {shown!r}") from None

@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 
 from orchestrator.appliance import ApplianceHttp
+from orchestrator.domain.inventory import LAB_POLICY
 from orchestrator.domain.states import TERMINAL_ROLLOUT_STATES
 from orchestrator.engine.engine import Engine, EngineConfig
 from orchestrator.inventory import read_inventory
@@ -43,6 +44,8 @@ def fast_engine_config(**overrides: Any) -> EngineConfig:
         "progress_interval": 0.2, "batch_delay": 0.01, "install_estimate": 0.3,
         "reboot_estimate": 0.5,
         "min_poll": 0.05, "max_poll": 0.3, "held_slot_interval": 0.5,
+        # the simulator answers on http://127.0.0.1
+        "target_policy": LAB_POLICY,
     }
     values.update(overrides)
     return EngineConfig(**values)
@@ -51,8 +54,8 @@ def fast_engine_config(**overrides: Any) -> EngineConfig:
 def http_client(**overrides: Any) -> ApplianceHttp:
     values: dict[str, Any] = {
         "connect_timeout": 1.0, "request_timeout": 2.0, "retries": 1,
-        "backoff_base": 0.02, "backoff_cap": 0.1, "verify_tls": False,
-        "environ": {"SIM_CREDENTIALS": "admin:admin"},
+        "backoff_base": 0.02, "backoff_cap": 0.1, "verify_tls": False, "trust_env": False,
+        "environ": {"APPLIANCE_SIM_CREDENTIALS": "admin:admin"},
     }
     values.update(overrides)
     return ApplianceHttp(**values)
@@ -73,7 +76,8 @@ async def fleet(pool: asyncpg.Pool, db_url: str, **config: Any) -> AsyncIterator
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "fleet.csv"
             sim.write_inventory(path)
-            await appliance_store.upsert_appliances(pool, read_inventory(path).specs)
+            await appliance_store.upsert_appliances(
+                pool, read_inventory(path, policy=LAB_POLICY).specs)
         yield Fleet(sim=sim, pool=pool, db_url=db_url)
 
 

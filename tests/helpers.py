@@ -31,6 +31,10 @@ def cli_env(db_url: str | None = None, **extra: str) -> dict[str, str]:
     """Environment for running the `orchestrator` command as a subprocess."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")}
     env["ORCHESTRATOR_LOG_FORMAT"] = "json"
+    # simulated fleets answer on http://127.0.0.1, a lab's addresses (tests of the rules
+    # themselves pass "false")
+    env["ORCHESTRATOR_APPLIANCE_ALLOW_HTTP"] = "true"
+    env["ORCHESTRATOR_APPLIANCE_ALLOW_LOCAL_ADDRESSES"] = "true"
     if db_url:
         env["ORCHESTRATOR_DATABASE_URL"] = db_url
     env.update(extra)

@@ -20,6 +20,8 @@ from orchestrator.api import (
     tokens,
     windows,
 )
+from orchestrator.api.headers import security_headers
+from orchestrator.api.load import acquire_bound_middleware
 from orchestrator.api.metrics import ApiMetrics, HttpView
 from orchestrator.api.problems import problem_middleware
 from orchestrator.api.routing import STATE, ApiState, Operation, wrap
@@ -55,10 +57,13 @@ def create_app(
     metrics.attach(engine, http)
     # the per-operation limits (1 MiB, 16 MiB for the import) are enforced when reading
     app = web.Application(client_max_size=IMPORT_LIMIT,
-                          middlewares=[metrics.middleware(), problem_middleware])
+                          middlewares=[metrics.middleware(), problem_middleware,
+                                       acquire_bound_middleware(settings.api_db_acquire_timeout)])
     state = ApiState(pool=pool, settings=settings, metrics=metrics, engine=engine, http=http,
                      sse_keepalive=sse_keepalive, sse_poll=sse_poll)
     app[STATE] = state
+    app[events.STREAMS] = events.StreamLimits(settings.api_sse_max_streams_per_token,
+                                              settings.api_sse_max_streams)
     app[openapi.DOCUMENT] = openapi.build_document(OPERATIONS)
     for op in OPERATIONS:
         app.router.add_route(op.method, op.route_path(), wrap(op))
@@ -72,6 +77,7 @@ def create_app(
     async def on_cleanup(_app: web.Application) -> None:
         await metrics.stop()
 
+    app.on_response_prepare.append(security_headers)  # nosniff; CSP on HTML
     app.on_startup.append(on_startup)
     app.on_shutdown.append(on_shutdown)
     app.on_cleanup.append(on_cleanup)

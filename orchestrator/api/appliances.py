@@ -3,10 +3,17 @@
 Create, update and bulk import go through the same validation as an inventory file
 (`validate_record`, `parse_inventory`) and the same upsert as `appliances import`; every
 change is written to `audit_log` in the same transaction.
+
+The settings' target policy applies to every row (`target_policy`: allowed credentials
+references and base URLs). A change of an appliance's host must name its credentials_ref
+in the same request. An import is parsed and validated in a worker thread (a 16 MiB body
+does not block the event loop), lists at most 100 bad rows (and counts the rest), and
+refuses more than `appliance_import_max_rows` appliances.
 """
 
 from __future__ import annotations
 
+import asyncio
 import csv
 from typing import Any, Final
 
@@ -28,9 +35,16 @@ from orchestrator.api.validation import (
     read_body,
     read_model,
 )
-from orchestrator.domain.inventory import FIELDS, RowError, validate_record
+from orchestrator.domain.inventory import (
+    FIELDS,
+    RowError,
+    TargetPolicy,
+    ValidationResult,
+    url_host,
+    validate_record,
+)
 from orchestrator.domain.models import Appliance
-from orchestrator.inventory import InventoryError, parse_inventory
+from orchestrator.inventory import InventoryError, parse_inventory, target_policy
 from orchestrator.store import appliances as appliance_store
 from orchestrator.store.audit import record_audit
 
@@ -73,6 +87,12 @@ def _not_found(name: str) -> Problem:
     return Problem(404, f"no appliance named {name!r}")
 
 
+def _host_change(exc: appliance_store.HostChangeError, field: str) -> Problem:
+    return Problem(422, str(exc), errors=[
+        FieldError(field, f"appliance {name!r}: base_url host {old} -> {new} without its "
+                          "credentials_ref") for name, old, new in exc.changes[:100]])
+
+
 # ------------------------------------------------------------------ handlers
 async def list_appliances(call: Call) -> web.StreamResponse:
     p = call.params
@@ -97,11 +117,14 @@ async def get_appliance(call: Call) -> web.StreamResponse:
 
 async def create_appliance(call: Call) -> web.StreamResponse:
     body = await read_model(call.request, ApplianceCreate)
-    spec, reasons = validate_record(body.model_dump())
+    spec, reasons = validate_record(body.model_dump(), target_policy(call.state.settings))
     if spec is None:
         raise _invalid_record(reasons)
     async with call.pool.acquire() as conn, conn.transaction():
-        summary = await appliance_store.upsert_appliances(conn, [spec])
+        try:
+            summary = await appliance_store.upsert_appliances(conn, [spec])
+        except appliance_store.HostChangeError as exc:
+            raise _host_change(exc, "body.credentials_ref") from None
         if summary.updated:  # the row existed: undo by leaving the transaction
             raise Problem(409, f"name: an appliance named {spec.name!r} exists; change it "
                                f"with PATCH /api/v1/appliances/{spec.name}")
@@ -124,7 +147,16 @@ async def update_appliance(call: Call) -> web.StreamResponse:
         assert current is not None
         record = _record(current)
         record.update({k: v for k, v in changes.items() if k != "enabled"})
-        spec, reasons = validate_record(record)
+        if ("base_url" in changes and "credentials_ref" not in changes
+                and url_host(str(changes["base_url"])) != url_host(current.base_url)):
+            raise Problem(
+                422, f"appliance {name!r}: base_url moves it from host "
+                     f"{url_host(current.base_url)} to {url_host(str(changes['base_url']))}: "
+                     "give its credentials_ref again in the same change (the credentials "
+                     "would otherwise be sent to the new host)",
+                errors=[FieldError("body.credentials_ref", "required when the base_url "
+                                                           "host changes")])
+        spec, reasons = validate_record(record, target_policy(call.state.settings))
         if spec is None:
             raise _invalid_record(reasons)
         await appliance_store.upsert_appliances(conn, [spec])
@@ -166,14 +198,35 @@ async def import_appliances(call: Call) -> web.StreamResponse:
         raise Problem(415, f"Content-Type: send text/csv or application/json; got {kind!r}",
                       errors=[FieldError("Content-Type", "must be text/csv or "
                                                          "application/json")])
-    text = decode_text(await read_body(request, IMPORT_LIMIT))
+    body = await read_body(request, IMPORT_LIMIT)
+    settings = call.state.settings
+    # decoding, parsing and validating 16 MiB take a while: not on the event loop
+    result = await asyncio.to_thread(
+        _parse_import, body, fmt, target_policy(settings), settings.appliance_import_max_rows)
+    async with call.pool.acquire() as conn, conn.transaction():
+        try:
+            summary = await appliance_store.upsert_appliances(conn, result.specs)
+        except appliance_store.HostChangeError as exc:
+            raise _host_change(exc, "credentials_ref") from None
+        await record_audit(conn, call.actor, "appliance.import", "appliance", None,
+                           {"inserted": summary.inserted, "updated": summary.updated,
+                            "format": fmt})
+    return json_response({"imported": summary.total, "inserted": summary.inserted,
+                          "updated": summary.updated})
+
+
+def _parse_import(
+    body: bytes, fmt: str, policy: TargetPolicy, max_rows: int
+) -> ValidationResult:
+    """The import body, decoded, parsed and validated (run in a worker thread)."""
+    text = decode_text(body)
     if "\x00" in text:
         line = text.count("\n", 0, text.index("\x00")) + 1
         raise _rows_problem([RowError(line, "contains the NUL character")])
     try:
-        result = parse_inventory(text, fmt)
+        result = parse_inventory(text, fmt, policy, max_rows=max_rows)
     except InventoryError as exc:
-        raise _rows_problem(exc.errors) from None
+        raise _rows_problem(exc.errors, exc.more) from None
     except (csv.Error, ValueError, RecursionError) as exc:
         raise Problem(422, f"the {fmt.upper()} body cannot be read: {exc}",
                       errors=[FieldError("body", str(exc))]) from None
@@ -184,13 +237,7 @@ async def import_appliances(call: Call) -> web.StreamResponse:
                 raise _rows_problem([RowError(0, f"{key}: the value of appliance "
                                                  f"{spec.name!r} holds NUL or unpaired "
                                                  "surrogates")])
-    async with call.pool.acquire() as conn, conn.transaction():
-        summary = await appliance_store.upsert_appliances(conn, result.specs)
-        await record_audit(conn, call.actor, "appliance.import", "appliance", None,
-                           {"inserted": summary.inserted, "updated": summary.updated,
-                            "format": fmt})
-    return json_response({"imported": summary.total, "inserted": summary.inserted,
-                          "updated": summary.updated})
+    return result
 
 
 def _storable(value: str) -> bool:
@@ -203,12 +250,16 @@ def _storable(value: str) -> bool:
     return True
 
 
-def _rows_problem(errors: list[RowError]) -> Problem:
-    shown = "; ".join(str(e) for e in errors[:5])
-    more = f"; and {len(errors) - 5} more" if len(errors) > 5 else ""
+def _rows_problem(errors: list[RowError], more: int = 0) -> Problem:
+    """422 listing at most 100 bad rows; `more_errors` counts those not listed."""
+    total = len(errors) + more
+    listed = errors[:100]
+    shown = "; ".join(str(e) for e in listed[:5])
+    rest = f"; and {total - 5} more" if total > 5 else ""
     return Problem(
-        422, f"{len(errors)} problem(s), nothing imported: {shown}{more}",
-        errors=[FieldError(_field_of(e.reason), e.reason, e.line) for e in errors],
+        422, f"{total} problem(s), nothing imported: {shown}{rest}",
+        errors=[FieldError(_field_of(e.reason), e.reason, e.line) for e in listed],
+        more_errors=total - len(listed),
     )
 
 

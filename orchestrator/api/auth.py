@@ -1,22 +1,42 @@
 """Bearer tokens and roles.
 
 `viewer` reads, `operator` also steers rollouts, `admin` also changes the inventory and the
-tokens (admin can do everything). No token, or an unknown or revoked one: 401 with
+tokens (admin can do everything). No token, or an unknown, revoked or expired one: 401 with
 `WWW-Authenticate: Bearer`. A role too low: 403 naming the role that is needed.
+
+Lookups are cached for `api_token_cache_seconds` (5 s), the misses too, so a client that
+repeats a token costs one query per period; a token revoked elsewhere therefore keeps
+working for at most that long (revoked through this process's API: at once). Expiry is
+checked on every request against the clock, never from the cache. A client address with
+more than `api_auth_failures_per_minute` failed authentications (a token presented and
+refused) in the last minute gets 429 with `Retry-After` on every route that needs a token,
+without a lookup, until the minute has passed. Every 401, 403 and 429 is logged
+(`api_auth_denied`: route, client address, the token's name when known, never the token),
+at most a few lines per address and minute (`DenialLog`).
 """
 
 from __future__ import annotations
 
+import math
 import re
 import time
-from typing import Final, Literal
+from collections import deque
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from aiohttp import web
 
 from orchestrator.api.problems import FieldError, Problem
+from orchestrator.logs import get_logger
 from orchestrator.store import tokens as token_store
 from orchestrator.store.db import DB
 from orchestrator.store.tokens import TokenInfo
+
+if TYPE_CHECKING:
+    from orchestrator.settings import Settings
+
+log = get_logger("orchestrator.api.auth")
 
 Role = Literal["viewer", "operator", "admin"]
 RANK: Final[dict[str, int]] = {"viewer": 1, "operator": 2, "admin": 3}
@@ -49,25 +69,186 @@ def bearer_token(request: web.Request) -> str:
     return token
 
 
-class Authenticator:
-    """Checks tokens against `api_tokens`; records use at most once a minute per token."""
+WINDOW: Final = 60.0  # seconds: the failure limit counts per minute
+CACHE_MAX: Final = 10_000  # cached lookups at most (a flood of made-up tokens stays bounded)
+Clock = Callable[[], float]
 
-    def __init__(self) -> None:
+
+def client_address(request: web.Request) -> str:
+    """The peer's address (behind a reverse proxy: the proxy's)."""
+    return request.remote or "unknown"
+
+
+def route_of(request: web.Request) -> str:
+    """The route template (`/api/v1/rollouts/{id}`), not the path: bounded, no ids."""
+    info = request.match_info
+    resource = info.route.resource if info is not None and info.route is not None else None
+    return resource.canonical if resource is not None else request.path
+
+
+class DenialLog:
+    """Logs refused requests, `per_client` lines per address and `overall` lines in all per
+    window; what it leaves out is counted and reported with the next window's first line."""
+
+    def __init__(self, *, per_client: int = 5, overall: int = 50, window: float = WINDOW,
+                 clock: Clock = time.monotonic) -> None:
+        self.per_client = per_client
+        self.overall = overall
+        self.window = window
+        self.clock = clock
+        self._start = clock()
+        self._lines: dict[str, int] = {}
+        self._total = 0
+        self._suppressed = 0
+
+    def denied(self, request: web.Request, status: int, reason: str, **fields: Any) -> bool:
+        """Log one refusal (True) unless this window's lines are used up (False)."""
+        now = self.clock()
+        if now - self._start >= self.window:
+            if self._suppressed:
+                log.warning("api_auth_denials_suppressed", count=self._suppressed,
+                            window_seconds=self.window)
+            self._start, self._lines, self._total, self._suppressed = now, {}, 0, 0
+        client = client_address(request)
+        used = self._lines.get(client, 0)
+        if used >= self.per_client or self._total >= self.overall:
+            self._suppressed += 1
+            return False
+        self._lines[client] = used + 1
+        self._total += 1
+        log.warning("api_auth_denied", status=status, reason=reason, method=request.method,
+                    route=route_of(request), client=client,
+                    **{k: v for k, v in fields.items() if v is not None})
+        return True
+
+
+class Authenticator:
+    """Checks tokens against `api_tokens` (through a short cache), limits failed attempts
+    per client address, logs refusals; records use at most once a minute per token."""
+
+    def __init__(self, settings: Settings | None = None, *,
+                 clock: Clock = time.monotonic) -> None:
+        self.clock = clock
+        self.cache_seconds = 5.0
+        self.failure_limit = 60
+        self.denials = DenialLog(clock=clock)
         self._touched: dict[int, float] = {}
+        self._cache: dict[str, tuple[float, TokenInfo | None]] = {}
+        self._failures: dict[str, deque[float]] = {}
+        if settings is not None:
+            self.configure(settings)
+
+    def configure(self, settings: Settings) -> None:
+        self.cache_seconds = settings.api_token_cache_seconds
+        self.failure_limit = settings.api_auth_failures_per_minute
+
+    # -------------------------------------------------------------- the failure limit
+    def retry_after(self, client: str) -> int | None:
+        """Seconds until `client` may try again, or None when it is under the limit."""
+        failures = self._failures.get(client)
+        if not failures:
+            return None
+        now = self.clock()
+        while failures and now - failures[0] >= WINDOW:
+            failures.popleft()
+        if not failures:
+            del self._failures[client]
+            return None
+        if len(failures) < self.failure_limit:
+            return None
+        return max(1, math.ceil(failures[0] + WINDOW - now))
+
+    def _failed(self, client: str) -> None:
+        failures = self._failures.get(client)
+        if failures is None:
+            if len(self._failures) >= CACHE_MAX:
+                self._prune_failures()
+            failures = self._failures[client] = deque(maxlen=self.failure_limit)
+        failures.append(self.clock())
+
+    def _prune_failures(self) -> None:
+        now = self.clock()
+        for client in [c for c, f in self._failures.items() if not f or now - f[-1] >= WINDOW]:
+            del self._failures[client]
+        if len(self._failures) >= CACHE_MAX:  # a flood from many addresses: forget the oldest
+            for client in list(self._failures)[: CACHE_MAX // 2]:
+                del self._failures[client]
+
+    # -------------------------------------------------------------- the lookup cache
+    async def _lookup(self, db: DB, token: str) -> TokenInfo | None:
+        if self.cache_seconds <= 0:
+            return await token_store.lookup(db, token)
+        digest = token_store.hash_token(token)
+        now = self.clock()
+        hit = self._cache.get(digest)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        info = await token_store.lookup(db, token)
+        if len(self._cache) >= CACHE_MAX:
+            self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
+            if len(self._cache) >= CACHE_MAX:
+                self._cache.clear()
+        self._cache[digest] = (now + self.cache_seconds, info)
+        return info
+
+    def forget(self, name: str) -> None:
+        """Drop the cached lookups of the token `name` (revoked through this process)."""
+        self._cache = {k: v for k, v in self._cache.items()
+                       if v[1] is None or v[1].name != name}
+
+    # -------------------------------------------------------------- the check
+    def _refuse(self, request: web.Request, problem: Problem, reason: str, *,
+                count: bool, info: TokenInfo | None = None) -> Problem:
+        if count:
+            self._failed(client_address(request))
+        self.denials.denied(request, problem.status, reason,
+                            caller=info.name if info else None,
+                            role=info.role if info else None)
+        return problem
 
     async def check(self, db: DB, request: web.Request, required: Role) -> TokenInfo:
-        token = bearer_token(request)
-        info = await token_store.authenticate(db, token)
-        if info is None:
-            raise _unauthorized("the bearer token is unknown or revoked", "invalid_token")
+        client = client_address(request)
+        wait = self.retry_after(client)
+        if wait is not None:
+            raise self._refuse(request, Problem(
+                429, f"too many failed authentications from {client}: more than "
+                     f"{self.failure_limit} in the last minute; retry in {wait} s",
+                headers={"Retry-After": str(wait)}, retry_after=wait,
+            ), "too_many_failures", count=False)
+        try:
+            token = bearer_token(request)
+        except Problem as problem:
+            presented = bool(request.headers.get("Authorization"))
+            raise self._refuse(request, problem, "malformed" if presented else "missing",
+                               count=presented) from None
+        info = await self._lookup(db, token)
+        if info is None or info.revoked_at is not None:
+            raise self._refuse(
+                request, _unauthorized("the bearer token is unknown or revoked",
+                                       "invalid_token"),
+                "unknown" if info is None else "revoked", count=True, info=info)
+        if info.expired(datetime.now(UTC)):
+            assert info.expires_at is not None
+            raise self._refuse(
+                request, _unauthorized(f"the bearer token {info.name!r} expired at "
+                                       f"{info.expires_at.isoformat()}; create a new one",
+                                       "invalid_token"),
+                "expired", count=True, info=info)
         if not allows(info.role, required):
-            raise Problem(
+            raise self._refuse(request, Problem(
                 403, f"token {info.name!r} has the role {info.role}; this needs {required}",
                 required_role=required, role=info.role,
                 errors=[FieldError("Authorization", f"role {required} or higher required")],
-            )
+            ), "role", count=False, info=info)
         now = time.monotonic()
         if now - self._touched.get(info.id, -TOUCH_EVERY) >= TOUCH_EVERY:
             self._touched[info.id] = now
             await token_store.touch_token(db, info.id)
         return info
+
+    def forbidden(self, request: web.Request, info: TokenInfo | None, reason: str,
+                  detail: str, **extra: Any) -> Problem:
+        """A 403 of a rule other than the role (separation of duties), logged like the
+        others; the caller raises it."""
+        return self._refuse(request, Problem(403, detail, **extra), reason, count=False,
+                            info=info)

@@ -15,6 +15,7 @@ import contextlib
 import gc
 import json
 import signal
+import ssl
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -55,18 +56,68 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                       help="serve the API only (the engines run elsewhere)")
     only.add_argument("--no-api", action="store_true",
                       help="run the engine only, like `orchestrator run`")
+    parser.add_argument("--insecure-http", action="store_true",
+                        help="serve plain HTTP on a non-loopback address although "
+                             "api_tls_cert/api_tls_key are not set (bearer tokens cross "
+                             "the network in clear text: only behind a TLS-terminating "
+                             "proxy or on a network you trust)")
+
+
+INSECURE_REFUSED = (
+    "orchestrator: serve: refusing to serve plain HTTP on {host}, which is not a loopback "
+    "address: bearer tokens would cross the network in clear text. Set api_tls_cert and "
+    "api_tls_key (ORCHESTRATOR_API_TLS_CERT, ORCHESTRATOR_API_TLS_KEY) to serve HTTPS, "
+    "listen on 127.0.0.1 behind a TLS-terminating reverse proxy, or pass --insecure-http "
+    "if the network is trusted"
+)
+INSECURE_WARNING = (
+    "WARNING: serving the API over plain HTTP on {host} (--insecure-http): bearer tokens "
+    "cross the network in clear text; anyone on the path can read and reuse them"
+)
+
+
+def api_transport(settings: Settings, host: str, insecure_http: bool) \
+        -> tuple[ssl.SSLContext | None, str | None]:
+    """(the SSLContext or None, a refusal message or None) for serving the API on `host`.
+    Raises TlsError when the certificate or key cannot be used."""
+    from orchestrator.api.tls import is_loopback, server_context
+
+    context = server_context(settings)
+    if context is None and not is_loopback(host) and not insecure_http:
+        return None, INSECURE_REFUSED.format(host=host or "every address")
+    return context, None
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace,
               run_with_database_url: UrlRunner | None = None) -> int:
+    from orchestrator.api.tls import TlsError, is_loopback
+
     runner = run_with_database_url or _url_runner()
     url_holder: list[str] = []
+    host = args.host or settings.api_host
+    ssl_context: ssl.SSLContext | None = None
+    if not args.no_api:
+        try:
+            ssl_context, refusal = api_transport(settings, host, args.insecure_http)
+        except TlsError as exc:
+            print(f"orchestrator: serve: {exc}", file=sys.stderr)
+            return 2
+        if refusal is not None:
+            print(refusal, file=sys.stderr)
+            return 2
+        if ssl_context is None and not is_loopback(host):
+            print(INSECURE_WARNING.format(host=host or "every address"), file=sys.stderr,
+                  flush=True)
+            log.warning("api_insecure_http", host=host,
+                        reason="--insecure-http: bearer tokens cross the network in clear "
+                               "text")
 
     async def body(pool: asyncpg.Pool) -> int:
         return await serve(
-            pool, settings, host=args.host or settings.api_host,
+            pool, settings, host=host,
             port=args.port or settings.api_port, with_engine=not args.no_engine,
             with_api=not args.no_api, database_url=url_holder[0] if url_holder else None,
+            ssl_context=ssl_context,
         )
 
     return runner(settings, body, url_holder)
@@ -94,6 +145,7 @@ async def serve(
     with_api: bool = True,
     database_url: str | None = None,
     stop: asyncio.Event | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> int:
     """Run the API and/or the engine until SIGTERM/SIGINT (or `stop`); both stop cleanly
     and at once: the API stops listening and ends its event streams while the engine
@@ -101,7 +153,7 @@ async def serve(
     from orchestrator.api.server import ListenError, LoopServer, ThreadServer
     from orchestrator.appliance import ApplianceHttp
     from orchestrator.cli_rollout import engine_config
-    from orchestrator.engine.engine import Engine
+    from orchestrator.engine.engine import Engine, tune_gc_for_engine
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -120,23 +172,31 @@ async def serve(
             if with_api:
                 if engine is not None and database_url:
                     server = ThreadServer(database_url, settings, host, port,
-                                          pool_size=API_POOL_SIZE, engine=engine, http=http)
+                                          pool_size=API_POOL_SIZE, engine=engine, http=http,
+                                          ssl_context=ssl_context)
                 else:
-                    server = LoopServer(pool, settings, host, port, engine=engine, http=http)
+                    server = LoopServer(pool, settings, host, port, engine=engine, http=http,
+                                        ssl_context=ssl_context)
                 try:
                     await server.start()
                 except ListenError as exc:
                     print(f"orchestrator: {exc}", file=sys.stderr)
                     return 1
             # what the process holds now stays for its whole life: keep it out of the
-            # garbage collector's full passes (shorter pauses of both loops)
-            gc.freeze()
-            parts = [f"API on http://{host}:{port}"] if server is not None else []
+            # garbage collector's full passes (shorter pauses of both loops); with the
+            # engine, also the engine's collector thresholds
+            if engine is not None:
+                tune_gc_for_engine()
+            else:
+                gc.freeze()
+            scheme = "https" if ssl_context is not None else "http"
+            parts = [f"API on {scheme}://{host}:{port}"] if server is not None else []
             if engine is not None:
                 parts.append(f"engine {engine.owner}")
             print(f"orchestrator serving: {', '.join(parts)} (SIGTERM or Ctrl-C stops it)",
                   file=sys.stderr, flush=True)
-            log.info("serve_started", host=host, port=port, api=with_api, engine=with_engine)
+            log.info("serve_started", host=host, port=port, api=with_api, engine=with_engine,
+                     tls=ssl_context is not None)
             engine_task = asyncio.create_task(engine.run(), name="engine") if engine else None
             stopper = asyncio.create_task(stop.wait(), name="stop")
             waiting: set[asyncio.Task[Any]] = {stopper}
@@ -177,12 +237,22 @@ def add_tokens_arguments(parser: argparse.ArgumentParser) -> None:
     create.add_argument("--role", required=True, choices=list(token_store.ROLES),
                         help="viewer: read; operator: also rollout actions; admin: also "
                              "inventory and tokens")
+    create.add_argument("--expires-in", metavar="DURATION",
+                        help="the token stops working after this long, e.g. 30d, 12h, 90m, "
+                             "2w (1 minute to 3650 days; default: never)")
     create.add_argument("--json", action="store_true")
     lst = sub.add_parser("list", help="list tokens (never the tokens themselves)")
-    lst.add_argument("--active", action="store_true", help="leave revoked tokens out")
+    lst.add_argument("--active", action="store_true",
+                     help="leave revoked and expired tokens out")
     lst.add_argument("--json", action="store_true")
     revoke = sub.add_parser("revoke", help="revoke a token by name")
     revoke.add_argument("name")
+
+
+def _expiry(info: token_store.TokenInfo) -> str:
+    if info.expires_at is None:
+        return "never"
+    return f"{info.expires_at:%Y-%m-%d %H:%M}" + (" (expired)" if info.expired() else "")
 
 
 def _actor() -> Actor:
@@ -195,6 +265,12 @@ def cmd_tokens(settings: Settings, args: argparse.Namespace,
                run_with_database: Runner | None = None) -> int:
     runner = run_with_database or _runner()
     action = args.tokens_command
+    if action == "create" and args.expires_in is not None:
+        try:  # a bad value is named before the database is touched
+            token_store.parse_expiry(args.expires_in)
+        except token_store.TokenError as exc:
+            print(f"orchestrator: tokens create: {exc}", file=sys.stderr)
+            return 1
 
     async def body(pool: asyncpg.Pool) -> int:
         try:
@@ -209,16 +285,21 @@ def cmd_tokens(settings: Settings, args: argparse.Namespace,
 async def _tokens(pool: asyncpg.Pool, args: argparse.Namespace, action: str) -> int:
     actor = _actor()
     if action == "create":
+        expires_in = (token_store.parse_expiry(args.expires_in)
+                      if args.expires_in is not None else None)
         async with pool.acquire() as conn, conn.transaction():
-            info, token = await token_store.create_token(conn, args.name, args.role)
+            info, token = await token_store.create_token(conn, args.name, args.role,
+                                                         expires_in=expires_in)
             await record_audit(conn, actor, "token.create", "token", info.name,
-                               {"role": info.role})
+                               {"role": info.role, "expires_at": info.to_dict()["expires_at"]})
         if args.json:
             print(json.dumps({**info.to_dict(), "token": token}))
         else:
             print(token)
-            print(f"created token {info.name!r} with the role {info.role}; it is shown only "
-                  "now: store it", file=sys.stderr)
+            until = (f", expiring {info.expires_at:%Y-%m-%d %H:%M %Z}" if info.expires_at
+                     else "")
+            print(f"created token {info.name!r} with the role {info.role}{until}; it is "
+                  "shown only now: store it", file=sys.stderr)
         return 0
     if action == "list":
         items = await token_store.list_tokens(pool, include_revoked=not args.active)
@@ -227,8 +308,9 @@ async def _tokens(pool: asyncpg.Pool, args: argparse.Namespace, action: str) -> 
             return 0
         rows = [(t.name, t.role, f"{t.created_at:%Y-%m-%d %H:%M}",
                  f"{t.last_used_at:%Y-%m-%d %H:%M}" if t.last_used_at else "-",
-                 f"{t.revoked_at:%Y-%m-%d %H:%M}" if t.revoked_at else "-") for t in items]
-        headers = ("NAME", "ROLE", "CREATED", "LAST USED", "REVOKED")
+                 f"{t.revoked_at:%Y-%m-%d %H:%M}" if t.revoked_at else "-",
+                 _expiry(t)) for t in items]
+        headers = ("NAME", "ROLE", "CREATED", "LAST USED", "REVOKED", "EXPIRES")
         widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
         for row in (headers, *rows):
             print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())

@@ -13,6 +13,17 @@
   retry-failed reopens can be followed again by reconnecting with `Last-Event-ID`.
 
 `?follow=false` sends what exists now and ends instead of waiting for more.
+
+Limits (unauthenticated load, finding 5 of the security review; finding 10):
+- open streams are counted per token and in all (`api_sse_max_streams_per_token`,
+  `api_sse_max_streams`); one more is answered 429 with `Retry-After`;
+- the backlog (`Last-Event-ID: 0` on a long rollout) is read and sent in pages of
+  `store.events.PAGE` events, never all in memory;
+- every `api_sse_token_recheck_seconds` the stream looks its token up again; once it is
+  revoked or has expired the stream sends `event: unauthorized` and ends (a reconnection
+  then gets 401);
+- a database that does not answer, or no connection free within `api_db_acquire_timeout`,
+  ends the stream (the client reconnects with Last-Event-ID) instead of hanging it.
 """
 
 from __future__ import annotations
@@ -20,19 +31,69 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Iterator
 from typing import Any, Final
 
 from aiohttp import web
 
+from orchestrator.api.auth import bearer_token
+from orchestrator.api.problems import Problem
 from orchestrator.api.rollouts import ID_PARAM, not_found
 from orchestrator.api.routing import Call, Operation, Resp
 from orchestrator.api.validation import BIGINT_MAX, Param
+from orchestrator.logs import get_logger
 from orchestrator.store import rollouts as rollout_store
+from orchestrator.store import tokens as token_store
+from orchestrator.store.db import DB_TRANSIENT
 from orchestrator.store.events import EventReader, TaskEvent
 from orchestrator.store.rollouts import RolloutNotFound
 
+log = get_logger("orchestrator.api.events")
+
 TERMINAL: Final = ("SUCCEEDED", "COMPLETED_WITH_FAILURES", "FAILED", "CANCELLED")
 IN_FLIGHT: Final = ("DISPATCHING", "INSTALLING", "VERIFYING")
+RETRY_AFTER: Final = "10"  # seconds, on the 429 of a stream over a limit
+
+
+class StreamLimits:
+    """The open event streams of one app, per token and in all (one event loop: no lock;
+    the check and the count happen without an await in between)."""
+
+    def __init__(self, per_token: int, total: int) -> None:
+        self.per_token = per_token
+        self.total = total
+        self.open = 0
+        self.by_token: dict[int, int] = {}
+
+    @contextlib.contextmanager
+    def slot(self, token_id: int, token_name: str) -> Iterator[None]:
+        """Hold one stream's place while the block runs; 429 when none is left."""
+        mine = self.by_token.get(token_id, 0)
+        if mine >= self.per_token:
+            raise Problem(
+                429, f"token {token_name!r} has {mine} event streams open, the most one "
+                     f"token may (api_sse_max_streams_per_token = {self.per_token}); close "
+                     "one or retry later",
+                headers={"Retry-After": RETRY_AFTER}, limit=self.per_token)
+        if self.open >= self.total:
+            raise Problem(
+                429, f"{self.open} event streams are open, the most this server allows "
+                     f"(api_sse_max_streams = {self.total}); retry later",
+                headers={"Retry-After": RETRY_AFTER}, limit=self.total)
+        self.open += 1
+        self.by_token[token_id] = mine + 1
+        try:
+            yield
+        finally:
+            self.open -= 1
+            left = self.by_token[token_id] - 1
+            if left:
+                self.by_token[token_id] = left
+            else:
+                del self.by_token[token_id]
+
+
+STREAMS: Final = web.AppKey("orchestrator_sse_streams", StreamLimits)
 
 
 def sse(event: str, data: dict[str, Any], event_id: int | None = None) -> bytes:
@@ -57,6 +118,11 @@ class Stream:
         self.loop = asyncio.get_running_loop()
         self.last_write = self.loop.time()
         self.sent_state: str | None = None
+        self.unreported = False  # task events sent since the last progress event
+        settings = call.state.settings
+        self.recheck_every = settings.api_sse_token_recheck_seconds
+        self.next_check = self.loop.time() + self.recheck_every
+        self.bearer = bearer_token(call.request) if call.token is not None else None
 
     async def write(self, data: bytes) -> None:
         await self.response.write(data)
@@ -76,20 +142,41 @@ class Stream:
             "last_event_id": self.reader.after_id,
         }))
         self.sent_state = state
+        self.unreported = False
         return state
+
+    async def token_valid(self) -> bool:
+        """Whether the stream's token is still active (looked up again every
+        `recheck_every` seconds; between two lookups the last answer holds)."""
+        if self.bearer is None or self.loop.time() < self.next_check:
+            return True
+        self.next_check = self.loop.time() + self.recheck_every
+        return await token_store.authenticate(self.call.pool, self.bearer) is not None
 
     async def run(self, follow: bool) -> None:
         state = self.call.state
         await self.write(b"retry: 2000\n\n")
         await self.progress()
         while not state.closing.is_set():
+            if not await self.token_valid():
+                assert self.call.token is not None
+                log.info("sse_token_no_longer_valid", caller=self.call.token.name,
+                         rollout=self.rollout_id)
+                await self.write(sse("unauthorized", {
+                    "detail": "the bearer token was revoked or has expired",
+                    "last_event_id": self.reader.after_id}))
+                return
             batch = await self.reader.poll()
             for event in batch.events:
                 await self.write(task_event(event))
+            if batch.events:
+                self.unreported = True
             head = batch.head
             if head.state is None:  # the rollout was deleted
                 return
-            if batch.events or head.state != self.sent_state:
+            if batch.more:
+                continue  # the next page of the backlog at once
+            if self.unreported or head.state != self.sent_state:
                 await self.progress()
             quiet = batch.confirmed and not batch.events
             if quiet and head.state in TERMINAL and not head.in_flight \
@@ -111,25 +198,33 @@ class Stream:
 async def rollout_events(call: Call) -> web.StreamResponse:
     p = call.params
     rollout_id = p["id"]
-    if await call.pool.fetchval("SELECT 1 FROM rollouts WHERE id = $1", rollout_id) is None:
-        raise not_found(rollout_id)
     after = p["Last-Event-ID"]
     if after is None:
         after = p["last_event_id"]
-    response = web.StreamResponse(headers={
-        "Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
-        "X-Accel-Buffering": "no",
-    })
-    await response.prepare(call.request)
-    stream = Stream(call, response, rollout_id, after or 0)
-    call.state.metrics.sse_clients.inc()
-    try:
-        await stream.run(p["follow"])
-        await response.write_eof()
-    except (ConnectionResetError, ConnectionError):
-        pass  # the client went away; it resumes with Last-Event-ID
-    finally:
-        call.state.metrics.sse_clients.dec()
+    assert call.token is not None  # the operation requires the viewer role
+    with call.request.app[STREAMS].slot(call.token.id, call.token.name):  # 429 first
+        if await call.pool.fetchval("SELECT 1 FROM rollouts WHERE id = $1",
+                                    rollout_id) is None:
+            raise not_found(rollout_id)
+        response = web.StreamResponse(headers={
+            "Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+        })
+        await response.prepare(call.request)
+        stream = Stream(call, response, rollout_id, after or 0)
+        call.state.metrics.sse_clients.inc()
+        try:
+            await stream.run(p["follow"])
+            await response.write_eof()
+        except (ConnectionResetError, ConnectionError):
+            pass  # the client went away; it resumes with Last-Event-ID
+        except DB_TRANSIENT as exc:
+            # the answer has started: no problem document can follow; end the stream, the
+            # client reconnects (retry: 2000) with Last-Event-ID and misses nothing
+            log.warning("sse_database_unavailable", error=type(exc).__name__,
+                        rollout=rollout_id)
+        finally:
+            call.state.metrics.sse_clients.dec()
     return response
 
 
@@ -151,7 +246,15 @@ OPERATIONS: Final = (
         responses={200: Resp(
             "text/event-stream: `event: task` (id = task_events.id, data TaskEvent), "
             "`event: progress` (data Progress), `: keep-alive` comments, and `event: end` "
-            "once the rollout is terminal with nothing in flight.",
+            "once the rollout is terminal with nothing in flight; `event: unauthorized` "
+            "when the token was revoked or expired while the stream was open (then it "
+            "ends).",
             {"type": "string"}, media_type="text/event-stream")},
+        errors=(429,),
+        description="At most `api_sse_max_streams_per_token` streams per token and "
+                    "`api_sse_max_streams` in all are open at once: one more is answered "
+                    "429 with `Retry-After`. The token is checked again every "
+                    "`api_sse_token_recheck_seconds`: once it is revoked or has expired, "
+                    "the stream sends `event: unauthorized` and ends.",
     ),
 )

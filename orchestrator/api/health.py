@@ -1,6 +1,7 @@
 """`/healthz` (the process answers), `/readyz` (database reachable and migrated; the
 process's own engine, when it runs one, live; whether any engine is live) and `/metrics`
-(Prometheus text). None of them needs a token."""
+(Prometheus text). None of them needs an API token; /metrics needs the metrics token when
+`api_metrics_token` is set."""
 
 from __future__ import annotations
 
@@ -40,7 +41,9 @@ async def readyz(call: Call) -> web.StreamResponse:
 
 
 async def metrics(call: Call) -> web.StreamResponse:
-    await call.state.metrics.refresh(call.pool)
+    settings = call.state.settings
+    call.state.metrics.authorize(call.request, settings.api_metrics_token)
+    await call.state.metrics.refresh(call.pool, settings.api_metrics_cache_seconds)
     return web.Response(body=call.state.metrics.render(),
                         headers={"Content-Type": CONTENT_TYPE})
 
@@ -60,7 +63,11 @@ OPERATIONS: Final = (
     Operation("GET", "/metrics", metrics, "metrics", "Prometheus metrics", "health", None,
               responses={200: Resp("Prometheus text exposition format.", {"type": "string"},
                                    media_type="text/plain")},
+              errors=(401,),
               description="Tasks by state, installs in flight, install and reboot "
                           "durations, appliance API errors by kind, claim latency, "
-                          "event-loop lag, API requests. See docs/api.md."),
+                          "event-loop lag, API requests. See docs/api.md. The database "
+                          "figures are read at most once per `api_metrics_cache_seconds`. "
+                          "With `api_metrics_token` set, requires `Authorization: Bearer "
+                          "<that token>` (401 otherwise)."),
 )

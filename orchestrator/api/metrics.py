@@ -7,6 +7,12 @@ the engine runs in this process, its counters (tasks claimed and reclaimed, tick
 running), task transitions, install and reboot durations, the time of a scheduling pass
 (claim latency) and the appliance API's requests, retries and errors by kind.
 
+The database figures are read at most once per `api_metrics_cache_seconds` (default 5 s):
+scrapes within that time, and scrapes that arrive while a reading runs, share one reading,
+so a flood of unauthenticated scrapes costs the database nothing more. With
+`api_metrics_token` set, /metrics requires `Authorization: Bearer <that token>` (401
+otherwise); the token is compared in constant time and never logged.
+
 The engine is observed through what it already exposes (`loop_lag_observers`, the
 `on_event` callback of its runner context, its `InstallTimes` recorders, its counters);
 this module never imports the engine.
@@ -16,6 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
+import os
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, Final, Protocol
@@ -26,6 +35,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from orchestrator.api.problems import FieldError, Problem
 from orchestrator.domain.states import RolloutState, TaskState
 from orchestrator.logs import get_logger
 
@@ -37,6 +47,39 @@ ROLLOUT_STATES: Final = tuple(str(s) for s in RolloutState)
 DURATION_BUCKETS: Final = (1, 5, 10, 30, 60, 120, 300, 600, 900, 1800, 3600, float("inf"))
 FAST_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                        5.0, float("inf"))
+METRICS_REALM: Final = 'Bearer realm="orchestrator-metrics"'
+TOKEN_REREAD: Final = 60.0  # seconds an env:/file: metrics token is used before re-reading
+
+
+class MetricsTokenError(Exception):
+    """The metrics token reference cannot be resolved; the message never holds a secret."""
+
+
+def resolve_metrics_token(reference: str, environ: Mapping[str, str] | None = None) -> str:
+    """`env:NAME` (the variable's value), `file:PATH` (the file's first line), or the token
+    itself."""
+    scheme, sep, rest = reference.partition(":")
+    if sep and scheme == "env":
+        value = (os.environ if environ is None else environ).get(rest, "").strip()
+        if not value:
+            raise MetricsTokenError(f"api_metrics_token {reference}: the environment "
+                                    f"variable {rest} is not set or empty")
+        return value
+    if sep and scheme == "file":
+        try:
+            with open(os.path.expanduser(rest), encoding="utf-8") as fh:
+                value = fh.readline().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise MetricsTokenError(f"api_metrics_token {reference}: cannot be read "
+                                    f"({type(exc).__name__})") from None
+        if not value:
+            raise MetricsTokenError(f"api_metrics_token {reference}: the first line is empty")
+        return value
+    return reference
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
 
 
 class HttpView(Protocol):
@@ -135,6 +178,10 @@ class ApiMetrics:
         self._engine = _EngineCollector()
         r.register(self._engine)
         self._lag_task: asyncio.Task[None] | None = None
+        self.database_reads = 0  # readings of the database figures (one is 4 queries)
+        self._read_at: float | None = None  # loop time of the last reading
+        self._reading: asyncio.Future[None] | None = None  # the reading under way
+        self._token: tuple[str, float, bytes] | None = None  # (reference, read at, digest)
 
     # ------------------------------------------------------------------ engine hooks
     def attach(self, engine: Any = None, http: HttpView | None = None) -> None:
@@ -189,7 +236,48 @@ class ApiMetrics:
             self.loop_lag.observe(max(0.0, loop.time() - before - interval))
 
     # ------------------------------------------------------------------ scrape
-    async def refresh(self, pool: asyncpg.Pool) -> None:
+    def authorize(self, request: web.Request, reference: str | None) -> None:
+        """Raise 401 unless `request` carries the metrics token (no-op when there is none);
+        503 when the token's reference cannot be resolved (never open by mistake)."""
+        if reference is None:
+            return
+        now = time.monotonic()
+        cached = self._token
+        if cached is None or cached[0] != reference or now - cached[1] >= TOKEN_REREAD:
+            try:
+                cached = (reference, now, _digest(resolve_metrics_token(reference)))
+            except MetricsTokenError as exc:
+                log.error("metrics_token_unavailable", reason=str(exc))
+                raise Problem(503, f"{exc}; /metrics stays closed until it can be read",
+                              headers={"Retry-After": "60"}) from None
+            self._token = cached
+        scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+                _digest(given.strip()), cached[2]):
+            detail = "/metrics requires Authorization: Bearer <the metrics token>"
+            raise Problem(401, detail, headers={"WWW-Authenticate": METRICS_REALM},
+                          errors=[FieldError("Authorization", detail)])
+
+    async def refresh(self, pool: asyncpg.Pool, max_age: float = 0.0) -> None:
+        """Read the database figures unless a reading is younger than `max_age` seconds;
+        callers that come while a reading runs wait for that one (one reading for all)."""
+        loop = asyncio.get_running_loop()
+        if self._read_at is not None and loop.time() - self._read_at < max_age:
+            return
+        if self._reading is None:
+            self._reading = asyncio.ensure_future(self._read(pool))
+        # shielded: a scraper that goes away does not cancel the reading the others wait for
+        await asyncio.shield(self._reading)
+
+    async def _read(self, pool: asyncpg.Pool) -> None:
+        try:
+            await self._read_database(pool)
+        finally:
+            self._read_at = asyncio.get_running_loop().time()
+            self._reading = None
+
+    async def _read_database(self, pool: asyncpg.Pool) -> None:
+        self.database_reads += 1
         try:
             async with pool.acquire() as conn:
                 tasks = await conn.fetch(

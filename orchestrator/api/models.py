@@ -43,6 +43,7 @@ PERCENT: Final = r"^[0-9]{1,3}(\.[0-9]{1,6})?%$"
 DATETIME: Final = (r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3])"
                    r":[0-5][0-9]:[0-5][0-9](\.[0-9]{1,6})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$")
 VERSION: Final = r"^[A-Za-z0-9][A-Za-z0-9._+~-]{0,99}$"
+EXPIRY: Final = r"^([0-9]{1,6}[wdhms]){1,5}$"
 
 # What a pattern means, for error messages (the regex itself helps nobody).
 PATTERN_HINTS: Final = {
@@ -59,6 +60,7 @@ PATTERN_HINTS: Final = {
     PERCENT: "must be a percentage such as \"10%\" or \"2.5%\"",
     DATETIME: "must be an RFC 3339 time with a zone, e.g. 2026-12-01T22:00:00+01:00",
     VERSION: "must be a version: letters, digits, '.', '_', '+', '~' or '-'",
+    EXPIRY: "must be a duration such as 30d, 12h, 90m or 1d12h (units w, d, h, m, s)",
 }
 
 MAX_COUNT: Final = 1_000_000
@@ -325,7 +327,13 @@ class SiteLimit(Body):
 class TokenCreate(Body):
     name: Annotated[str, Field(pattern=TOKEN_NAME, max_length=100)]
     role: Literal["viewer", "operator", "admin"]
-    example: ClassVar[dict[str, Any]] = {"name": "grafana", "role": "viewer"}
+    expires_in: Annotated[str | None, Field(
+        default=None, pattern=EXPIRY, max_length=40,
+        description="How long the token works, e.g. `30d`, `12h` (1 minute to 3650 days); "
+                    "left out: it never expires.")]
+    not_null: ClassVar[frozenset[str]] = frozenset({"expires_in"})
+    example: ClassVar[dict[str, Any]] = {"name": "grafana", "role": "viewer",
+                                         "expires_in": "90d"}
 
 
 BODY_MODELS: Final[tuple[type[Body], ...]] = (

@@ -40,10 +40,13 @@ REST API of the fleet update orchestrator.
 Authentication: `Authorization: Bearer <token>`. Tokens are created with
 `orchestrator tokens create --name N --role R` or `POST /api/v1/tokens`; roles are
 `viewer` (read), `operator` (also rollout actions) and `admin` (also inventory and
-tokens). Errors are `application/problem+json` (RFC 9457) naming the offending field and
-value. Lists are paginated with `limit` and an opaque `cursor` (`next_cursor` of the
-previous page; null on the last page). Unknown query parameters and unknown body fields
-are refused. Bodies are limited to 1 MiB (16 MiB for the bulk import).
+tokens). A token may expire (`expires_in`); a revoked one may work for up to
+`api_token_cache_seconds` (5 s) more. Too many failed authentications from one client
+address in a minute: 429 with `Retry-After`. Errors are `application/problem+json`
+(RFC 9457) naming the offending field and value. Lists are paginated with `limit` and an
+opaque `cursor` (`next_cursor` of the previous page; null on the last page). Unknown query
+parameters and unknown body fields are refused. Bodies are limited to 1 MiB (16 MiB for the
+bulk import).
 """
 
 HEADERS: Final[dict[str, dict[str, Any]]] = {
@@ -86,7 +89,7 @@ def _problem(status: int) -> dict[str, Any]:
     }
     if status == 401:
         out["headers"] = {"WWW-Authenticate": HEADERS["WWW-Authenticate"]}
-    elif status == 503:
+    elif status in (429, 503):
         out["headers"] = {"Retry-After": HEADERS["Retry-After"]}
     return out
 

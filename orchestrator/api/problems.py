@@ -35,7 +35,9 @@ TYPES: Final[dict[str, tuple[str, str]]] = {
     "unauthorized": ("Authentication required", "No bearer token, or a token that is unknown "
                      "or revoked."),
     "forbidden": ("Role too low", "The token's role may not do this; `required_role` says "
-                  "which role may."),
+                  "which role may. Also a separation-of-duties rule: `strategy.windows: "
+                  "ignore` needs an admin, and with `api_forbid_self_approval` the token "
+                  "that created a rollout may not approve it."),
     "not-found": ("Not found", "No such resource, or no such path."),
     "method-not-allowed": ("Method not allowed", "The path exists but not with this method; "
                            "the `Allow` header lists the methods it has."),
@@ -47,9 +49,13 @@ TYPES: Final[dict[str, tuple[str, str]]] = {
                           "accepts."),
     "unsupported-media-type": ("Unsupported media type", "The body's Content-Type is not one "
                                "this operation accepts."),
-    "service-unavailable": ("Service unavailable", "The database cannot be reached or is "
-                            "not migrated, or (`/readyz`) the engine this process runs is "
-                            "not live; retry later."),
+    "too-many-requests": ("Too many requests", "A limit was reached (e.g. open event "
+                          "streams per token or in all, or too many failed "
+                          "authentications from one client address); `Retry-After` says "
+                          "when to try again."),
+    "service-unavailable": ("Service unavailable", "The database cannot be reached, has "
+                            "no connection free in time, or is not migrated, or (`/readyz`) "
+                            "the engine this process runs is not live; retry later."),
     "internal-error": ("Internal error", "An unexpected error; it is logged on the server "
                        "with the `error_id` given in the response."),
 }
@@ -57,7 +63,8 @@ TYPES: Final[dict[str, tuple[str, str]]] = {
 STATUS_SLUGS: Final = {
     400: "bad-request", 401: "unauthorized", 403: "forbidden", 404: "not-found",
     405: "method-not-allowed", 409: "conflict", 413: "payload-too-large",
-    415: "unsupported-media-type", 422: "validation-error", 500: "internal-error",
+    415: "unsupported-media-type", 422: "validation-error", 429: "too-many-requests",
+    500: "internal-error",
     503: "service-unavailable",
 }
 

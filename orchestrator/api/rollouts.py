@@ -14,6 +14,7 @@ from typing import Any, Final
 import asyncpg
 from aiohttp import web
 
+from orchestrator.api.auth import allows
 from orchestrator.api.models import PlanRequest, RolloutCreate, parse_time
 from orchestrator.api.problems import FieldError, Problem, bad_request
 from orchestrator.api.routing import Call, Operation, Resp, json_response, page
@@ -110,8 +111,37 @@ async def list_rollouts(call: Call) -> web.StreamResponse:
                               encode_cursor(items[-1].id) if more else None))
 
 
+def check_duties_on_create(call: Call, strategy: dict[str, Any]) -> None:
+    """Separation of duties: installing outside the maintenance windows is the decision of
+    whoever owns the windows (admin), not of an operator."""
+    assert call.token is not None
+    if strategy.get("windows") == "ignore" and not allows(call.token.role, "admin"):
+        detail = (f"body.strategy.windows: 'ignore' (install outside the maintenance "
+                  f"windows) may be set only by an admin; token {call.token.name!r} has the "
+                  f"role {call.token.role}: leave it out or use 'required'")
+        raise call.state.auth.forbidden(
+            call.request, call.token, "windows_ignore_needs_admin", detail,
+            required_role="admin", role=call.token.role,
+            errors=[FieldError("body.strategy.windows", "'ignore' needs the admin role")])
+
+
+async def check_self_approval(call: Call, rollout_id: int) -> None:
+    """With api_forbid_self_approval: whoever created the rollout may not approve it."""
+    if not call.state.settings.api_forbid_self_approval:
+        return
+    creator = await call.pool.fetchval("SELECT created_by FROM rollouts WHERE id = $1",
+                                       rollout_id)
+    if creator is not None and creator == call.actor.name:
+        raise call.state.auth.forbidden(
+            call.request, call.token, "self_approval",
+            f"rollout {rollout_id} was created by {creator!r}: api_forbid_self_approval is "
+            "on, so another token must approve its waves",
+            created_by=creator)
+
+
 async def create_rollout(call: Call) -> web.StreamResponse:
     body = await read_model(call.request, RolloutCreate)
+    check_duties_on_create(call, body.strategy_dict())
     try:
         schedule_at = parse_time(body.schedule_at)
     except ValueError as exc:
@@ -166,6 +196,8 @@ def control(name: str, run: Any) -> Any:
     async def handler(call: Call) -> web.StreamResponse:
         await read_no_body(call.request)
         rollout_id = call.params["id"]
+        if name == "approve":
+            await check_self_approval(call, rollout_id)
         try:
             result = await run(call.pool, rollout_id, call.actor)
         except RolloutNotFound:
@@ -201,7 +233,9 @@ CONTROLS: Final = (
     ("cancel", rollout_store.cancel_rollout, "cancelRollout", "Cancel a rollout",
      "Cancel: never-started tasks are cancelled; accepted installs cannot be stopped."),
     ("approve", rollout_store.approve_rollout, "approveRollout", "Approve the next wave",
-     "Open the gate of the wave that waits for an operator (or approve it ahead)."),
+     "Open the gate of the wave that waits for an operator (or approve it ahead). With the "
+     "setting `api_forbid_self_approval`, the token that created the rollout is refused "
+     "(403)."),
     ("retry-failed", rollout_store.retry_failed, "retryFailedRollout",
      "Retry a rollout's failed tasks",
      "Put FAILED, TIMED_OUT and CANCELLED tasks back to PENDING as fresh tasks; the "
@@ -235,7 +269,8 @@ OPERATIONS: Final = (
                       headers=("Location", "Idempotent-Replayed"), links=LINKS),
         },
         errors=(409,),
-        description="Snapshots the plan: one task per targeted appliance, in waves. 409 "
+        description="Snapshots the plan: one task per targeted appliance, in waves. "
+                    "`strategy.windows: ignore` needs the admin role (403 otherwise). 409 "
                     "when some targeted appliances have an unfinished task in another "
                     "active rollout (SCHEDULED, RUNNING, PAUSED, WAITING_WINDOW), unless "
                     "`strategy.after_overlapping` is true: the problem lists them "

@@ -38,6 +38,9 @@ class ApiState:
     sse_keepalive: float = 15.0
     sse_poll: float = 0.25
 
+    def __post_init__(self) -> None:
+        self.auth.configure(self.settings)  # token cache and failure limit
+
 
 STATE: Final = web.AppKey("orchestrator_api_state", ApiState)
 
@@ -110,7 +113,7 @@ class Operation:
     def problem_statuses(self) -> list[int]:
         found = set(self.errors)
         if self.role:
-            found |= {401, 403}
+            found |= {401, 403, 429}  # 429: too many failed authentications (api/auth.py)
         if self.params:
             found.add(400)
         if any(p.where == "path" for p in self.params):

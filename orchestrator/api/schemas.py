@@ -55,7 +55,8 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
     }, required=["type", "title", "status", "detail"], additional=True,
         description="RFC 9457 problem details. Some problems add members: error_id (500, "
                     "503), current_state and allowed_states (409 on a rollout control), "
-                    "required_role (403), max_bytes (413), overlapping_rollouts (each "
+                    "required_role (403), max_bytes (413), more_errors (422 on an "
+                    "import: the bad rows beyond the 100 listed), overlapping_rollouts (each "
                     "{id, name, state}) and overlapping_appliances (names) when a rollout "
                     "overlaps an active one (409 on create, start, retry-failed); "
                     "engine, live_engines, last_heartbeat_at and warning (503 on /readyz "
@@ -148,6 +149,8 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
     "Token": obj({
         "name": STR, "role": {"type": "string", "enum": ["viewer", "operator", "admin"]},
         "created_at": TIME, "last_used_at": nullable(TIME), "revoked_at": nullable(TIME),
+        "expires_at": nullable({**TIME, "description": (
+            "From then on the token is refused (401); null: it never expires.")}),
     }),
     "TokenList": obj({"items": {"type": "array", "items": ref("Token")}}),
     "Health": obj({"status": {"type": "string", "enum": ["ok"]}, "version": STR}),

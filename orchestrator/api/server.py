@@ -11,6 +11,7 @@ switch (5 ms) instead, and its connections never queue behind the engine's.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 from typing import Any
 
@@ -30,12 +31,15 @@ class ListenError(Exception):
     """The API cannot listen on its address; the message says why."""
 
 
-async def _start(app: web.Application, host: str, port: int) -> web.AppRunner:
+async def _start(app: web.Application, host: str, port: int,
+                 ssl_context: ssl.SSLContext | None = None) -> web.AppRunner:
+    """Listen on host:port; HTTPS only when `ssl_context` is given (api/tls.py)."""
     runner = web.AppRunner(app, handle_signals=False, access_log=None,
                            shutdown_timeout=SHUTDOWN_TIMEOUT)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port, reuse_address=True).start()
+        await web.TCPSite(runner, host, port, reuse_address=True,
+                          ssl_context=ssl_context).start()
     except OSError as exc:
         await runner.cleanup()
         raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
@@ -45,15 +49,16 @@ async def _start(app: web.Application, host: str, port: int) -> web.AppRunner:
 class LoopServer:
     """The API in the current event loop, over `pool`."""
 
-    def __init__(self, pool: asyncpg.Pool, settings: Settings, host: str, port: int,
-                 **app_options: Any) -> None:
+    def __init__(self, pool: asyncpg.Pool, settings: Settings, host: str, port: int, *,
+                 ssl_context: ssl.SSLContext | None = None, **app_options: Any) -> None:
         self.app = create_app(pool, settings, **app_options)
         self.host = host
         self.port = port
+        self.ssl_context = ssl_context
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
-        self._runner = await _start(self.app, self.host, self.port)
+        self._runner = await _start(self.app, self.host, self.port, self.ssl_context)
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -65,8 +70,10 @@ class ThreadServer:
     """The API in a thread of its own, with its own event loop and connection pool."""
 
     def __init__(self, database_url: str, settings: Settings, host: str, port: int, *,
-                 pool_size: int = 5, **app_options: Any) -> None:
+                 pool_size: int = 5, ssl_context: ssl.SSLContext | None = None,
+                 **app_options: Any) -> None:
         self.database_url = database_url
+        self.ssl_context = ssl_context
         self.settings = settings
         self.host = host
         self.port = port
@@ -107,7 +114,7 @@ class ThreadServer:
         async with create_pool(self.database_url, self.settings, min_size=1,
                                max_size=self.pool_size) as pool:
             app = create_app(pool, self.settings, **self.app_options)
-            runner = await _start(app, self.host, self.port)
+            runner = await _start(app, self.host, self.port, self.ssl_context)
             self._ready.set()
             try:
                 await self._stop.wait()

@@ -28,6 +28,15 @@ fails as "server disconnected" and counts as possibly sent.)
 Every call takes `request_timeout=` (seconds, per HTTP request, login included) to
 override `appliance_request_timeout`, e.g. for short polls while an appliance reboots.
 
+HTTP: aiohttp, one `ClientSession` per process. Redirects are never followed (a 3xx is a
+`MalformedResponse` naming the status and the Location: fix the inventory's base_url);
+an answer body larger than `MAX_ANSWER_BYTES` (4 MiB) and a header line or field larger
+than `MAX_HEADER_BYTES` are refused as `MalformedResponse`. With `trust_env` (setting
+`appliance_trust_env`, on by default) HTTPS_PROXY / HTTP_PROXY / NO_PROXY are read once,
+when the session starts, and each appliance is reached through its proxy (or directly);
+credentials for the proxy may come from its URL or from ~/.netrc, never those of an
+appliance.
+
 Nothing here logs or puts into an exception the password, the Authorization header or the
 session id.
 """
@@ -45,11 +54,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self, TypeVar
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, urlsplit
+from urllib.request import proxy_bypass
 
 import aiohttp
+from aiohttp.helpers import ProxyInfo, proxies_from_env
+from yarl import URL
 
-from orchestrator.appliance import transport as tx
 from orchestrator.appliance.credentials import Credentials, resolve_credentials
 from orchestrator.appliance.errors import (
     ApplianceError,
@@ -80,12 +91,28 @@ from orchestrator.settings import Settings
 log = get_logger("orchestrator.appliance")
 
 SESSION_HEADER = "x-dr-session"
-HTTP_CLIENTS = ("stream", "aiohttp")
+# the largest answer body read from an appliance (its API answers a few KiB)
+MAX_ANSWER_BYTES = 4 * 1024 * 1024
+# the longest status line, header line or header field of an answer, and the most headers
+MAX_HEADER_BYTES = 8190
+MAX_HEADERS = 128
 _HEX = frozenset("0123456789abcdef")
 _T = TypeVar("_T")
-_COMMON_HEADERS = "Accept: application/json\r\nUser-Agent: orchestrator\r\n"
 
 SslSetting = bool | ssl.SSLContext | aiohttp.Fingerprint
+
+
+class Answer:
+    """An HTTP answer, read whole: status, body, and the two headers looked at."""
+
+    __slots__ = ("body", "content_type", "location", "status")
+
+    def __init__(self, status: int, body: bytes, content_type: str = "",
+                 location: str | None = None) -> None:
+        self.status = status
+        self.body = body
+        self.content_type = content_type
+        self.location = location
 
 
 @dataclass(frozen=True)
@@ -162,15 +189,10 @@ class ApplianceHttp:
         clock: Callable[[], float] = time.monotonic,
         default_credentials: Credentials | None = None,
         environ: Mapping[str, str] | None = None,
-        http_client: str | None = None,
+        trust_env: bool | None = None,
     ) -> None:
         s = settings if settings is not None else Settings()
-        http_client = http_client if http_client is not None else s.appliance_http_client
-        if http_client not in HTTP_CLIENTS:
-            raise ValueError(
-                f"http_client {http_client!r} is not one of {', '.join(HTTP_CLIENTS)}"
-            )
-        self.http_client = http_client
+        self.trust_env = trust_env if trust_env is not None else s.appliance_trust_env
         self.connect_timeout = (
             connect_timeout if connect_timeout is not None else s.appliance_connect_timeout
         )
@@ -202,11 +224,11 @@ class ApplianceHttp:
         self.retried = 0
         self.errors_by_kind: Counter[str] = Counter()
         self._session: aiohttp.ClientSession | None = None
-        self._pool: tx.StreamPool | None = None
         self._clients: dict[str, ApplianceClient] = {}
         self._ca_contexts: dict[str, ssl.SSLContext] = {}
-        self._tls_contexts: dict[bool, ssl.SSLContext] = {}
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
+        # the proxies of the environment by URL scheme, read once at start (trust_env)
+        self._proxies: dict[str, ProxyInfo] = {}
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -223,15 +245,18 @@ class ApplianceHttp:
         await self.close()
 
     async def start(self) -> None:
-        if self._session is not None or self._pool is not None:
+        if self._session is not None:
             return
-        if self.http_client == "stream":
-            self._pool = tx.StreamPool(
-                limit=self.max_connections,
-                limit_per_host=self.max_connections_per_host,
-                connect_timeout=self.connect_timeout,
+        if not self.verify_tls:
+            log.warning(
+                "appliance_tls_verification_off",
+                detail="appliance_verify_tls is false: appliance certificates are not "
+                "verified, except the thumbprints and CA files the inventory names",
             )
-            return
+        # aiohttp's own trust_env would look for a proxy and read ~/.netrc in a thread on
+        # every request (and send a netrc login for the appliance's host to the
+        # appliance): the environment is read once here instead, for the proxies only
+        self._proxies = proxies_from_env() if self.trust_env else {}
         connector = aiohttp.TCPConnector(
             limit=self.max_connections,
             limit_per_host=self.max_connections_per_host,
@@ -246,36 +271,25 @@ class ApplianceHttp:
             cookie_jar=aiohttp.DummyCookieJar(),
             headers={"Accept": "application/json", "User-Agent": "orchestrator"},
             raise_for_status=False,
+            max_line_size=MAX_HEADER_BYTES,
+            max_field_size=MAX_HEADER_BYTES,
+            max_headers=MAX_HEADERS,
         )
 
     async def close(self) -> None:
         session, self._session = self._session, None
-        pool, self._pool = self._pool, None
         self._clients.clear()
         if session is not None:
             await session.close()
-        if pool is not None:
-            await pool.close()
 
     @property
     def session(self) -> aiohttp.ClientSession:
-        """The aiohttp session (`http_client="aiohttp"`)."""
+        """The aiohttp session."""
         if self._session is None or self._session.closed:
             raise RuntimeError(
-                "ApplianceHttp is not started with http_client='aiohttp' "
-                "(use `async with ApplianceHttp(...)`)"
+                "ApplianceHttp is not started (use `async with ApplianceHttp(...)`)"
             )
         return self._session
-
-    @property
-    def pool(self) -> tx.StreamPool:
-        """The connection pool (`http_client="stream"`, the default)."""
-        if self._pool is None:
-            raise RuntimeError(
-                "ApplianceHttp is not started with http_client='stream' "
-                "(use `async with ApplianceHttp(...)`)"
-            )
-        return self._pool
 
     # --- clients -------------------------------------------------------------------------
 
@@ -326,38 +340,15 @@ class ApplianceHttp:
             return self._ca_context(target)
         return True if self.verify_tls else False
 
-    def endpoint_for(self, target: ApplianceTarget) -> tx.Endpoint:
-        """Where the stream pool connects for this appliance, with its TLS policy (the same
-        as `ssl_for`: a pinned thumbprint replaces the chain, a CA file replaces the
-        system's, `verify_tls` false trusts any certificate)."""
+    def proxy_for(self, target: ApplianceTarget) -> tuple[URL | None, str | None]:
+        """The proxy of this appliance from the environment (`trust_env`), and the
+        Proxy-Authorization header for it; (None, None) to reach it directly."""
         parts = urlsplit(target.base_url)
-        host = parts.hostname or ""
-        https = parts.scheme == "https"
-        port = parts.port or (443 if https else 80)
-        default_port = parts.port is None or parts.port == (443 if https else 80)
-        shown = f"[{host}]" if ":" in host else host
-        host_header = shown if default_port else f"{shown}:{port}"
-        if not https:
-            return tx.Endpoint("http", host, port, host_header)
-        fingerprint: bytes | None = None
-        if target.tls_thumbprint:
-            context, key = self._tls_context(verify=False), "pinned"
-            fingerprint = bytes.fromhex(target.tls_thumbprint)
-        elif target.tls_ca_file:
-            context, key = self._ca_context(target), f"ca:{target.tls_ca_file}"
-        else:
-            context, key = self._tls_context(self.verify_tls), f"verify:{self.verify_tls}"
-        return tx.Endpoint("https", host, port, host_header, context, key, fingerprint)
-
-    def _tls_context(self, verify: bool) -> ssl.SSLContext:
-        context = self._tls_contexts.get(verify)
-        if context is None:
-            context = ssl.create_default_context()
-            if not verify:
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-            self._tls_contexts[verify] = context
-        return context
+        info = self._proxies.get(parts.scheme)
+        if info is None or (parts.hostname and proxy_bypass(parts.hostname)):
+            return None, None
+        auth = info.proxy_auth.encode() if info.proxy_auth is not None else None
+        return info.proxy, auth
 
     def _ca_context(self, target: ApplianceTarget) -> ssl.SSLContext:
         assert target.tls_ca_file is not None
@@ -394,13 +385,8 @@ class ApplianceClient:
         self._http = http
         self.target = target
         self.credentials = credentials
-        self._ssl: SslSetting = False
-        self._endpoint: tx.Endpoint | None = None
-        if http.http_client == "stream":
-            self._endpoint = http.endpoint_for(target)
-            self._base_path = quote(urlsplit(target.base_url).path, safe="/%:@!$&'()*+,;=-._~")
-        else:
-            self._ssl = http.ssl_for(target)
+        self._ssl: SslSetting = http.ssl_for(target)
+        self._proxy: tuple[URL | None, str | None] | None = None  # looked up on first use
         self._basic_auth: str | None = None
         self._session_id: str | None = None
         self._login_at = 0.0
@@ -664,40 +650,65 @@ class ApplianceClient:
         """One authenticated call with re-login on 401 and retries; returns `parse(body)`.
 
         `retries` overrides the client's count for this call (0: the caller paces its own
-        repeats, as the engine's polling loops do through a reboot)."""
-
-        async def attempt(state: _Attempt) -> _T:
-            sid = await self._current_session(request_timeout)
-            state.reached = True
-            answer = await self._send(
-                method, path, op=op, sid=sid, params=params, request_timeout=request_timeout
-            )
-            if answer.status == 401:
-                state.reached = False  # refused: the call did not run
-                sid = await self._renew_session(sid, request_timeout)
-                state.reached = True
+        repeats, as the engine's polling loops do through a reboot). The retry rules are
+        those of `_retrying`, written out here: one coroutine per call instead of three
+        (every appliance request resumes each coroutine of its chain several times)."""
+        http = self._http
+        limit = http.retries if retries is None else retries
+        number = 0
+        while True:
+            reached = False  # whether this attempt's request may have run
+            try:
+                sid = self._session_id
+                if sid is None or self._expired():
+                    sid = await self._current_session(request_timeout)
+                reached = True
                 answer = await self._send(
                     method, path, op=op, sid=sid, params=params, request_timeout=request_timeout
                 )
                 if answer.status == 401:
-                    raise response_error(
-                        Unauthorized,
-                        self.name,
-                        op,
-                        401,
-                        "unauthorized right after a new login",
-                        **_response_error_fields(answer.body),
+                    reached = False  # refused: the call did not run
+                    sid = await self._renew_session(sid, request_timeout)
+                    reached = True
+                    answer = await self._send(
+                        method, path, op=op, sid=sid, params=params,
+                        request_timeout=request_timeout,
                     )
-            self._checked(answer, op)
-            body = self._json(answer, op)
-            try:
-                return parse(body)
-            except MalformedResponse as exc:
-                raise MalformedResponse(
-                    self.name, f"{op}: {exc.detail}", op=op, status=answer.status
-                ) from None
-
-        return await self._retrying(attempt, op=op, safe=safe, retries=retries)
+                    if answer.status == 401:
+                        raise response_error(
+                            Unauthorized,
+                            self.name,
+                            op,
+                            401,
+                            "unauthorized right after a new login",
+                            **_response_error_fields(answer.body),
+                        )
+                if not 200 <= answer.status < 300:
+                    self._checked(answer, op)
+                body = self._json(answer, op)
+                try:
+                    return parse(body)
+                except MalformedResponse as exc:
+                    raise MalformedResponse(
+                        self.name, f"{op}: {exc.detail}", op=op, status=answer.status
+                    ) from None
+            except ApplianceError as exc:
+                self._count(exc)
+                if number >= limit or not exc.transient or (
+                        reached and exc.request_sent and not safe):
+                    raise
+                delay = http._backoff(number)
+                number += 1
+                http.retried += 1
+                log.debug(
+                    "appliance_retry",
+                    appliance=self.name,
+                    op=op,
+                    kind=exc.kind,
+                    attempt=number,
+                    delay=round(delay, 3),
+                )
+                await asyncio.sleep(delay)
 
     async def _retrying(
         self, attempt: Callable[[_Attempt], Awaitable[_T]], *, op: str, safe: bool,
@@ -742,8 +753,8 @@ class ApplianceClient:
         basic_auth: bool = False,
         params: Mapping[str, str] | None = None,
         request_timeout: float | None = None,
-    ) -> tx.Answer:
-        """One HTTP request; transport failures become typed errors."""
+    ) -> Answer:
+        """One HTTP request, its answer read whole; transport failures become typed errors."""
         http = self._http
         total = request_timeout if request_timeout is not None else http.request_timeout
         headers: dict[str, str] = {}
@@ -758,73 +769,45 @@ class ApplianceClient:
             headers["Authorization"] = auth
         http.requests += 1
         self.requests += 1
-        if self._endpoint is not None:
-            return await self._send_stream(self._endpoint, method, path, op, headers, params,
-                                           total)
-        return await self._send_aiohttp(method, path, op, headers, params, total)
-
-    async def _send_stream(
-        self, endpoint: tx.Endpoint, method: str, path: str, op: str,
-        headers: dict[str, str], params: Mapping[str, str] | None, total: float,
-    ) -> tx.Answer:
-        target = self._base_path + path
-        if params:
-            target += "?" + urlencode(params)
-        lines = _COMMON_HEADERS + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        name = self.name
-        try:
-            return await self._http.pool.request(endpoint, method, target, lines, total)
-        except tx.ConnectFailed as exc:
-            if exc.kind == "tls-pin":
-                raise TlsError(name, f"{op}: {exc.reason}", op=op) from None
-            if exc.kind == "tls-verify":
-                raise TlsError(
-                    name, f"{op}: certificate verification failed ({exc.reason})", op=op
-                ) from None
-            if exc.kind == "tls":
-                raise TlsError(name, f"{op}: TLS handshake failed ({exc.reason})", op=op) from None
-            if exc.kind == "timeout":
-                raise ApplianceTimeout(
-                    name, f"{op}: {exc.reason}", op=op, request_sent=False
-                ) from None
-            if exc.kind == "dns":
-                raise Unreachable(name, f"{op}: {exc.reason}", op=op, request_sent=False) from None
-            raise Unreachable(
-                name, f"{op}: cannot connect ({exc.reason})", op=op, request_sent=False
-            ) from None
-        except tx.ReadTimeout:
-            raise ApplianceTimeout(name, f"{op}: no answer within {total:g} s", op=op) from None
-        except tx.Disconnected as exc:
-            raise Unreachable(name, f"{op}: {exc.reason}", op=op) from None
-        except tx.BadHttp as exc:
-            raise MalformedResponse(
-                name, f"{op}: invalid HTTP answer ({exc.reason})", op=op
-            ) from None
-
-    async def _send_aiohttp(
-        self, method: str, path: str, op: str, headers: dict[str, str],
-        params: Mapping[str, str] | None, total: float,
-    ) -> tx.Answer:
-        http = self._http
         session = http.session
         client_timeout = http._timeouts.get(total)
         if client_timeout is None:  # a handful of distinct values: made once each
             client_timeout = http._timeouts[total] = aiohttp.ClientTimeout(
                 total=total, sock_connect=min(http.connect_timeout, total)
             )
+        url = self.target.base_url + path
+        proxy = self._proxy
+        if proxy is None:
+            proxy = self._proxy = http.proxy_for(self.target)
         name = self.name
         try:
-            async with session.request(
-                method,
-                self.target.base_url + path,
-                headers=headers,
-                params=params,
-                ssl=self._ssl,
-                timeout=client_timeout,
-                allow_redirects=False,
-            ) as resp:
-                body = await resp.read()
-                return tx.Answer(resp.status, body, resp.content_type)
+            if proxy[0] is None:
+                resp = await session.request(
+                    method, url, headers=headers, params=params, ssl=self._ssl,
+                    timeout=client_timeout, allow_redirects=False,
+                )
+            else:
+                resp = await session.request(
+                    method, url, headers=headers, params=params, ssl=self._ssl,
+                    timeout=client_timeout, allow_redirects=False, proxy=proxy[0],
+                    proxy_headers={"Proxy-Authorization": proxy[1]} if proxy[1] else None,
+                )
+            try:
+                length = resp.content_length
+                if length is not None and length <= MAX_ANSWER_BYTES:
+                    body = await resp.read()
+                else:
+                    body = await self._read_capped(resp, op)
+                status = resp.status
+                answer_headers = resp.headers
+                content_type = answer_headers.get("Content-Type", "")
+                if 300 <= status < 400:
+                    return Answer(status, body, content_type, answer_headers.get("Location"))
+                return Answer(status, body, content_type)
+            finally:
+                resp.release()
+        except ApplianceError:
+            raise
         except aiohttp.ServerFingerprintMismatch:
             raise TlsError(
                 name, f"{op}: certificate thumbprint does not match the pinned one", op=op
@@ -842,6 +825,11 @@ class ApplianceClient:
             ) from None
         except TimeoutError:  # asyncio.TimeoutError and aiohttp.ServerTimeoutError
             raise ApplianceTimeout(name, f"{op}: no answer within {total:g} s", op=op) from None
+        except aiohttp.ClientProxyConnectionError as exc:
+            raise Unreachable(
+                name, f"{op}: cannot connect to the proxy {proxy[0]} ({_os_reason(exc)})",
+                op=op, request_sent=False,
+            ) from None
         except aiohttp.ClientConnectorDNSError:
             raise Unreachable(
                 name, f"{op}: host name does not resolve", op=op, request_sent=False
@@ -850,20 +838,49 @@ class ApplianceClient:
             raise Unreachable(
                 name, f"{op}: cannot connect ({_os_reason(exc)})", op=op, request_sent=False
             ) from None
+        except aiohttp.ClientHttpProxyError as exc:
+            raise Unreachable(
+                name, f"{op}: the proxy {proxy[0]} refused the tunnel ({exc.status})",
+                op=op, request_sent=False,
+            ) from None
         except aiohttp.ServerDisconnectedError:
             raise Unreachable(name, f"{op}: server disconnected", op=op) from None
         except aiohttp.ClientPayloadError:
             raise Unreachable(
                 name, f"{op}: connection lost while reading the answer", op=op
             ) from None
-        except aiohttp.ClientResponseError as exc:  # unparsable HTTP answer
+        except aiohttp.ClientResponseError as exc:  # unparsable HTTP answer, header too large
             raise MalformedResponse(
                 name, f"{op}: invalid HTTP answer ({exc.message})", op=op
             ) from None
         except (aiohttp.ClientError, OSError) as exc:
             raise Unreachable(name, f"{op}: connection failed ({_os_reason(exc)})", op=op) from None
 
-    def _checked(self, answer: tx.Answer, op: str) -> None:
+    async def _read_capped(self, resp: aiohttp.ClientResponse, op: str) -> bytes:
+        """The body of an answer without a usable Content-Length (chunked, or read to the
+        end of the connection) or with one above the cap: at most `MAX_ANSWER_BYTES`."""
+        def too_large() -> MalformedResponse:
+            resp.close()  # the rest is never read: the connection is not reused
+            return MalformedResponse(
+                self.name,
+                f"{op}: answer larger than {MAX_ANSWER_BYTES // (1024 * 1024)} MiB "
+                f"({MAX_ANSWER_BYTES} bytes): not read",
+                op=op, status=resp.status,
+            )
+
+        length = resp.content_length
+        if length is not None and length > MAX_ANSWER_BYTES:
+            raise too_large()
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := await resp.content.readany():
+            size += len(chunk)
+            if size > MAX_ANSWER_BYTES:
+                raise too_large()
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _checked(self, answer: Answer, op: str) -> None:
         """Raise the typed error of a non-2xx answer."""
         status = answer.status
         if 200 <= status < 300:
@@ -884,13 +901,22 @@ class ApplianceClient:
             cls, what = ServerError, "failed on the appliance"
         elif 400 <= status < 500:
             cls, what = BadRequest, "refused"
+        elif 300 <= status < 400:
+            location = answer.location
+            where = f"to {location[:200]}" if location else "without a Location"
+            raise MalformedResponse(
+                self.name,
+                f"{op}: redirected ({status} {where}); redirects are not followed: "
+                "check the appliance's base_url",
+                op=op, status=status,
+            )
         else:
             raise MalformedResponse(
                 self.name, f"{op}: unexpected HTTP status {status}", op=op, status=status
             )
         raise response_error(cls, self.name, op, status, what, **fields)
 
-    def _json(self, answer: tx.Answer, op: str) -> Any:
+    def _json(self, answer: Answer, op: str) -> Any:
         if not answer.body.strip():
             raise MalformedResponse(
                 self.name, f"{op}: empty answer ({answer.status})", op=op, status=answer.status

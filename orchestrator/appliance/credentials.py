@@ -7,16 +7,30 @@ The inventory stores a *reference* to the credentials of each appliance, never t
 
 The password may contain colons; the username may not. Error messages name the reference
 and the problem, never the secret.
+
+A `TargetPolicy` (from the settings) limits what a reference may read: environment
+variables with its prefix (`APPLIANCE_` by default) and regular files whose real path
+(symbolic links and `..` resolved) lies inside its secrets directory. `env:ORCHESTRATOR_*`
+(the settings, the database URL among them) is refused with or without a policy.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from orchestrator.domain.inventory import (
+    FORBIDDEN_ENV_PREFIX,
+    TargetPolicy,
+    credentials_ref_refusal,
+    path_inside,
+)
+
 _MASK = "********"
+_MAX_LINE = 4096  # a credentials line is short; a larger read is refused
 
 
 class CredentialsError(Exception):
@@ -52,8 +66,13 @@ def resolve_credentials(
     *,
     environ: Mapping[str, str] | None = None,
     default: Credentials | None = None,
+    policy: TargetPolicy | None = None,
 ) -> Credentials:
-    """Resolve an `env:VAR` or `file:/path` reference; `None` or "" gives `default`."""
+    """Resolve an `env:VAR` or `file:/path` reference; `None` or "" gives `default`.
+
+    With a `policy`, a reference it does not allow raises CredentialsError saying what is
+    allowed, and a file must be a regular file whose real path is inside its secrets
+    directory. `env:ORCHESTRATOR_*` is refused always."""
     if ref is None or not ref.strip():
         if default is None:
             raise CredentialsError(
@@ -66,6 +85,17 @@ def resolve_credentials(
         raise CredentialsError(
             f"credentials reference {ref!r}: expected 'env:VARIABLE' or 'file:/path'"
         )
+    if scheme == "env" and rest.upper().startswith(FORBIDDEN_ENV_PREFIX):
+        raise CredentialsError(
+            f"credentials reference {ref!r}: the orchestrator's own settings "
+            f"({FORBIDDEN_ENV_PREFIX}*) never serve as appliance credentials"
+        )
+    if policy is not None:
+        reason = credentials_ref_refusal(ref, policy)
+        if reason:
+            raise CredentialsError(f"credentials reference {ref!r} {reason}")
+        if scheme == "file":
+            return _read_secret_file(ref, rest, policy)
     if scheme == "env":
         env = os.environ if environ is None else environ
         value = env.get(rest)
@@ -99,6 +129,44 @@ def resolve_credentials(
     raise CredentialsError(
         f"credentials reference {ref!r}: unknown scheme {scheme!r} (use 'env:' or 'file:')"
     )
+
+
+def _read_secret_file(ref: str, rest: str, policy: TargetPolicy) -> Credentials:
+    """The credentials of a file reference the policy allows lexically: its real path must
+    also be inside the (real) secrets directory, and it must be a regular file."""
+    assert policy.secrets_dir is not None
+    real_dir = os.path.realpath(policy.secrets_dir)
+    real = os.path.realpath(rest)
+    if not path_inside(real, real_dir):
+        raise CredentialsError(
+            f"credentials reference {ref!r}: the file resolves (through a symbolic link) "
+            f"outside {policy.secrets_dir}; {policy.allowed_refs()}"
+        )
+    try:
+        fd = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | os.O_NONBLOCK)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise CredentialsError(f"credentials reference {ref!r}: cannot read it: {reason}") \
+            from None
+    try:
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        if regular:
+            with os.fdopen(fd, "rb", closefd=False) as fh:
+                data = fh.readline(_MAX_LINE + 1)
+    finally:
+        os.close(fd)
+    if not regular:
+        raise CredentialsError(f"credentials reference {ref!r}: not a regular file")
+    if len(data) > _MAX_LINE:
+        raise CredentialsError(
+            f"credentials reference {ref!r}: the first line is longer than {_MAX_LINE} bytes")
+    try:
+        first = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise CredentialsError(f"credentials reference {ref!r}: not UTF-8 text") from None
+    if not first:
+        raise CredentialsError(f"credentials reference {ref!r}: the first line is empty")
+    return parse_credentials(first, source=f"credentials reference {ref!r}")
 
 
 __all__ = ["Credentials", "CredentialsError", "parse_credentials", "resolve_credentials"]

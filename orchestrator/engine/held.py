@@ -17,8 +17,10 @@ import asyncpg
 
 from orchestrator.appliance import ApplianceError, ApplianceHttp, ApplianceTarget
 from orchestrator.appliance.credentials import CredentialsError
+from orchestrator.appliance.guard import guarded_client
 from orchestrator.appliance.models import TaskStatus
 from orchestrator.domain import outcome
+from orchestrator.domain.inventory import STRICT_POLICY, TargetPolicy
 from orchestrator.domain.strategy import Strategy, StrategyError, missing_services, parse_strategy
 from orchestrator.logs import get_logger
 from orchestrator.store import tasks as task_store
@@ -29,14 +31,15 @@ log = get_logger("orchestrator.engine.held")
 _RUNNING = (TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.UNKNOWN)
 
 
-async def look(http: ApplianceHttp, slot: HeldSlot, *, seconds: float) -> str | None:
+async def look(http: ApplianceHttp, slot: HeldSlot, *, seconds: float,
+               policy: TargetPolicy = STRICT_POLICY) -> str | None:
     """The version of the slot's appliance when it is idle, else None."""
     try:
-        client = http.client(ApplianceTarget(
+        client = guarded_client(http, ApplianceTarget(
             name=slot.appliance, base_url=slot.base_url,
             credentials_ref=slot.credentials_ref, tls_ca_file=slot.tls_ca_file,
             tls_thumbprint=slot.tls_thumbprint,
-        ))
+        ), policy)
     except (CredentialsError, ValueError):
         return None
     try:
@@ -66,6 +69,7 @@ async def look(http: ApplianceHttp, slot: HeldSlot, *, seconds: float) -> str | 
 async def release_idle(
     pool: asyncpg.Pool, http: ApplianceHttp, *, every: float, limit: int = 100,
     concurrency: int = 20, look_seconds: float = 30.0,
+    policy: TargetPolicy = STRICT_POLICY,
 ) -> int:
     """One pass: look at up to `limit` held slots due for a look; free those whose
     appliance is idle. Returns how many were freed."""
@@ -77,7 +81,7 @@ async def release_idle(
 
     async def one(slot: HeldSlot) -> bool:
         async with gate:
-            version = await look(http, slot, seconds=look_seconds)
+            version = await look(http, slot, seconds=look_seconds, policy=policy)
         if version is None:
             log.debug("slot_still_held", task=slot.id, appliance=slot.appliance)
             return False

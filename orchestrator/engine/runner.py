@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -42,7 +43,9 @@ from orchestrator.appliance import (
     Unauthorized,
     Unreachable,
 )
+from orchestrator.appliance.guard import TargetRefused, guarded_client
 from orchestrator.domain import outcome
+from orchestrator.domain.inventory import TargetPolicy
 from orchestrator.domain.outcome import (
     Answer,
     Listing,
@@ -65,6 +68,8 @@ from orchestrator.store.tasks import ClaimedTask, SendVerdict, TransitionRequest
 
 log = get_logger("orchestrator.engine.runner")
 _T = TypeVar("_T")
+# seconds: the runners' wake-ups are rounded up to multiples of this (see TaskRunner._pause)
+WAKE_GRID = 0.02
 
 class TaskLost(Exception):
     """Another worker owns the task now (or the engine is stopping): drop it."""
@@ -102,6 +107,8 @@ class RunnerContext:
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     # task id -> monotonic time its lease runs out, as last renewed by this process
     lease_until: dict[int, float] = field(default_factory=dict)
+    # where credentials may be read and sent (the settings'; strict unless told)
+    target_policy: TargetPolicy = field(default_factory=TargetPolicy)
 
 
 def _now() -> datetime:
@@ -189,11 +196,14 @@ class TaskRunner:
         with bind_context(rollout=self.task.rollout_id, wave=self.task.wave,
                           task=self.task.id, appliance=self.task.appliance):
             try:
-                self.client = self.ctx.http.client(ApplianceTarget(
+                self.client = guarded_client(self.ctx.http, ApplianceTarget(
                     name=self.task.appliance, base_url=self.task.base_url,
                     credentials_ref=self.task.credentials_ref,
                     tls_ca_file=self.task.tls_ca_file, tls_thumbprint=self.task.tls_thumbprint,
-                ))
+                ), self.ctx.target_policy)
+            except TargetRefused as exc:
+                await self._finish("FAILED", "TARGET_REFUSED", str(exc))
+                return self.state
             except (CredentialsError, ValueError) as exc:
                 await self._finish("FAILED", "CREDENTIALS", str(exc))
                 return self.state
@@ -321,8 +331,19 @@ class TaskRunner:
             raise DeadlinePassed() from None
 
     async def _pause(self, seconds: float) -> None:
-        """Sleep before the next look at the appliance, never past the deadline."""
-        await self.ctx.sleep(max(0.0, min(seconds, self._remaining())))
+        """Sleep before the next look at the appliance, never past the deadline. The wake-up
+        is rounded up to a multiple of `WAKE_GRID` on the monotonic clock (the event
+        loop's): runners due within the same few milliseconds wake in one pass of the
+        event loop, and send their requests together, instead of each in a pass of its
+        own (a pass costs an epoll call and the loop's bookkeeping)."""
+        remaining = self._remaining()
+        if seconds >= remaining:
+            await self.ctx.sleep(max(0.0, remaining))
+            return
+        if seconds > 0:
+            now = time.monotonic()
+            seconds = math.ceil((now + seconds) / WAKE_GRID) * WAKE_GRID - now
+        await self.ctx.sleep(max(0.0, seconds))
 
     async def _check_timeout(self, what: str) -> None:
         if self._remaining() <= 0:

@@ -40,7 +40,7 @@ INVENTORY_HEADER: tuple[str, ...] = (
     "name", "base_url", "site", "tags", "timezone", "credentials_ref", "tls_ca_file",
     "tls_thumbprint",
 )
-DEFAULT_CREDENTIALS_REF = "env:SIM_CREDENTIALS"
+DEFAULT_CREDENTIALS_REF = "env:APPLIANCE_SIM_CREDENTIALS"
 DEFAULT_BACKLOG = 4096
 
 _JSON = "application/json"

@@ -8,7 +8,7 @@ from typing import Any
 
 import asyncpg
 
-from orchestrator.domain.inventory import ApplianceSpec
+from orchestrator.domain.inventory import ApplianceSpec, url_host
 from orchestrator.domain.models import Appliance
 from orchestrator.store.db import DB
 
@@ -38,6 +38,40 @@ RETURNING (xmax = 0) AS inserted
 """
 
 
+class HostChangeError(Exception):
+    """An import or update moves appliances to another host without naming their
+    credentials_ref: their secret would follow them unasked. Nothing is written."""
+
+    def __init__(self, changes: list[tuple[str, str, str]]) -> None:
+        self.changes = changes  # (name, old host, new host)
+        shown = "; ".join(f"appliance {name!r}: base_url host {old} -> {new}"
+                          for name, old, new in changes[:20])
+        more = f"; and {len(changes) - 20} more" if len(changes) > 20 else ""
+        super().__init__(
+            f"{shown}{more}: a change of an appliance's host must give its credentials_ref "
+            "again in the same change (the credentials would otherwise be sent to the new "
+            "host)"
+        )
+
+
+async def check_host_changes(conn: DB, specs: Sequence[ApplianceSpec]) -> None:
+    """Raise HostChangeError for the specs without a credentials_ref whose appliance exists
+    under another host (the rows are locked until the transaction ends)."""
+    bare = {s.name: s for s in specs if s.credentials_ref is None}
+    if not bare:
+        return
+    rows = await conn.fetch(
+        "SELECT name, base_url FROM appliances WHERE name = ANY($1::text[]) "
+        "ORDER BY name FOR UPDATE", list(bare))
+    changes = []
+    for r in rows:
+        old, new = url_host(r["base_url"]), url_host(bare[r["name"]].base_url)
+        if old != new:
+            changes.append((r["name"], old, new))
+    if changes:
+        raise HostChangeError(changes)
+
+
 @dataclass(frozen=True)
 class ImportSummary:
     inserted: int
@@ -61,7 +95,11 @@ def _row(r: asyncpg.Record) -> Appliance:
 async def upsert_appliances(
     conn: DB, specs: Sequence[ApplianceSpec]
 ) -> ImportSummary:
-    """Insert or update by name, all in one transaction (one statement)."""
+    """Insert or update by name, all in one transaction (one statement).
+
+    Raises HostChangeError (nothing written) when a spec without a credentials_ref moves
+    an existing appliance to another host."""
+    await check_host_changes(conn, specs)
     payload: list[dict[str, Any]] = []
     for spec in specs:
         item = asdict(spec)

@@ -1,15 +1,24 @@
-"""Connections: the asyncpg pool, and the database URL (configured, or the embedded server)."""
+"""Connections: the asyncpg pool, and the database URL (configured, or the embedded server).
+
+The pool's `acquire()` waits for a free connection without end by default. Code that must
+not hang (every API request: `orchestrator/api/app.py` sets it for each request) bounds
+that wait with `bounded_acquire(seconds)`: within it, every acquire that names no timeout
+of its own (including those of `pool.fetch()`, `pool.execute()`, ...) gives up after
+`seconds` with `AcquireTimeout`. It is a context variable, so on a pool that the API
+shares with the engine the engine's waits stay unbounded.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import asyncpg
-from asyncpg.pool import PoolConnectionProxy
+from asyncpg.pool import PoolAcquireContext, PoolConnectionProxy
 
 from orchestrator.settings import Settings
 
@@ -68,19 +77,69 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     session settings, so there is nothing to reset."""
 
 
+# The wait for a free connection that `Pool.acquire()` applies when its caller names none;
+# None: no bound (asyncpg's default). Set with `bounded_acquire()`.
+ACQUIRE_TIMEOUT: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "orchestrator_acquire_timeout", default=None)
+
+
+class AcquireTimeout(TimeoutError):
+    """No connection of the pool came free (or could be opened) within the bound."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        super().__init__(f"no database connection within {seconds:g} s")
+
+
+@contextlib.contextmanager
+def bounded_acquire(seconds: float | None) -> Iterator[None]:
+    """Within this block (this task and the tasks it creates), acquires without a timeout
+    of their own wait at most `seconds` (None: without end)."""
+    token = ACQUIRE_TIMEOUT.set(seconds)
+    try:
+        yield
+    finally:
+        ACQUIRE_TIMEOUT.reset(token)
+
+
+class _Acquire(PoolAcquireContext):
+    __slots__ = ()
+
+    async def __aenter__(self) -> PoolConnectionProxy:
+        try:
+            return await super().__aenter__()
+        except TimeoutError:
+            if self.timeout is None:
+                raise
+            raise AcquireTimeout(self.timeout) from None
+
+
+class Pool(asyncpg.Pool):
+    """asyncpg's pool, whose `acquire()` applies the bound of `bounded_acquire()`."""
+
+    __slots__ = ()
+
+    def acquire(self, *, timeout: float | None = None) -> PoolAcquireContext:
+        return _Acquire(self, ACQUIRE_TIMEOUT.get() if timeout is None else timeout)
+
+
 @contextlib.asynccontextmanager
 async def create_pool(
     url: str, settings: Settings | None = None, **overrides: Any
 ) -> AsyncIterator[asyncpg.Pool]:
-    opts: dict[str, Any] = {}
+    # asyncpg.create_pool's defaults; it builds an asyncpg.Pool the same way
+    opts: dict[str, Any] = {"min_size": 10, "max_size": 10, "max_queries": 50_000,
+                            "max_inactive_connection_lifetime": 300.0}
     if settings is not None:
-        opts = {
+        opts.update({
             "min_size": settings.db_pool_min_size,
             "max_size": settings.db_pool_max_size,
             "command_timeout": settings.db_command_timeout,
-        }
+        })
     opts.update(overrides)
-    pool = await asyncpg.create_pool(url, init=_init_connection, reset=_keep_session, **opts)
+    pool: asyncpg.Pool = await Pool(
+        url, init=_init_connection, reset=_keep_session, loop=None,
+        connection_class=asyncpg.Connection, record_class=asyncpg.Record, **opts)
     try:
         yield pool
     finally:

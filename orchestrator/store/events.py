@@ -20,6 +20,11 @@ transaction already had its transaction id then: an id below X. After step 3 it 
 committed (its row is visible to step 4) or rolled back (the id is a hole for ever).
 Readers block no writer; a reader waits only while some transaction that started before
 it is still running (normally milliseconds).
+
+Step 4 is paged: one `poll()` returns at most `PAGE` events (the cursor moves to the last
+one, and `Batch.more` says that more confirmed events follow), so a client resuming from
+`Last-Event-ID: 0` on a long rollout gets its backlog page by page, never all of it in
+memory at once.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import asyncpg
 from orchestrator.store.db import DB
 
 IN_FLIGHT = ("DISPATCHING", "INSTALLING", "VERIFYING")
-BATCH = 1000
+PAGE = 500  # events one poll() reads and returns at most
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,7 @@ class Batch:
     events: list[TaskEvent]
     head: Head
     confirmed: bool  # False: new events exist but older transactions are still running
+    more: bool = False  # True: a full page; more confirmed events follow at once
 
 
 async def read_head(conn: DB, rollout_id: int, after_id: int) -> Head:
@@ -99,7 +105,7 @@ async def older_finished(conn: DB, xid: str) -> bool:
 
 
 async def events_between(
-    conn: DB, rollout_id: int, after_id: int, upto_id: int, limit: int = BATCH
+    conn: DB, rollout_id: int, after_id: int, upto_id: int, limit: int = PAGE
 ) -> list[TaskEvent]:
     rows = await conn.fetch(
         """SELECT e.id, e.task_id, a.name AS appliance, t.site, t.wave, e.from_state,
@@ -121,32 +127,33 @@ class EventReader:
         self.pool = pool
         self.rollout_id = rollout_id
         self.after_id = after_id
-        self._pending: tuple[int, str] | None = None  # (M, X) waiting for step 3
+        self._pending: tuple[int, str] | None = None  # (M, X) of steps 1-2
+        self._confirmed = False  # step 3 is done for the pending (M, X)
 
-    async def poll(self, *, settle: float = 1.0) -> Batch:
-        """New events, if any can be confirmed within `settle` seconds."""
+    async def poll(self, *, settle: float = 1.0, limit: int = PAGE) -> Batch:
+        """New events, at most `limit` of them, if they can be confirmed within `settle`
+        seconds; `more` says that a full page was returned and more are confirmed."""
         async with self.pool.acquire() as conn:
             head = await read_head(conn, self.rollout_id, self.after_id)
             if self._pending is None:
                 if head.max_id is None:
                     return Batch([], head, True)
                 self._pending = (head.max_id, await new_xid(conn))
+                self._confirmed = False
             upto, xid = self._pending
-            deadline = time.monotonic() + settle
-            delay = 0.002
-            while not await older_finished(conn, xid):
-                if time.monotonic() >= deadline:
-                    return Batch([], head, False)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.05)
-            events: list[TaskEvent] = []
-            cursor = self.after_id
-            while True:
-                chunk = await events_between(conn, self.rollout_id, cursor, upto)
-                events += chunk
-                if len(chunk) < BATCH:
-                    break
-                cursor = chunk[-1].id
+            if not self._confirmed:
+                deadline = time.monotonic() + settle
+                delay = 0.002
+                while not await older_finished(conn, xid):
+                    if time.monotonic() >= deadline:
+                        return Batch([], head, False)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 0.05)
+                self._confirmed = True
+            events = await events_between(conn, self.rollout_id, self.after_id, upto, limit)
+            if len(events) >= limit:
+                self.after_id = events[-1].id  # the rest of (cursor, M] comes next
+                return Batch(events, head, True, more=True)
             self.after_id = upto
             self._pending = None
             return Batch(events, head, True)

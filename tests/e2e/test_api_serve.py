@@ -18,7 +18,7 @@ from orchestrator.simulator import SimulatorConfig, run_simulator
 from tests.helpers import ROOT, VENV_BIN, cli_env, free_port, run_cli
 
 SERVE_ENV = {
-    "SIM_CREDENTIALS": "admin:admin",
+    "APPLIANCE_SIM_CREDENTIALS": "admin:admin",
     "ORCHESTRATOR_ENGINE_POLL_INTERVAL": "0.3",
     "ORCHESTRATOR_ENGINE_LEASE_SECONDS": "5",
     "ORCHESTRATOR_APPLIANCE_REQUEST_TIMEOUT": "5",

@@ -5,8 +5,8 @@ backslash-continued lines are joined, trailing `# comments` are taken off, and e
 is run as written, `.venv/bin/orchestrator` (or `orchestrator`) as a real process, in
 document order. Each file gets a fresh migrated database, its own temporary working
 directory (reports land there) holding a copy of `config/` and the inventory files the docs
-name, and `SIM_CREDENTIALS=admin:admin`; the files run side by side. A simulated fleet runs
-for the whole test (started here, on a free port, instead of the documented
+name, and `APPLIANCE_SIM_CREDENTIALS=admin:admin`; the files run side by side. A simulated
+fleet runs for the whole test (started here, on a free port, instead of the documented
 `orchestrator simulate`).
 
 A command fails the test when it exits non-zero, prints a traceback, or (a command
@@ -476,7 +476,7 @@ async def test_documented_commands_run(pg_server_url: str, template_db: str,
             shutil.copytree(ROOT / "config", work / "config")
             for name in INVENTORIES:
                 sim.write_inventory(work / name)
-            env = cli_env(db_url, SIM_CREDENTIALS="admin:admin",
+            env = cli_env(db_url, APPLIANCE_SIM_CREDENTIALS="admin:admin",
                           ORCHESTRATOR_DATA_DIR=str(work / "data"))
             runs.append(DocRun(source, work, env))
         for run in runs:

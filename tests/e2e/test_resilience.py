@@ -24,7 +24,7 @@ from tests import fleet as harness
 from tests.helpers import ROOT, VENV_BIN, cli_env, run_cli
 
 ENGINE_ENV = {
-    "SIM_CREDENTIALS": "admin:admin",
+    "APPLIANCE_SIM_CREDENTIALS": "admin:admin",
     "ORCHESTRATOR_ENGINE_POLL_INTERVAL": "0.3",
     "ORCHESTRATOR_ENGINE_LEASE_SECONDS": "3",
     "ORCHESTRATOR_APPLIANCE_REQUEST_TIMEOUT": "5",

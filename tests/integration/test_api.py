@@ -78,7 +78,7 @@ async def test_appliances_crud_import_and_audit(pool: asyncpg.Pool) -> None:
         assert [a["name"] for a in page["items"]] == ["vr-nyc-02"]
 
         new = {"name": "srm-fra-01", "base_url": "https://srm-fra-01.example.net/api",
-               "site": "fra", "tags": ["prod"], "credentials_ref": "env:SRM_CREDENTIALS"}
+               "site": "fra", "tags": ["prod"], "credentials_ref": "env:APPLIANCE_SRM_CREDENTIALS"}
         status, created = await api.call("POST", "/api/v1/appliances", json=new)
         assert status == 201 and created["name"] == "srm-fra-01" and created["enabled"]
         status, problem = await api.call("POST", "/api/v1/appliances", json=new)

@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from orchestrator.domain.inventory import LAB_POLICY
 from orchestrator.inventory import parse_inventory
 from orchestrator.simulator import (
     FAULTS,
@@ -663,8 +664,8 @@ async def test_write_inventory_is_importable(tmp_path: Path) -> None:
         text = path.read_text()
         assert text.splitlines()[0] == ("name,base_url,site,tags,timezone,credentials_ref,"
                                         "tls_ca_file,tls_thumbprint")
-        result = parse_inventory(text, "csv")
+        result = parse_inventory(text, "csv", LAB_POLICY)
         assert [s.name for s in result.specs] == sim.names
         spec = result.specs[2]
         assert spec.base_url == sim.base_url("sim-00003") and spec.site == "site-03"
-        assert spec.credentials_ref == "env:SIM_CREDENTIALS" and spec.tags == ("sim",)
+        assert spec.credentials_ref == "env:APPLIANCE_SIM_CREDENTIALS" and spec.tags == ("sim",)

@@ -175,9 +175,7 @@ def make_http(**overrides: Any) -> ApplianceHttp:
         "backoff_base": 0.001,
         "backoff_cap": 0.002,
         "default_credentials": CREDS,
-        # aioresponses intercepts aiohttp; the stream pool is tested over real sockets
-        # (tests/unit/test_appliance_transport.py)
-        "http_client": "aiohttp",
+        "trust_env": False,
     }
     options.update(overrides)
     return ApplianceHttp(Settings(), **options)
@@ -831,7 +829,6 @@ async def test_settings_reach_the_connector() -> None:
         appliance_request_timeout=7,
         appliance_max_connections=55,
         appliance_max_connections_per_host=3,
-        appliance_http_client="aiohttp",
     )
     async with ApplianceHttp(settings) as http:
         session = http.session
@@ -847,7 +844,7 @@ async def test_settings_reach_the_connector() -> None:
 
 async def test_client_cache_and_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     environ = {"VR01_CREDS": f"admin:{PASSWORD}"}
-    async with ApplianceHttp(Settings(), environ=environ, http_client="aiohttp") as http:
+    async with ApplianceHttp(Settings(), environ=environ) as http:
         target = ApplianceTarget(NAME, BASE, credentials_ref="env:VR01_CREDS")
         client = http.client(target)
         assert client.credentials == CREDS
@@ -902,3 +899,31 @@ async def test_logout_all_is_best_effort(mock: aioresponses, http: ApplianceHttp
     mock.delete("https://b.test/api/session", exception=connector_error())
     await http.logout_all()
     assert not a.has_session and not b.has_session
+
+
+# --- redirects --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+async def test_redirect_is_a_clear_error_and_never_followed(
+    mock: aioresponses, client: ApplianceClient, status: int
+) -> None:
+    login_ok(mock)
+    mock.get(url("/appliance"), status=status,
+             headers={"Location": "https://elsewhere.test/api/appliance"})
+    exc = await expect(MalformedResponse, client.get_appliance())
+    assert exc.status == status
+    assert f"redirected ({status} to https://elsewhere.test/api/appliance)" in str(exc)
+    assert "base_url" in str(exc)
+    [get] = calls(mock, "GET", "/appliance")
+    assert get.kwargs["allow_redirects"] is False
+
+
+async def test_redirect_without_location(mock: aioresponses, client: ApplianceClient) -> None:
+    mock.post(url("/session"), status=302)
+    exc = await expect(MalformedResponse, client.login())
+    assert "redirected (302 without a Location)" in str(exc)
+    assert not exc.transient
+
+
+# the 4 MiB answer cap: tests/unit/test_appliance_http.py (aioresponses cannot feed it)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,9 @@ def test_defaults_without_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     s = load_settings(environ={})
     assert s.database_url is None
     assert s.log_format == "auto"
-    assert s.data_dir == Path("~/.local/share/orchestrator").expanduser()
+    # as root the default is outside /root (the embedded server's user must traverse it)
+    home = "/var/lib/orchestrator" if os.geteuid() == 0 else "~/.local/share/orchestrator"
+    assert s.data_dir == Path(home).expanduser()
 
 
 def test_shipped_config_file_is_valid_and_lists_every_setting() -> None:
@@ -84,3 +87,28 @@ def test_mask_url_query_password() -> None:
     assert mask_url("postgresql://h/db?password=x&sslmode=require") == (
         "postgresql://h/db?password=********&sslmode=require"
     )
+
+
+def test_removed_http_client_setting_is_named_in_the_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "o.toml"
+    cfg.write_text('appliance_http_client = "stream"\n')
+    with pytest.raises(SettingsError) as info:
+        load_settings(cfg, environ={})
+    message = str(info.value)
+    assert message.startswith(f"appliance_http_client (in {cfg}): this setting was removed")
+    assert "aiohttp is the only HTTP client" in message
+
+
+def test_removed_http_client_setting_is_named_in_the_environment(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError) as info:
+        load_settings(None, environ={"ORCHESTRATOR_APPLIANCE_HTTP_CLIENT": "aiohttp"})
+    message = str(info.value)
+    assert message.startswith("ORCHESTRATOR_APPLIANCE_HTTP_CLIENT: the setting "
+                              "appliance_http_client was removed")
+    assert "aiohttp is the only HTTP client" in message
+
+
+def test_trust_env_setting(tmp_path: Path) -> None:
+    assert load_settings(None, environ={}).appliance_trust_env is True
+    s = load_settings(None, environ={"ORCHESTRATOR_APPLIANCE_TRUST_ENV": "false"})
+    assert s.appliance_trust_env is False

@@ -1,0 +1,69 @@
+"""Security headers (issue 14, finding 12): every answer has `X-Content-Type-Options:
+nosniff`; the HTML answers (the docs page, the HTML report) have a Content-Security-Policy
+that allows their one inline `<style>` by its hash, and nothing else: no script, no inline
+style attribute, no other source."""
+
+from __future__ import annotations
+
+import re
+
+import asyncpg
+
+from orchestrator.api.headers import style_hash
+from orchestrator.store import rollouts as rollout_store
+from orchestrator.store import tokens as token_store
+from orchestrator.store.audit import Actor
+from tests.integration.test_api_support import auth
+from tests.security.auth_support import api_client
+
+CSV = "name,base_url,site,tags\nvr-1,https://vr-1.example.net/api,ams,prod\n"
+
+
+def check_html(html: str, policy: str) -> None:
+    directives = dict(d.strip().split(" ", 1) for d in policy.split(";"))
+    assert directives["default-src"] == "'none'"
+    assert directives["frame-ancestors"] == "'none'"
+    assert directives["base-uri"] == "'none'"
+    assert "script-src" not in directives  # default-src 'none': no script at all
+    assert "unsafe-inline" not in policy and "unsafe-eval" not in policy
+    styles = re.findall(r"<style>(.*?)</style>", html, re.S)
+    assert styles, "the page has its inline style"
+    for css in styles:
+        assert style_hash(css) in directives["style-src"].split()
+    # nothing the policy would block: no script, no inline style attribute, no handler
+    assert "<script" not in html.lower()
+    assert not re.search(r"\sstyle\s*=", html, re.I)
+    assert not re.search(r"\son[a-z]+\s*=", html, re.I)
+    assert not re.search(r"<link[^>]+stylesheet", html, re.I)
+
+
+async def test_docs_page_and_report_have_a_strict_csp(pool: asyncpg.Pool) -> None:
+    _, admin = await token_store.create_token(pool, "admin", "admin")
+    async with api_client(pool) as client:
+        async with client.get("/api/docs") as resp:
+            assert resp.status == 200 and resp.content_type == "text/html"
+            assert resp.headers["X-Content-Type-Options"] == "nosniff"
+            assert resp.headers["Referrer-Policy"] == "no-referrer"
+            check_html(await resp.text(), resp.headers["Content-Security-Policy"])
+        async with client.post("/api/v1/appliances:import", data=CSV,
+                               headers={**auth(admin), "Content-Type": "text/csv"}) as resp:
+            assert resp.status == 200
+        rollout, _ = await rollout_store.create_rollout(
+            pool, name="<b>r</b>", target_version="9.0.1-20020", actor=Actor("setup"))
+        async with client.get(f"/api/v1/rollouts/{rollout.id}/report?format=html",
+                              headers=auth(admin)) as resp:
+            assert resp.status == 200 and resp.content_type == "text/html"
+            assert resp.headers["X-Content-Type-Options"] == "nosniff"
+            check_html(await resp.text(), resp.headers["Content-Security-Policy"])
+        # every other answer: nosniff, and no CSP needed
+        for url, headers in ((f"/api/v1/rollouts/{rollout.id}/report?format=csv",
+                              auth(admin)),
+                             (f"/api/v1/rollouts/{rollout.id}/report?format=json",
+                              auth(admin)),
+                             ("/api/v1/openapi.json", {}), ("/healthz", {}),
+                             ("/metrics", {}), ("/api/v1/audit", {}),
+                             ("/no/such/path", {})):
+            async with client.get(url, headers=headers) as resp:
+                await resp.read()
+                assert resp.headers.get("X-Content-Type-Options") == "nosniff", url
+                assert "Content-Security-Policy" not in resp.headers, url
