@@ -4,13 +4,15 @@ installed twice.
 The simulator, PostgreSQL and the engine run as separate processes. The engine is killed
 `--kills` times: half of the runs at a random moment (SIGKILL from outside), the other half
 by the engine itself right after an appliance accepted an install and before INSTALLING was
-recorded (the failpoint `after_install_sent`), the worst moment there is. Each time a new
-engine process starts; it reclaims the dead one's tasks once their leases expire and
+recorded (the failpoint `after_install_sent`, set to fire on the N-th accepted install of
+that engine, N drawn from --seed: a seed repeats its plan), the worst moment there is.
+Each time a new engine process starts; it reclaims the dead one's tasks once their leases expire and
 reconciles them with the appliances. A last engine runs until the rollout ends.
 
     .venv/bin/python bench/chaos.py --appliances 500 --kills 10 --seed 1
 
-Prints one JSON object: kills, duplicate_installs, lost_tasks (not terminal at the end),
+Prints one JSON object: kills, failpoints_fired (read from the failpoints' log),
+duplicate_installs, lost_tasks (not terminal at the end),
 truth_mismatches, completed, limits_held (the simulator's highest installs in flight, in all
 and per site, against --concurrency, --per-site and --site-limit), plus context.
 """
@@ -136,6 +138,8 @@ async def outcome(db_url: str, versions: dict[str, str], installs: dict[str, int
         wrong = (
             (r["state"] in ("SUCCEEDED", "SKIPPED") and actual != TARGET)
             or (r["state"] in ("FAILED", "CANCELLED") and actual == TARGET)
+            # SKIPPED says "it was there already": not after an install of ours was accepted
+            or (r["state"] == "SKIPPED" and installs.get(r["name"]))
             # TIMED_OUT records a final version only once its held slot was freed (the
             # appliance seen idle): then it must be the appliance's
             or (r["final_version"] is not None and r["final_version"] != actual)
@@ -250,13 +254,17 @@ def main() -> int:
 
             kills = 0
             self_kills = 0
+            # each fired failpoint appends a line here (fsynced before its SIGKILL)
+            failpoint_log = tmp / "failpoints.log"
             deadline = started + opts.timeout
             for k in range(opts.kills):
                 at_install = k % 2 == 1
                 run_env = dict(env)
                 if at_install:
-                    run_env["ORCH_FAILPOINTS"] = "after_install_sent=0.05"
-                    run_env["ORCH_FAILPOINTS_SEED"] = f"{opts.seed}-{k}"
+                    # deterministic: die right after the N-th install this engine had
+                    # accepted, N drawn from the run's seeded generator
+                    run_env["ORCH_FAILPOINTS"] = f"after_install_sent=#{rng.randint(1, 5)}"
+                    run_env["ORCH_FAILPOINTS_LOG"] = str(failpoint_log)
                 engine = subprocess.Popen([str(BIN / "orchestrator"), "run"], env=run_env,
                                           cwd=ROOT, stdout=subprocess.DEVNULL,
                                           stderr=subprocess.DEVNULL)
@@ -298,11 +306,14 @@ def main() -> int:
                 "appliances": opts.appliances,
                 "kills": kills,
                 "kills_right_after_install_sent": int(self_kills),
+                # from the failpoints' own log: how many really fired
+                "failpoints_fired": len(failpoint_log.read_text().splitlines())
+                if failpoint_log.exists() else 0,
                 "duplicate_installs": stats["duplicate_installs"],
                 "lost_tasks": len(result["lost"]),
                 "truth_mismatches": len(result["mismatches"]),
-                "completed": result["rollout_state"] in (
-                    "SUCCEEDED", "COMPLETED_WITH_FAILURES", "FAILED", "CANCELLED")
+                # the rollout ran to its end (no kill may make it give up or fail whole)
+                "completed": result["rollout_state"] in ("SUCCEEDED", "COMPLETED_WITH_FAILURES")
                 and not result["lost"],
                 "rollout_state": result["rollout_state"],
                 "tasks": result["states"],

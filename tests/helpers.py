@@ -10,6 +10,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,3 +79,47 @@ async def cloned_database(
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+async def eventually(probe: Any, done: Any, *, timeout: float = 30.0,
+                     interval: float = 0.05) -> Any:
+    """Poll `await probe()` until `done(value)` holds; fail with the last value after
+    `timeout` seconds. The deadline is generous: tests assert behaviour, never speed."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = await probe()
+        if done(value):
+            return value
+        assert loop.time() < deadline, f"not reached within {timeout} s: last {value!r}"
+        await asyncio.sleep(interval)
+
+
+class LoggedPopen(subprocess.Popen[str]):
+    """A child process whose stdout and stderr go to files, never to pipes: a test that
+    polls while the child runs reads nothing, and a burst of log lines into a full pipe
+    would block the child (an engine, a server) under test. communicate() waits and
+    returns the files' text; output() reads them at any time."""
+
+    def __init__(self, args: list[str], **kwargs: Any) -> None:
+        import tempfile
+
+        for key in ("stdout", "stderr", "text"):
+            kwargs.pop(key, None)
+        self._logs = [tempfile.NamedTemporaryFile(  # removed when the object goes
+            "wb", prefix=f"{Path(args[0]).name}-{name}-", suffix=".log")
+            for name in ("out", "err")]
+        super().__init__(args, stdout=self._logs[0], stderr=self._logs[1], text=True,
+                         **kwargs)
+
+    def output(self) -> tuple[str, str]:
+        out, err = (Path(f.name).read_text(errors="replace") if not f.closed else ""
+                    for f in self._logs)
+        return out, err
+
+    def communicate(self, input: str | None = None,
+                    timeout: float | None = None) -> tuple[str, str]:
+        self.wait(timeout)
+        return self.output()

@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 
 from orchestrator.simulator import SimulatorConfig, run_simulator
-from tests.helpers import ROOT, VENV_BIN, cli_env, free_port, run_cli
+from tests.helpers import ROOT, VENV_BIN, LoggedPopen, cli_env, free_port, run_cli
 
 SERVE_ENV = {
     "APPLIANCE_SIM_CREDENTIALS": "admin:admin",
@@ -27,10 +27,9 @@ SERVE_ENV = {
 
 
 def serve(db_url: str, port: int, *extra: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
+    return LoggedPopen(
         [str(VENV_BIN / "orchestrator"), "serve", "--port", str(port), *extra],
         env=cli_env(db_url, **SERVE_ENV), cwd=ROOT,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
 
@@ -147,8 +146,8 @@ async def test_serve_runs_api_and_engine_and_stops_on_sigterm(db_url: str,
                 code, took, err = await asyncio.get_running_loop().run_in_executor(
                     None, stop, proc)
                 stream.close()
-            assert code == 0, err[-3000:]
-            assert took < 15, took
+            # it stopped (within stop()'s deadline, which only catches a hang) and cleanly
+            assert code == 0, (took, err[-3000:])
         finally:
             if proc.poll() is None:
                 proc.kill()

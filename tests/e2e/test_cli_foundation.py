@@ -16,7 +16,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from tests.helpers import ROOT, VENV_BIN, cli_env, run_cli
+from tests.helpers import ROOT, VENV_BIN, LoggedPopen, cli_env, run_cli
 
 HEADER = "name,base_url,site,tags,timezone,credentials_ref,tls_ca_file,tls_thumbprint\n"
 
@@ -80,9 +80,8 @@ async def test_bad_import_imports_nothing_and_lists_every_bad_row(
 def test_two_migrate_processes_at_once(empty_db_url: str) -> None:
     env = cli_env(empty_db_url)
     procs = [
-        subprocess.Popen(
+        LoggedPopen(
             [str(VENV_BIN / "orchestrator"), "migrate"], env=env, cwd=ROOT,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         for _ in range(2)
     ]

@@ -54,6 +54,7 @@ SKIPPED: tuple[tuple[tuple[str, ...], str], ...] = (
     (("make ",), "creates .venv and runs the whole suite (this test is part of it) or the "
                  "demo; the targets are checked to exist with `make -n`"),
     (("TEST_DATABASE_URL=",), "`make test` against another server: the whole suite"),
+    (("pytest ",), "runs part of the suite, which this test belongs to (docs/testing.md)"),
     (("orchestrator demo",), "a run of a minute or more with its own database; "
                              "tests/e2e/test_demo.py runs it (its options are parsed here)"),
     (("orchestrator serve",), "serves until SIGTERM; tests/e2e/test_api_serve.py runs it "
@@ -378,13 +379,20 @@ class DocRun:
 
 
 def run_process(argv: list[str], *, env: dict[str, str], cwd: Path, timeout: float,
-                logs: Path) -> tuple[int | None, str, str, bool]:
+                logs: Path, started_by: float = 0.0) -> tuple[int | None, str, str, bool]:
     """(returncode, stdout, stderr, timed_out); output goes to files, read at the end.
-    A process still running after `timeout` is stopped (returncode None)."""
+    A process still running after `timeout` is stopped (returncode None). `started_by`: a
+    followed command is first given up to this long to print its first line (a loaded
+    machine may take seconds to start Python), and `timeout` counts from then: a Ctrl-C
+    during start-up would only show an interpreter's KeyboardInterrupt."""
     out_path, err_path = logs.with_suffix(".out"), logs.with_suffix(".err")
     with out_path.open("w") as out, err_path.open("w") as err:
         proc = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
                                 stdout=out, stderr=err, text=True)
+        deadline = time.monotonic() + started_by
+        while (time.monotonic() < deadline and proc.poll() is None
+               and not out_path.stat().st_size and not err_path.stat().st_size):
+            time.sleep(0.05)
         try:
             code: int | None = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -417,7 +425,8 @@ def run_doc(doc: DocRun, commands: list[DocCommand],
         began = time.monotonic()
         code, out, err, timed_out = run_process(
             [str(VENV_BIN / "orchestrator"), *step.words], env=doc.env, cwd=doc.work,
-            timeout=timeout, logs=doc.work / "logs" / f"{n:03d}")
+            timeout=timeout, logs=doc.work / "logs" / f"{n:03d}",
+            started_by=60.0 if step.kind == "follow" else 0.0)
         outcome.seconds = time.monotonic() - began
         outcome.returncode, outcome.stdout, outcome.stderr = code, out, err
         if timed_out and step.kind == "run":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import random
 import shutil
 import signal
 import subprocess
@@ -12,12 +13,14 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
 
 from orchestrator.simulator import SimulatorConfig, run_simulator
 from orchestrator.store import migrations
+from orchestrator.store import rollouts as rollout_store
 from orchestrator.store.db import connect, create_pool
 from orchestrator.store.embedded import EmbeddedPostgres
 from tests import fleet as harness
@@ -33,25 +36,141 @@ ENGINE_ENV = {
 IN_FLIGHT = ("PENDING", "DISPATCHING", "INSTALLING", "VERIFYING")
 
 
-def test_chaos_kills_lose_nothing_and_install_nothing_twice(pg_server_url: str) -> None:
-    """bench/chaos.py, smaller: SIGKILLs at random moments and right after installs."""
-    result = subprocess.run(
-        [str(VENV_BIN / "python"), "bench/chaos.py", "--appliances", "80", "--kills", "4",
-         "--seed", "3", "--concurrency", "20", "--install-seconds", "1",
-         "--reboot-seconds", "0.5", "--max-run-seconds", "4", "--timeout", "240"],
-        cwd=ROOT, env=cli_env(None, TEST_DATABASE_URL=pg_server_url), capture_output=True,
-        text=True, timeout=300, check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout)
-    assert report["kills"] == 4
-    assert report["duplicate_installs"] == 0
-    assert report["lost_tasks"] == 0
-    assert report["truth_mismatches"] == 0
-    assert report["completed"] is True
-    assert report["reclaimed_tasks"] > 0, "the killed engines' tasks were taken over"
+async def assert_truth(f: harness.Fleet, rollout_id: int, *, planted: dict[str, str],
+                       expected_rollout: str | None = None, killed_mid_send: bool = False,
+                       ) -> tuple[dict[str, Any], set[str]]:
+    """Every outcome exactly as the simulator's ground truth says: the rollout ends
+    `expected_rollout` (default: SUCCEEDED when every task should succeed, else
+    COMPLETED_WITH_FAILURES); each task SUCCEEDED on the target version, or FAILED with the error
+    code planted on its appliance (`planted`: appliance -> error code); every appliance
+    accepted exactly one install (ours); each task's final_version is what the appliance
+    runs.
+
+    `killed_mid_send`: engines were SIGKILLed from outside at arbitrary moments, so some
+    may have died after recording the intent to send an install (install_sent_at) and before
+    the appliance received it. Such a reclaimed task is never sent again (docs/outcomes.md);
+    its only truthful outcome is FAILED INSTALL_UNCONFIRMED on an appliance that accepted no
+    install and still runs the old version. Returns the simulator's stats and those
+    appliances."""
+    stats = f.sim.stats(include_appliances=True)
+    apps: dict[str, dict[str, Any]] = stats["appliances"]
+    tasks = await harness.task_by_appliance(f.pool, rollout_id)
+    assert set(tasks) == set(apps)
+    reclaimed = {r["task_id"] for r in await f.pool.fetch(
+        "SELECT DISTINCT task_id FROM task_events WHERE rollout_id = $1"
+        " AND detail ? 'previous_owner'", rollout_id)}
+    wrong = []
+    unsent: set[str] = set()
+    for name, task in sorted(tasks.items()):
+        app = apps[name]
+        assert app["version"] == f.sim.version_of(name)
+        if (killed_mid_send and app["installs_accepted"] == 0
+                and task["id"] in reclaimed and task["install_sent_at"] is not None):
+            unsent.add(name)
+            old_version = f.sim.config.initial_version
+            expected = ("FAILED", "INSTALL_UNCONFIRMED", old_version, old_version)
+            got = (task["state"], task["error_code"], task["final_version"], app["version"])
+            if got != expected:
+                wrong.append({"appliance": name, "expected": expected, "got": got,
+                              "installs_accepted": 0})
+            continue
+        if name in planted:
+            expected = ("FAILED", planted[name], None, app["version"])
+        else:
+            expected = ("SUCCEEDED", None, harness.TARGET, harness.TARGET)
+        got = (task["state"], task["error_code"], task["final_version"], app["version"])
+        if got != expected or app["installs_accepted"] != 1:
+            wrong.append({"appliance": name, "expected": expected, "got": got,
+                          "installs_accepted": app["installs_accepted"]})
+    assert wrong == [], wrong[:10]
+    rollout = await rollout_store.get_rollout(f.pool, rollout_id)
+    if expected_rollout is None:
+        expected_rollout = "COMPLETED_WITH_FAILURES" if planted or unsent else "SUCCEEDED"
+    assert rollout.state == expected_rollout, (rollout.state, rollout.abort_reason, unsent)
+    assert stats["installs_accepted"] == len(apps) - len(unsent)
+    assert stats["duplicate_installs"] == 0
+    return stats, unsent
 
 
+async def wait_exit(proc: subprocess.Popen[bytes], timeout: float, what: str) -> int:
+    """The process's return code, polled (the test's event loop serves the simulator)."""
+    deadline = time.monotonic() + timeout
+    while (rc := proc.poll()) is None:
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            raise AssertionError(f"{what} did not exit within {timeout} s")
+        await asyncio.sleep(0.1)
+    return rc
+
+
+def fired(log: Path) -> list[str]:
+    return log.read_text().splitlines() if log.exists() else []
+
+
+@pytest.mark.timeout(240)
+async def test_chaos_kills_lose_nothing_and_install_nothing_twice(
+    pool: asyncpg.Pool, db_url: str, tmp_path: Path
+) -> None:
+    """Engine processes SIGKILLed again and again mid-rollout, from outside and by the
+    deterministic failpoint right after an install was accepted (the fired failpoints are
+    read from their log); a last engine finishes. Every outcome is exactly the truth."""
+    rng = random.Random(3)
+    log = tmp_path / "failpoints.log"
+    async with harness.fleet(pool, db_url, appliances=60, sites=4, install_seconds=1.0,
+                             install_jitter=0.3, reboot_seconds=0.5,
+                             services_starting_seconds=0.1) as f:
+        planted = {sorted(f.sim.names)[7]: "INSTALL_ERROR"}
+        for name in planted:
+            f.sim.set_faults(name, ["install_error"])
+        rid = await harness.create(pool, {"max_concurrency": 8, "reboot_grace": 30,
+                                          "task_timeout": 120})
+        env = cli_env(db_url, **ENGINE_ENV, ORCH_FAILPOINTS_LOG=str(log))
+        self_kills: list[str] = []
+        for k in range(4):
+            run_env = dict(env)
+            at_install = k % 2 == 1
+            if at_install:
+                nth = rng.randint(1, 4)
+                run_env["ORCH_FAILPOINTS"] = f"after_install_sent=#{nth}"
+            with open(tmp_path / f"engine-{k}.log", "wb") as out:
+                proc = subprocess.Popen([str(VENV_BIN / "orchestrator"), "run"], env=run_env,
+                                        cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+            if at_install:
+                rc = await wait_exit(proc, 90, f"engine {k} (failpoint #{nth})")
+                self_kills.append(f"after_install_sent hit={nth} pid={proc.pid}")
+            else:
+                # from outside, once this engine has had a few installs accepted
+                base = f.sim.stats(include_appliances=False)["installs_accepted"]
+                deadline = time.monotonic() + 90
+                while f.sim.stats(include_appliances=False)["installs_accepted"] < base + 2:
+                    assert proc.poll() is None, f"engine {k} exited early"
+                    assert time.monotonic() < deadline, f"engine {k} installed nothing"
+                    await asyncio.sleep(0.05)
+                proc.send_signal(signal.SIGKILL)
+                rc = await wait_exit(proc, 30, f"engine {k}")
+            assert rc == -signal.SIGKILL, (k, rc)
+            assert fired(log) == self_kills, "each planted failpoint fired once, as planned"
+        with open(tmp_path / "engine-last.log", "wb") as out:
+            last = subprocess.Popen([str(VENV_BIN / "orchestrator"), "run", "--until-idle"],
+                                    env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        rc = await wait_exit(last, 150, "the last engine")
+        assert rc == 0, (tmp_path / "engine-last.log").read_text()[-3000:]
+        await harness.wait_until_terminal(pool, rid, timeout=30)
+        stats, unsent = await assert_truth(f, rid, planted=planted,
+                                           expected_rollout="COMPLETED_WITH_FAILURES",
+                                           killed_mid_send=True)
+        # only the two kills from outside can cut a send short, each of at most a
+        # dispatch batch (max_concurrency)
+        assert len(unsent) <= 2 * 8, unsent
+        assert stats["max_in_flight"] <= 8
+        reclaimed = await pool.fetchval(
+            "SELECT count(*) FROM task_events WHERE detail ? 'previous_owner'")
+        assert reclaimed > 0, "the killed engines' tasks were taken over"
+    assert len(self_kills) == 2
+
+
+@pytest.mark.timeout(240)
 async def test_three_replicas_limits_hold_and_survivors_finish_a_killed_ones_tasks(
     db_url: str, tmp_path: Path
 ) -> None:
@@ -73,12 +192,12 @@ async def test_three_replicas_limits_hold_and_survivors_finish_a_killed_ones_tas
                       "--strategy", str(strategy), "--start")):
             done = await loop.run_in_executor(None, lambda a=args: run_cli(*a, env=env))
             assert done.returncode == 0, done.stderr
-        engines = [
-            subprocess.Popen([str(VENV_BIN / "orchestrator"), "run", "--until-idle"],
-                             env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True)
-            for _ in range(3)
-        ]
+        engines = []
+        for n in range(3):
+            with open(tmp_path / f"engine-{n}.log", "wb") as out:
+                engines.append(subprocess.Popen(
+                    [str(VENV_BIN / "orchestrator"), "run", "--until-idle"],
+                    env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT))
         victim = f":{engines[0].pid}:"
         conn = await asyncpg.connect(db_url)
         try:
@@ -97,22 +216,22 @@ async def test_three_replicas_limits_hold_and_survivors_finish_a_killed_ones_tas
         while any(p.poll() is None for p in engines[1:]):
             assert time.monotonic() < deadline, "the surviving replicas did not finish"
             await asyncio.sleep(0.2)
-        assert engines[0].wait() == -signal.SIGKILL
-        assert [p.returncode for p in engines[1:]] == [0, 0]
-        stats = sim.stats()
-        assert stats["duplicate_installs"] == 0
-        assert stats["installs_accepted"] == 200
-        assert stats["max_in_flight"] <= 30
-        assert max(stats["max_in_flight_by_site"].values()) <= 8
-        conn = await asyncpg.connect(db_url)
-        try:
-            states = dict(await conn.fetch("SELECT state, count(*) FROM tasks GROUP BY state"))
-            reclaimed = await conn.fetchval(
+        assert await wait_exit(engines[0], 30, "the killed replica") == -signal.SIGKILL
+        assert [p.returncode for p in engines[1:]] == [0, 0], [
+            (tmp_path / f"engine-{n}.log").read_text()[-2000:] for n in (1, 2)]
+        async with create_pool(db_url, min_size=1, max_size=2) as pool:
+            f = harness.Fleet(sim=sim, pool=pool, db_url=db_url)
+            rid = await pool.fetchval("SELECT id FROM rollouts")
+            # the replica killed from outside may die between recording an install's
+            # intent and its arrival: that task's truthful end is INSTALL_UNCONFIRMED
+            stats, unsent = await assert_truth(f, rid, planted={}, killed_mid_send=True)
+            reclaimed = await pool.fetchval(
                 "SELECT count(*) FROM task_events WHERE detail ? 'previous_owner'"
             )
-        finally:
-            await conn.close()
-        assert states == {"SUCCEEDED": 200}
+        assert stats["installs_accepted"] == 200 - len(unsent)
+        assert len(unsent) <= 30, unsent
+        assert stats["max_in_flight"] <= 30
+        assert max(stats["max_in_flight_by_site"].values()) <= 8
         assert reclaimed > 0, "the killed replica's in-flight tasks were reclaimed"
 
 
@@ -195,6 +314,8 @@ async def test_postgres_restart_mid_rollout(
             assert from_state == to_state, f"task {task_id}: a transition is missing: {chain}"
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(500)  # bench/chaos.py is bounded by --timeout 420 and 480 s here
 def test_faults_at_scale_every_outcome_matches_the_truth(pg_server_url: str) -> None:
     """2,000 appliances under the simulator's mixed fault profile (5xx storms, hangs, lost
     tasks, session expiry, long reboots, silent failures, malformed bodies)."""
@@ -216,5 +337,3 @@ def test_faults_at_scale_every_outcome_matches_the_truth(pg_server_url: str) -> 
     assert report["tasks_over_task_timeout"] == 0
     tasks = report["tasks"]
     assert tasks.get("FAILED", 0) > 0 and tasks.get("TIMED_OUT", 0) > 0, "faults had effect"
-    # the engine's event loop never stalled (the lag of a 100 ms timer, worst case)
-    assert report["max_loop_lag_ms"] is not None and report["max_loop_lag_ms"] < 500

@@ -18,7 +18,10 @@ from typing import Any
 
 import pytest
 
-pytestmark = pytest.mark.timeout(60)
+from tests.helpers import LoggedPopen
+
+# three polls of at most 30 s each, and the simulator's start and stop
+pytestmark = pytest.mark.timeout(150)
 
 V0 = "9.0.0-10010"
 V1 = "9.0.1-20020"
@@ -48,16 +51,15 @@ def request(method: str, url: str, headers: dict[str, str] | None = None,
 def simulator(tmp_path: Path) -> Iterator[tuple[str, Path, subprocess.Popen[str]]]:
     port = free_port()
     inventory = tmp_path / "fleet.csv"
-    proc = subprocess.Popen(
+    proc = LoggedPopen(
         [sys.executable, "-m", "orchestrator.simulator", "--appliances", "20", "--sites", "2",
          "--port", str(port), "--write-inventory", str(inventory), "--install-seconds", "0.5",
          "--reboot-seconds", "0.5", "--services-starting-seconds", "0.3",
          "--credentials", "admin:admin"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 30
         while True:
             try:
                 if request("GET", f"{url}/_sim/health")[0] == 200:
@@ -93,7 +95,7 @@ def test_simulate_install_through_reboot(
     assert status == 202 and task["status"] == "QUEUED"
 
     seen: list[str] = []
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 30
     while True:  # poll through the reboot until the old session is refused
         assert time.monotonic() < deadline, seen
         try:
@@ -107,7 +109,7 @@ def test_simulate_install_through_reboot(
         time.sleep(0.05)
     assert "RUNNING" in seen and "down" in seen
 
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 30
     while True:  # log in again, wait for the key services, read the version
         assert time.monotonic() < deadline
         status, body = request("POST", f"{base}/session", {"Authorization": AUTH})

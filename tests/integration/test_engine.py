@@ -21,6 +21,7 @@ from tests.fleet import (
     wait_for_state,
     wait_until_terminal,
 )
+from tests.helpers import eventually
 
 
 async def test_happy_rollout_every_outcome_proven(pool: asyncpg.Pool, db_url: str) -> None:
@@ -146,15 +147,24 @@ async def test_pause_then_resume(pool: asyncpg.Pool, db_url: str) -> None:
         rid = await create(pool, {"max_concurrency": 2})
         async with engine(f):
             await wait_for_state(pool, rid, ("RUNNING",))
-            await asyncio.sleep(0.2)
+            await eventually(lambda: asyncio.sleep(0, f.sim.stats()["installs_accepted"]),
+                             lambda n: n >= 1)
             result = await rollout_store.pause_rollout(pool, rid, ACTOR)
             assert "no new installs start" in result.message
-            # in-flight installs finish; nothing new starts while paused
-            await asyncio.sleep(2.5)
+            # in-flight installs finish (polled, however slow the machine); then nothing is
+            # in flight, in the database or on the appliances
+            await eventually(
+                lambda: rollout_store.rollout_counts(pool, rid),
+                lambda c: not any(c.by_state.get(s, 0)
+                                  for s in ("DISPATCHING", "INSTALLING", "VERIFYING")),
+                timeout=60)
+            await eventually(lambda: asyncio.sleep(0, f.sim.stats()["in_flight"]),
+                             lambda n: n == 0, timeout=60)
             accepted = f.sim.stats()["installs_accepted"]
             assert accepted < 6
             counts = await rollout_store.rollout_counts(pool, rid)
             assert counts.by_state.get("PENDING", 0) == 6 - accepted
+            # nothing new starts while paused (a few engine poll intervals)
             await asyncio.sleep(0.5)
             assert f.sim.stats()["installs_accepted"] == accepted
             with pytest.raises(OperationNotAllowed, match="it is PAUSED"):
@@ -190,12 +200,9 @@ async def test_approval_gate(pool: asyncpg.Pool, db_url: str) -> None:
     async with fleet(pool, db_url, appliances=4, sites=2) as f:
         rid = await create(pool, {"waves": [1, "100%"], "approval": "after-canary"})
         async with engine(f):
-            for _ in range(200):
-                counts = await rollout_store.rollout_counts(pool, rid)
-                if counts.waves[0]["state"] == "AWAITING_APPROVAL":
-                    break
-                await asyncio.sleep(0.05)
-            assert counts.waves[0]["state"] == "AWAITING_APPROVAL"
+            await eventually(lambda: rollout_store.rollout_counts(pool, rid),
+                             lambda c: c.waves[0]["state"] == "AWAITING_APPROVAL", timeout=60)
+            # nothing starts while the gate is closed (a few engine poll intervals)
             await asyncio.sleep(0.5)
             assert f.sim.stats()["installs_accepted"] == 1, "wave 1 must wait for approval"
             result = await rollout_store.approve_rollout(pool, rid, ACTOR)

@@ -8,6 +8,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import pytest
 
 from orchestrator.domain.windows import openings
 from orchestrator.store import rollouts as rollout_store
@@ -33,6 +34,8 @@ def shifted_clock() -> tuple[timedelta, datetime]:
     return offset, real
 
 
+@pytest.mark.slow  # waits for two openings of a window that opens every minute
+@pytest.mark.timeout(260)  # the 170 s deadline below, the fleet and the checks
 async def test_installs_only_inside_windows_and_the_rollout_waits_and_resumes(
     pool: asyncpg.Pool, db_url: str
 ) -> None:
@@ -69,10 +72,15 @@ async def test_installs_only_inside_windows_and_the_rollout_waits_and_resumes(
         spec = specs[site]
         for accepted in appliance["install_times"]:
             at = datetime.fromtimestamp(accepted, UTC) + offset  # in the engine's time
+            # accepted after the window opened (exact: the engine decided at or after the
+            # opening, the appliance accepted later) and before it closed: the engine stops
+            # starting installs `cutoff` (3 s) before the end, and those 3 s absorb the delay
+            # between its decision and the appliance's acceptance however loaded the machine
+            # (no sub-second slack); unit tests pin the cutoff arithmetic itself
             inside = [
                 (opens, closes) for opens, closes in openings(
                     spec, at - timedelta(minutes=2), at + timedelta(seconds=1))
-                if opens <= at <= closes - spec.cutoff + timedelta(seconds=0.5)
+                if opens <= at <= closes
             ]
             assert inside, f"{name} ({site}) started an install at {at} outside its window"
             windows_used.add(inside[0][0])

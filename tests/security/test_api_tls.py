@@ -22,7 +22,7 @@ from orchestrator.api.server import LoopServer
 from orchestrator.api.tls import TlsError, is_loopback, server_context
 from orchestrator.settings import Settings, SettingsError, load_settings
 from orchestrator.store import tokens as token_store
-from tests.helpers import ROOT, VENV_BIN, cli_env, free_port, run_cli
+from tests.helpers import ROOT, VENV_BIN, LoggedPopen, cli_env, free_port, run_cli
 
 OPENSSL = shutil.which("openssl")
 needs_openssl = pytest.mark.skipif(OPENSSL is None, reason="no openssl command")
@@ -147,10 +147,9 @@ def test_serve_names_a_missing_certificate(tmp_path: Path) -> None:
 
 
 def start_serve(db_url: str, *args: str, **env: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
+    return LoggedPopen(
         [str(VENV_BIN / "orchestrator"), "serve", "--no-engine", *args],
         env=cli_env(db_url, ORCHESTRATOR_LOG_LEVEL="warning", **env), cwd=ROOT,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
 

@@ -214,7 +214,7 @@ async def test_engine_refuses_a_stored_http_row_under_strict_settings(
         assert f.sim.stats(include_appliances=False)["requests"] == before
 
 
-def test_the_demo_sets_the_lab_settings_for_itself(pg_server_url: str) -> None:
+def test_the_demo_sets_the_lab_settings_for_itself(pg_server_url: str, tmp_path: Path) -> None:
     """`orchestrator demo` runs under strict settings: it allows its simulator's
     http://127.0.0.1 in its own settings only."""
     name = f"demo_{uuid.uuid4().hex[:8]}"
@@ -223,7 +223,8 @@ def test_the_demo_sets_the_lab_settings_for_itself(pg_server_url: str) -> None:
     try:
         result = run_cli("demo", "--json", "--database-name", name, "--appliances", "20",
                          "--sites", "2", "--profile", "none", "--install-seconds", "0.3",
-                         "--reboot-seconds", "0.2", env=env, timeout=300)
+                         "--reboot-seconds", "0.2", "--report-dir", str(tmp_path / "reports"),
+                         env=env, timeout=240)  # within the suite's 300 s per test
     finally:
         asyncio.run(drop_database(pg_server_url, name))
     assert result.returncode == 0, result.stderr[-3000:]

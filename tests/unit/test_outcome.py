@@ -785,3 +785,144 @@ def test_a_held_slot_is_freed_only_on_positive_evidence_of_idleness(
     assert slot_free(version=version, listing_read=listing_read,
                      install_running=install_running, services_up=services_up) is free
 
+
+
+# ---------------------------------------------------------------------- what the operator reads
+# (added with `make mutation`: each test below kills mutants of outcome.py that the tests
+# above let live; see tools/mutation.sh)
+
+
+def test_documented_periods_and_clock_skew() -> None:
+    """The numbers the module documents: a fleet with no observed restart confirms "did
+    not apply" after two minutes; a finished task counts as maybe ours when it started up
+    to ten minutes before the send (appliance clocks drift), not a second more."""
+    assert confirmation_period(3600, None) == 120
+    assert confirmation_period(3600, 90) == 180
+    ten_minutes = timedelta(minutes=10)
+    assert listing_of([("t-1", "SUCCESS", SENT_AT - ten_minutes)], SENT_AT).newer_ids == ("t-1",)
+    assert listing_of([("t-1", "ERROR", SENT_AT - ten_minutes - timedelta(seconds=1))],
+                      SENT_AT) == Listing()
+
+
+def test_an_unread_task_list_for_more_than_a_quarter_of_the_period_restarts_the_clock() -> None:
+    """Quiet reads 30 s apart (a quarter of the 120 s period) with an unread list between
+    them keep the stability running; 50 s without a quiet read start it over."""
+    short = watch()
+    for look in (seen(100, OLD), seen(110, OLD, running=None), *old_quiet(130, 160, 190, 220)):
+        short = observe(short, look)
+    assert judge(short, 220).error_code == "VERSION_MISMATCH"
+    long = watch()
+    for look in (seen(100, OLD), seen(120, OLD, running=None), *old_quiet(150, 220)):
+        long = observe(long, look)
+    assert judge(long, 220).outcome is Outcome.WAIT
+    long = observe(long, seen(270, OLD))
+    assert judge(long, 270).error_code == "VERSION_MISMATCH"  # 120 s after 150 s
+    # after an unread stretch the clock starts again at the first quiet read (150 s), not
+    # at the unread look that ended the stretch (140 s)
+    restarted = watch()
+    for look in (seen(100, OLD), seen(110, OLD, running=None), seen(140, OLD, running=None),
+                 *old_quiet(150, 260)):
+        restarted = observe(restarted, look)
+    assert judge(restarted, 260).outcome is Outcome.WAIT
+    restarted = observe(restarted, seen(270, OLD))
+    assert judge(restarted, 270).error_code == "VERSION_MISMATCH"
+
+
+def follow_looks(w: Watch, *looks: Look) -> Verdict:
+    for look in looks:
+        w = observe(w, look)
+    return judge(w, looks[-1].at)
+
+
+def test_verdict_messages_as_the_operator_reads_them() -> None:
+    """The exact sentences stored with a failed task (and none with a success)."""
+    plain = start_watch(target=TARGET, from_version=OLD, accepted=True, reboot_grace=GRACE,
+                        confirm=CONFIRM)  # no outage seen unless said
+    unconfirmed = start_watch(target=TARGET, from_version=OLD, accepted=False,
+                              reboot_grace=GRACE, confirm=CONFIRM)
+    cases = {
+        "success": (follow_looks(plain, seen(0, TARGET, running=None)), None),
+        "services-down": (
+            follow_looks(plain, seen(0, TARGET, up=False, running=None),
+                         seen(301, TARGET, up=False, running=None)),
+            f"{TARGET} is installed but the key services are not running 300 s later"),
+        "third-version": (
+            follow_looks(plain, seen(0, THIRD)),
+            f"the appliance came back on {THIRD}: neither the version it had ({OLD}) nor the "
+            f"target {TARGET}"),
+        "unreachable": (
+            follow_looks(plain, lost(0), lost(301)),
+            "the appliance did not answer for more than reboot_grace 300 s"),
+        "stayed": (
+            follow_looks(plain, *old_quiet(0, 120)),
+            f"the appliance stayed on {OLD}, not {TARGET}, with its key services up and no "
+            "install running for 120 s: the install did not apply"),
+        "came-back": (
+            follow_looks(plain, lost(0), *old_quiet(10, 130)),
+            f"the appliance came back on {OLD}, not {TARGET}, with its key services up and no "
+            "install running for 120 s: the install did not apply"),
+        "unconfirmed": (
+            follow_looks(unconfirmed, *old_quiet(0, 120)),
+            f"the answer to the install was lost and the appliance stayed on {OLD} with no "
+            "install running for 120 s: the install may never have started (retry-failed "
+            "sends it again)"),
+    }
+    for name, (verdict, message) in cases.items():
+        assert verdict.message == message, name
+    success = cases["success"][0]
+    assert (success.outcome, success.error_code) == (Outcome.SUCCEEDED, None)
+
+
+def test_a_task_error_before_any_version_was_read_has_no_final_version() -> None:
+    """The install task failed before the appliance answered with a version: the task
+    shows no final version rather than an empty one."""
+    verdict = judge(saw_task_error(watch(), "no space left"), 0)
+    assert verdict == Verdict(Outcome.FAILED, "INSTALL_ERROR", "no space left")
+    assert verdict.final_version is None
+
+
+LOST_REASONS: list[tuple[Evidence, str]] = [
+    (replace(ALL_EVIDENCE, version=TARGET), "the appliance reports the target version"),
+    (replace(ALL_EVIDENCE, listing=None), "the task list could not be read"),
+    (replace(ALL_EVIDENCE, listing=Listing(running_ids=("t-7",))),
+     "a task is running on the appliance"),
+    (replace(ALL_EVIDENCE, listing=Listing(running_ids=(None,))),
+     "a task without an id is running"),
+    (replace(ALL_EVIDENCE, version=None), "the version could not be read"),
+    (replace(ALL_EVIDENCE, listing=Listing(newer_ids=("t-8",))),
+     "a task started since the install was sent"),
+    (replace(ALL_EVIDENCE, version=THIRD), f"the version changed to {THIRD}"),
+    (replace(ALL_EVIDENCE, answered_throughout=False),
+     "the appliance did not answer throughout (it may have restarted and forgotten its "
+     "tasks)"),
+    (ALL_EVIDENCE, "no task since the send, the version unchanged, and the appliance "
+                   "answered throughout"),
+]
+
+
+@pytest.mark.parametrize(("evidence", "reason"), LOST_REASONS)
+def test_lost_answer_reasons_as_logged(evidence: Evidence, reason: str) -> None:
+    """The runner logs why it resends, adopts, follows or looks again, in these words."""
+    assert evidence.verdict().reason == reason
+
+
+def test_decision_words_in_the_logs() -> None:
+    """Answers, next steps and outcomes appear in the logs (and the outcome in the task's
+    record) as their lower-case names."""
+    for kind in (Answer, PostAction, LostAction, Outcome):
+        assert {m.name.lower(): str(m) for m in kind} == {m.name.lower(): m.name.lower()
+                                                            for m in kind}
+
+
+def test_services_down_is_not_concluded_while_the_appliance_does_not_answer() -> None:
+    """On the target with its services down, then passing errors: the task waits for the
+    appliance to answer (or fails UNREACHABLE once the silence outlasts reboot_grace), it
+    is not failed SERVICES_DOWN on the strength of an answer from before the silence."""
+    w = watch()
+    for look in (seen(0, TARGET, up=False, running=None), lost(100, restart_sign=False),
+                 lost(320, restart_sign=False)):
+        w = observe(w, look)
+    assert judge(w, 320).outcome is Outcome.WAIT
+    w = observe(w, lost(401, restart_sign=False))
+    assert (judge(w, 401).outcome, judge(w, 401).error_code) == (Outcome.TIMED_OUT,
+                                                                 "UNREACHABLE")

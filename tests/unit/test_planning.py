@@ -254,3 +254,34 @@ def test_plans_are_deterministic_whatever_the_input_order(
     shuffled = list(items)
     rnd.shuffle(shuffled)
     assert plan_waves(shuffled, waves, order, seed) == plan_waves(items, waves, order, seed)
+
+
+# added with `make mutation` (tools/mutation.sh): mutants of planning.py the tests above let live
+
+
+def test_random_order_without_a_seed_is_the_seed_0_shuffle() -> None:
+    """A random plan made without a seed is reproducible: the same as seed 0."""
+    items = fleet({"ams": 6, "nyc": 6})
+    assert order_items(items, "random") == order_items(items, "random", seed=0)
+    assert plan_waves(items, DEFAULT_WAVES, "random") == plan_waves(items, DEFAULT_WAVES,
+                                                                     "random", seed=0)
+
+
+def test_plan_errors_as_the_operator_reads_them() -> None:
+    """The whole sentence, not just a part of it."""
+    items = [PlanItem(4, "a", "s"), PlanItem(4, "b", "s")]
+    with pytest.raises(ValueError) as duplicate:
+        plan_waves(items, DEFAULT_WAVES, "name")
+    assert str(duplicate.value) == "appliance 4 is listed more than once in the plan"
+    with pytest.raises(ValueError) as unknown:
+        order_items(fleet({"a": 1}), "zigzag")
+    assert str(unknown.value) == (f"unknown plan order 'zigzag' (known: {', '.join(ORDERS)})")
+
+
+def test_wave_size_errors_as_the_operator_reads_them() -> None:
+    with pytest.raises(ValueError) as empty:
+        wave_sizes(5, [])
+    assert str(empty.value) == "a plan needs at least one wave size"
+    with pytest.raises(ValueError) as zero:
+        wave_sizes(5, [parse_size(1), Size(count=0)])
+    assert str(zero.value) == "wave size 0 is not a count >= 1"

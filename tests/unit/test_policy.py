@@ -337,3 +337,26 @@ def test_how_a_finished_rollout_ends(executed: int, failed: int, state: RolloutS
     final, reason = final_rollout_state(Outcomes(executed, failed))
     assert final is state
     assert reason
+
+
+# added with `make mutation` (tools/mutation.sh): mutants of policy.py the tests above let live
+
+
+def test_canary_reasons_as_the_operator_reads_them() -> None:
+    """The exact sentences of the canary rule, singular and plural."""
+    assert evaluate_canary(1, Outcomes(5, 1), more_waves=True) == PolicyVerdict(
+        False, "1 task of the canary wave failed, not more than canary_max_failures 1")
+    assert evaluate_canary(1, Outcomes(5, 2), more_waves=True) == PolicyVerdict(
+        True, "2 tasks of the canary wave failed, more than canary_max_failures 1")
+    assert evaluate_canary(0, Outcomes(5, 0), more_waves=True) == PolicyVerdict(
+        False, "0 tasks of the canary wave failed, not more than canary_max_failures 0")
+    assert evaluate_canary(0, Outcomes(5, 5), more_waves=False) == PolicyVerdict(
+        False, "a single wave: no canary")
+
+
+def test_impossible_counts_error_as_the_operator_reads_it() -> None:
+    with pytest.raises(ValueError) as refused:
+        evaluate_policy(pct("10%"), 0, 1, 2)
+    assert str(refused.value) == (
+        "need 0 <= failed <= executed and min_executed >= 0, got failed=2, executed=1, "
+        "min_executed=0")
