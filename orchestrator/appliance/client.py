@@ -697,18 +697,8 @@ class ApplianceClient:
                 if number >= limit or not exc.transient or (
                         reached and exc.request_sent and not safe):
                     raise
-                delay = http._backoff(number)
+                await self._back_off(number, op, exc)
                 number += 1
-                http.retried += 1
-                log.debug(
-                    "appliance_retry",
-                    appliance=self.name,
-                    op=op,
-                    kind=exc.kind,
-                    attempt=number,
-                    delay=round(delay, 3),
-                )
-                await asyncio.sleep(delay)
 
     async def _retrying(
         self, attempt: Callable[[_Attempt], Awaitable[_T]], *, op: str, safe: bool,
@@ -726,18 +716,17 @@ class ApplianceClient:
                 may_have_run = state.reached and exc.request_sent
                 if number >= limit or not exc.transient or (may_have_run and not safe):
                     raise
-                delay = http._backoff(number)
+                await self._back_off(number, op, exc)
                 number += 1
-                http.retried += 1
-                log.debug(
-                    "appliance_retry",
-                    appliance=self.name,
-                    op=op,
-                    kind=exc.kind,
-                    attempt=number,
-                    delay=round(delay, 3),
-                )
-                await asyncio.sleep(delay)
+
+    async def _back_off(self, number: int, op: str, exc: ApplianceError) -> None:
+        """Wait before retry `number + 1` of `op` (the shared back-off; counted and logged)."""
+        http = self._http
+        delay = http._backoff(number)
+        http.retried += 1
+        log.debug("appliance_retry", appliance=self.name, op=op, kind=exc.kind,
+                  attempt=number + 1, delay=round(delay, 3))
+        await asyncio.sleep(delay)
 
     def _count(self, exc: ApplianceError) -> None:
         self.errors_by_kind[exc.kind] += 1
