@@ -3,11 +3,13 @@
 # orchestrator/domain/{outcome,policy,planning}.py one change at a time and runs that
 # module's fast unit tests against each mutant. It works in temporary copies of the
 # repository (one per module, run side by side), so the checkout is never left mutated,
-# even when interrupted. The claim's SQL (orchestrator/store/tasks.py) is out of reach:
-# mutmut does not mutate SQL strings. Takes about an hour on a busy 2-core machine
-# (about 4-5 s per mutant; 427 mutants in all); not in CI.
+# even when interrupted. mutmut does not mutate SQL strings: module `claim` runs
+# tools/sql_mutation.py instead, which mutates the SQL of orchestrator/store/tasks.py (the
+# claim, leases, guarded writes) and runs the store's integration tests on a real
+# PostgreSQL against each mutant. About 20-30 minutes on an idle 2-core machine, an hour on
+# a busy one; not in CI.
 #
-# Usage: tools/mutation.sh [module ...]   (default: outcome policy planning)
+# Usage: tools/mutation.sh [module ...]   (default: outcome policy planning claim)
 # Env:   PYTHON (the project's interpreter, default .venv/bin/python),
 #        MUTATION_OUT (where the reports go, default reports/mutation)
 set -eu
@@ -18,7 +20,7 @@ case $PYTHON in /*) ;; *) PYTHON=$ROOT/$PYTHON ;; esac
 OUT=${MUTATION_OUT:-$ROOT/reports/mutation}
 case $OUT in /*) ;; *) OUT=$ROOT/$OUT ;; esac
 TOOL=$ROOT/.venv/mutmut  # mutmut in its own virtualenv: its old pins stay out of the project's
-MODULES=${*:-outcome policy planning}
+MODULES=${*:-outcome policy planning claim}
 
 if ! "$TOOL/bin/mutmut" --help >/dev/null 2>&1; then
     "$PYTHON" -m venv "$TOOL"
@@ -76,7 +78,13 @@ EOF
 }
 
 for module in $MODULES; do
-    run_module "$module" &
+    if [ "$module" = claim ]; then
+        # one job: it shares the two cores with the mutmut runs
+        MUTATION_OUT=$OUT "$PYTHON" "$ROOT/tools/sql_mutation.py" --jobs 1 \
+            >"$OUT/claim.log" 2>&1 &
+    else
+        run_module "$module" &
+    fi
 done
 wait
 for module in $MODULES; do

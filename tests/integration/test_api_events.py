@@ -85,9 +85,29 @@ async def test_reconnect_with_last_event_id_misses_nothing(pool: asyncpg.Pool,
     assert second[-1]["data"]["last_event_id"] == expected[-1][0]
     progress = [e["data"] for e in second if e.get("event") == "progress"]
     assert progress[-1]["counts"] == {"SUCCEEDED": 24} and progress[-1]["in_flight"] == 0
-    assert any("comment" in e for e in first + second), "keep-alive comments"
     # the id of each task event is the task_events id; progress events carry none
     assert all("id" not in e for e in first + second if e.get("event") == "progress")
+
+
+async def test_a_quiet_stream_sends_keep_alive_comments(pool: asyncpg.Pool,
+                                                        db_url: str) -> None:
+    """A stream with nothing to say (a rollout not started) still writes a comment every
+    sse_keepalive seconds, so that proxies keep the connection open."""
+    tokens = await tokens_by_role(pool)
+    async with fleet(pool, db_url, appliances=2, sites=1), \
+            api_client(pool, sse_keepalive=0.3) as client:
+        rid = await create(pool, start=False)
+        async with client.get(f"/api/v1/rollouts/{rid}/events",
+                              headers=auth(tokens["viewer"])) as resp:
+            assert resp.status == 200
+
+            async def first_comment() -> str:
+                async for raw in resp.content:
+                    if raw.startswith(b":"):
+                        return raw.decode().strip()
+                raise AssertionError("the stream ended without a keep-alive comment")
+
+            assert (await asyncio.wait_for(first_comment(), 60)).startswith(":")
 
 
 async def test_follow_false_and_unknown_rollout(pool: asyncpg.Pool, db_url: str) -> None:
@@ -117,7 +137,9 @@ async def test_reader_waits_for_an_earlier_id_still_uncommitted(pool: asyncpg.Po
     task_ids = [r["id"] for r in await pool.fetch(
         "SELECT id FROM tasks WHERE rollout_id = $1 ORDER BY id", rid)]
     reader = event_store.EventReader(pool, rid, 0)
-    planned = await reader.poll()
+    # a generous settle: the reader waits for every older transaction on the server, and
+    # other tests' transactions (other xdist workers on the same server) may be running
+    planned = await reader.poll(settle=60)
     assert [e.to_state for e in planned.events] == ["PENDING", "PENDING"]
 
     insert = """WITH t AS (UPDATE tasks SET updated_at = now() WHERE id = $1
@@ -136,6 +158,6 @@ async def test_reader_waits_for_an_earlier_id_still_uncommitted(pool: asyncpg.Po
         await tx.commit()
     finally:
         await slow.close()
-    batch = await reader.poll()
+    batch = await reader.poll(settle=60)
     assert [e.id for e in batch.events] == [earlier, later]
-    assert await reader.settled()
+    assert await reader.settled(settle=60)

@@ -16,6 +16,7 @@ import uuid
 from typing import Any
 
 import asyncpg
+import pytest
 
 from orchestrator.domain.inventory import ApplianceSpec
 from orchestrator.store import appliances as appliance_store
@@ -53,12 +54,14 @@ async def _rollout(pool: asyncpg.Pool, names: list[str] | None = None, *,
 async def _claim_on(conn: asyncpg.Connection, rid: int, *, owner: str = OWNER,
                     max_in_flight: int = 100, per_site: int | None = None,
                     starts_per_minute: int | None = None, limit: int = 100,
-                    wave: int = 0, allowed: list[int] | None = None) -> list[ClaimedTask]:
+                    wave: int = 0, allowed: list[int] | None = None,
+                    after_overlapping: bool = False) -> list[ClaimedTask]:
     async with conn.transaction():
         return await task_store.claim_tasks(
             conn, rollout_id=rid, current_wave=wave, owner=owner, lease_seconds=60,
             max_in_flight=max_in_flight, per_site=per_site,
             starts_per_minute=starts_per_minute, limit=limit, allowed_appliances=allowed,
+            after_overlapping=after_overlapping,
         )
 
 
@@ -256,6 +259,74 @@ async def test_claim_only_allowed_appliances(pool: asyncpg.Pool) -> None:
         "PENDING", "DISPATCHING", "PENDING", "DISPATCHING"]
 
 
+# added with `make mutation` (tools/sql_mutation.py): mutants of the claim that lived
+async def test_after_overlapping_waits_only_for_an_earlier_active_rollout(
+    pool: asyncpg.Pool
+) -> None:
+    """`after_overlapping`: an appliance waits while an earlier rollout that is active
+    (scheduled, running, paused, waiting for a window) still has it to do; an earlier
+    rollout that was only drafted holds nothing back."""
+    await _fleet(pool, a=3)
+    drafted = await _rollout(pool, ["a-1"])  # never started: not active
+    running = await _rollout(pool, ["a-2"], start=True)
+    later = await _rollout(pool, ["a-1", "a-2", "a-3"], start=True, after_overlapping=True)
+    assert _names(await _claim(pool, later, after_overlapping=True)) == ["a-1", "a-3"]
+    assert [s[1] for s in await _states(pool, later)] == ["DISPATCHING", "PENDING",
+                                                          "DISPATCHING"]
+    # the earlier running rollout finishes a-2: the later one may take it now
+    await _finish(pool, [(await _ids(pool, running))["a-2"]])
+    assert _names(await _claim(pool, later, after_overlapping=True)) == ["a-2"]
+    assert [s[1] for s in await _states(pool, drafted)] == ["PENDING"]
+
+
+@pytest.mark.parametrize("busy", ["DISPATCHING", "INSTALLING", "VERIFYING"])
+async def test_every_in_flight_state_counts_against_every_limit(
+    pool: asyncpg.Pool, busy: str
+) -> None:
+    """A task counts as in flight from its claim to its outcome, whichever step it is at:
+    the rollout's max_in_flight and per_site, the site's fleet-wide capacity, and one busy
+    task per appliance across rollouts."""
+    await _fleet(pool, a=4)
+    rid = await _rollout(pool)
+    assert _names(await _claim(pool, rid, limit=1)) == ["a-1"]
+    ids = await _ids(pool, rid)
+    await pool.execute("UPDATE tasks SET state = $2 WHERE id = $1", ids["a-1"], busy)
+    assert await _claim(pool, rid, max_in_flight=1) == []
+    assert await _claim(pool, rid, per_site=1) == []
+    await pool.execute("INSERT INTO sites (name, max_in_flight) VALUES ('a', 2)")
+    assert _names(await _claim(pool, rid)) == ["a-2"]  # the site's room: 2 - 1 busy
+    # another rollout of the same appliance waits for it, even when told to go ahead
+    other = await _rollout(pool, ["a-1"], start=True, after_overlapping=True)
+    await pool.execute("UPDATE sites SET max_in_flight = NULL WHERE name = 'a'")
+    assert await _claim(pool, other) == []
+    assert [s[1] for s in await _states(pool, other)] == ["PENDING"]
+
+
+@pytest.mark.parametrize("earlier_state", ["SCHEDULED", "RUNNING", "PAUSED", "WAITING_WINDOW"])
+async def test_after_overlapping_waits_for_an_earlier_rollout_in_any_active_state(
+    pool: asyncpg.Pool, earlier_state: str
+) -> None:
+    await _fleet(pool, a=2)
+    earlier = await _rollout(pool, ["a-1"])
+    await pool.execute("UPDATE rollouts SET state = $2 WHERE id = $1", earlier, earlier_state)
+    later = await _rollout(pool, ["a-1", "a-2"], start=True, after_overlapping=True)
+    assert _names(await _claim(pool, later, after_overlapping=True)) == ["a-2"]
+    await pool.execute("UPDATE rollouts SET state = 'CANCELLED' WHERE id = $1", earlier)
+    assert _names(await _claim(pool, later, after_overlapping=True)) == ["a-1"]
+
+
+async def test_a_finished_task_of_an_active_rollout_blocks_nothing(pool: asyncpg.Pool) -> None:
+    """One busy task per appliance: a task another (still running) rollout has finished on
+    the appliance does not count, with or without `after_overlapping`."""
+    await _fleet(pool, a=2)
+    first = await _rollout(pool, ["a-1", "a-2"], start=True)
+    done = (await _ids(pool, first))["a-1"]
+    await _finish(pool, [done])
+    second = await _rollout(pool, ["a-1"], start=True)
+    assert _names(await _claim(pool, second)) == ["a-1"]
+    assert await pool.fetchval("SELECT state FROM rollouts WHERE id = $1", first) == "RUNNING"
+
+
 # ---------------------------------------------------------- two connections at once
 async def test_a_claim_waits_for_another_claim_to_commit(pool: asyncpg.Pool) -> None:
     """The claim lock: a second claim reads the in-flight counts only after the first one's
@@ -393,6 +464,12 @@ async def test_reclaim_takes_only_expired_leases_with_a_new_token(pool: asyncpg.
         (again,) = await task_store.reclaim_expired(
             conn, owner=OWNER, lease_seconds=60, limit=10)
     assert again.id == a4.id and again.lease_token != a4.lease_token
+    # a verifying task whose lease ran out is reclaimed like the others
+    await _expire(pool, [a3.id])
+    async with pool.acquire() as conn:
+        (verifying,) = await task_store.reclaim_expired(
+            conn, owner=OTHER, lease_seconds=60, limit=10)
+    assert (verifying.id, verifying.state, verifying.reclaimed) == (a3.id, "VERIFYING", True)
 
 
 async def test_reclaim_skips_rows_locked_by_another_transaction(pool: asyncpg.Pool) -> None:
@@ -573,3 +650,123 @@ async def test_write_progress_refuses_a_stale_owner(pool: asyncpg.Pool) -> None:
     progress = {r["id"]: r["progress"] for r in await pool.fetch(
         "SELECT id, progress FROM tasks WHERE rollout_id = $1", rid)}
     assert progress == {a1.id: 0, a2.id: 100, a3.id: None}
+
+
+# ------------------------------------ added with `make mutation` (tools/sql_mutation.py)
+async def _guard(pool: asyncpg.Pool, task: ClaimedTask) -> tuple[str, str]:
+    async with pool.acquire() as conn:
+        return await task_store.guard_install_send(
+            conn, task_id=task.id, owner=OWNER, token=task.lease_token,
+            from_version="9.0.0-10010", lease_margin=1)
+
+
+async def _to(pool: asyncpg.Pool, task: ClaimedTask, to_state: str,
+              fields: dict[str, Any] | None = None) -> set[int]:
+    async with pool.acquire() as conn:
+        return await task_store.transition_many(conn, owner=OWNER, requests=[
+            TransitionRequest(task.id, task.state, to_state, fields=fields or {},
+                              token=task.lease_token)])
+
+
+@pytest.mark.parametrize("ended", ["CANCELLED", "FAILED"])
+async def test_nothing_is_sent_for_a_rollout_that_ended(pool: asyncpg.Pool, ended: str) -> None:
+    """A rollout CANCELLED or FAILED (whatever its abort reason says): the guarded send
+    refuses with CANCEL, and a claimed task coming back unsent is CANCELLED, not PENDING."""
+    await _fleet(pool, a=2)
+    rid = await _rollout(pool, start=True)
+    a1, a2 = await _claim(pool, rid)
+    await pool.execute("UPDATE rollouts SET state = $2, abort_reason = NULL WHERE id = $1",
+                       rid, ended)
+    assert await _guard(pool, a1) == (SendVerdict.CANCEL, f"rollout is {ended}")
+    assert await _to(pool, a2, "PENDING") == {a2.id}
+    assert [(s[0], s[1]) for s in await _states(pool, rid)] == [
+        ("a-1", "DISPATCHING"), ("a-2", "CANCELLED")]
+    assert await pool.fetchval("SELECT install_sent_at FROM tasks WHERE id = $1", a1.id) is None
+
+
+async def test_only_a_task_sent_back_to_pending_forgets_its_send(pool: asyncpg.Pool) -> None:
+    await _fleet(pool, a=2)
+    rid = await _rollout(pool, start=True)
+    a1, a2 = await _claim(pool, rid)
+    assert (await _guard(pool, a1))[0] == SendVerdict.SEND
+    assert (await _guard(pool, a2))[0] == SendVerdict.SEND
+    assert await _to(pool, a1, "INSTALLING") == {a1.id}
+    assert await _to(pool, a2, "PENDING") == {a2.id}
+    sent = {r["id"]: r["install_sent_at"] for r in await pool.fetch(
+        "SELECT id, install_sent_at FROM tasks WHERE rollout_id = $1", rid)}
+    assert sent[a1.id] is not None and sent[a2.id] is None
+
+
+async def test_a_final_version_is_recorded_on_its_own_appliance_only(
+    pool: asyncpg.Pool
+) -> None:
+    await _fleet(pool, a=2)
+    rid = await _rollout(pool, start=True)
+    a1, _ = await _claim(pool, rid)
+    assert await _to(pool, a1, "SUCCEEDED", {"final_version": "9.0.1-20020"}) == {a1.id}
+    assert {r["name"]: r["current_version"] for r in await pool.fetch(
+        "SELECT name, current_version FROM appliances")} == {
+        "a-1": "9.0.1-20020", "a-2": None}
+
+
+async def test_held_slots_are_looked_at_in_turn_and_released_on_evidence(
+    pool: asyncpg.Pool
+) -> None:
+    await _fleet(pool, a=3)
+    rid = await _rollout(pool, start=True)
+    a1, a2, a3 = await _claim(pool, rid)
+    await _hold_slot(pool, a1)
+    await _hold_slot(pool, a2)
+    apps = {r["name"]: r["id"] for r in await pool.fetch("SELECT name, id FROM appliances")}
+
+    async def due(limit: int = 10) -> list[str]:
+        async with pool.acquire() as conn:
+            slots = await task_store.due_held_slots(conn, every_seconds=60, limit=limit)
+        for slot in slots:
+            assert (slot.rollout_id, slot.target_version, slot.site) == (
+                rid, "9.0.1-20020", "a")
+            assert slot.appliance_id == apps[slot.appliance]
+        return [slot.appliance for slot in slots]
+
+    # never looked at first, then by id; each at most once per interval; a3 holds nothing
+    assert await due(limit=1) == ["a-1"]
+    assert await due() == ["a-2"]
+    assert await due() == []
+    await pool.execute(
+        "UPDATE tasks SET slot_checked_at = now() - interval '2 minutes' WHERE id = $1", a1.id)
+    assert await due() == ["a-1"]
+    # another engine looking at the same time skips the slot being looked at
+    await pool.execute("UPDATE tasks SET slot_checked_at = NULL WHERE rollout_id = $1", rid)
+    async with pool.acquire() as holder, holder.transaction():
+        await holder.execute("SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE", a1.id)
+        assert await asyncio.wait_for(due(), 30) == ["a-2"]
+
+    async with pool.acquire() as conn:
+        assert await task_store.release_held_slot(conn, a1.id, version="9.0.1-20020",
+                                                  reason="idle on 9.0.1-20020")
+        assert not await task_store.release_held_slot(conn, a1.id, version="9.0.1-20020",
+                                                      reason="again")
+    rows = {r["id"]: r for r in await pool.fetch(
+        "SELECT id, state, holds_slot, final_version FROM tasks WHERE rollout_id = $1", rid)}
+    assert [(rows[t.id]["state"], rows[t.id]["holds_slot"], rows[t.id]["final_version"])
+            for t in (a1, a2, a3)] == [("TIMED_OUT", False, "9.0.1-20020"),
+                                       ("TIMED_OUT", True, None), ("DISPATCHING", False, None)]
+    versions = {r["name"]: r["current_version"] for r in await pool.fetch(
+        "SELECT name, current_version FROM appliances")}
+    assert versions == {"a-1": "9.0.1-20020", "a-2": None, "a-3": None}
+    event = await pool.fetchrow(
+        "SELECT from_state, to_state, detail FROM task_events WHERE task_id = $1 "
+        "ORDER BY id DESC LIMIT 1", a1.id)
+    assert (event["from_state"], event["to_state"], event["detail"]) == (
+        "TIMED_OUT", "TIMED_OUT",
+        {"slot_released": True, "version": "9.0.1-20020", "reason": "idle on 9.0.1-20020"})
+    # an operator frees every slot of one appliance: the others stay held
+    await _hold_slot(pool, a3)
+    async with pool.acquire() as conn:
+        assert await task_store.release_appliance_slots(
+            conn, apps["a-2"], reason="operator") == [a2.id]
+    held = {r["id"]: (r["holds_slot"], r["final_version"]) for r in await pool.fetch(
+        "SELECT id, holds_slot, final_version FROM tasks WHERE rollout_id = $1", rid)}
+    assert held == {a1.id: (False, "9.0.1-20020"), a2.id: (False, None), a3.id: (True, None)}
+    assert (await pool.fetchval("SELECT current_version FROM appliances WHERE name = 'a-2'")
+            is None)

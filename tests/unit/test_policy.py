@@ -342,6 +342,18 @@ def test_how_a_finished_rollout_ends(executed: int, failed: int, state: RolloutS
 # added with `make mutation` (tools/mutation.sh): mutants of policy.py the tests above let live
 
 
+def test_how_a_finished_rollout_ends_as_the_operator_reads_it() -> None:
+    """The exact sentence `rollout show` and the reports print as the end reason."""
+    assert final_rollout_state(Outcomes(0, 0)) == (
+        RolloutState.SUCCEEDED, "every task succeeded or was skipped")
+    assert final_rollout_state(Outcomes(1, 1)) == (
+        RolloutState.FAILED, "every executed task failed (1 of 1 task)")
+    assert final_rollout_state(Outcomes(3, 3)) == (
+        RolloutState.FAILED, "every executed task failed (3 of 3 tasks)")
+    assert final_rollout_state(Outcomes(10, 4)) == (
+        RolloutState.COMPLETED_WITH_FAILURES, "4 of 10 executed tasks failed")
+
+
 def test_canary_reasons_as_the_operator_reads_them() -> None:
     """The exact sentences of the canary rule, singular and plural."""
     assert evaluate_canary(1, Outcomes(5, 1), more_waves=True) == PolicyVerdict(
