@@ -20,8 +20,9 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 lint: install
-	$(BIN)/ruff check orchestrator tests bench
+	$(BIN)/ruff check orchestrator tests bench tools
 	$(BIN)/mypy orchestrator
+	$(BIN)/lint-imports --no-cache
 
 # Coverage floors (percent of lines) of the core packages, enforced by `make test` (and so by
 # CI): each a couple of points below the figure measured when it was set (see the README).
@@ -46,9 +47,10 @@ test: lint
 unit: install
 	$(BIN)/pytest -q tests/unit $(PYTEST_ARGS)
 
-# Mutation testing of the decision code (outcome, policy, planning) with mutmut, in
-# temporary copies of the repository (this checkout is never mutated); about an hour on a
-# busy 2-core machine, so not part of `make test`. Reports in reports/mutation/.
+# Mutation testing of the decision code (outcome, policy, planning with mutmut; the claim's
+# SQL with tools/sql_mutation.py, on a real PostgreSQL: TEST_DATABASE_URL or an embedded
+# one), in temporary copies of the repository (this checkout is never mutated); 20-60
+# minutes on a 2-core machine, so not part of `make test`. Reports in reports/mutation/.
 mutation: install
 	PYTHON=$(BIN)/python tools/mutation.sh $(MUTATION_MODULES)
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import aiohttp
 
-from orchestrator.simulator.cli import raise_open_files_limit
+from orchestrator.cli.simulator import raise_open_files_limit
 
 VERSION = "9.0.1-20020"
 

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.domain.errors import OrchestratorError
 from orchestrator.domain.inventory import (
     FIELDS,
     REQUIRED,
@@ -49,7 +50,7 @@ def target_policy(settings: Settings) -> TargetPolicy:
     )
 
 
-class InventoryError(Exception):
+class InventoryError(OrchestratorError):
     """The file is refused; `errors` lists every bad row with its line."""
 
     def __init__(self, source: str, errors: list[RowError], more: int = 0) -> None:

@@ -29,14 +29,29 @@ from pydantic import (
     model_validator,
 )
 
-from orchestrator.store.embedded import default_data_dir
+from orchestrator.domain.errors import OrchestratorError
 
 ENV_PREFIX = "ORCHESTRATOR_"
 DEFAULT_CONFIG_PATH = Path("config/orchestrator.toml")
 MASK = "********"
 
 
-class SettingsError(Exception):
+USER_DATA_DIR = Path("~/.local/share/orchestrator")
+# As root the embedded server runs as its own system user, which must traverse every
+# ancestor of the data directory: a directory under /var/lib needs no change, one under
+# /root would open /root (store/embedded.py).
+ROOT_DATA_DIR = Path("/var/lib/orchestrator")
+
+
+def default_data_dir(euid: int | None = None) -> Path:
+    """The data directory when none is set: `/var/lib/orchestrator` for root, else
+    `~/.local/share/orchestrator`."""
+    if (os.geteuid() if euid is None else euid) == 0:
+        return ROOT_DATA_DIR
+    return USER_DATA_DIR.expanduser()
+
+
+class SettingsError(OrchestratorError):
     """A setting is missing, unknown or invalid. The message is one line naming the key."""
 
 

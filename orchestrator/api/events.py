@@ -41,6 +41,7 @@ from orchestrator.api.problems import Problem
 from orchestrator.api.rollouts import ID_PARAM, not_found
 from orchestrator.api.routing import Call, Operation, Resp
 from orchestrator.api.validation import BIGINT_MAX, Param
+from orchestrator.domain.states import IN_FLIGHT_TASK_STATES, TERMINAL_ROLLOUT_STATES
 from orchestrator.logs import get_logger
 from orchestrator.store import rollouts as rollout_store
 from orchestrator.store import tokens as token_store
@@ -50,8 +51,6 @@ from orchestrator.store.rollouts import RolloutNotFound
 
 log = get_logger("orchestrator.api.events")
 
-TERMINAL: Final = ("SUCCEEDED", "COMPLETED_WITH_FAILURES", "FAILED", "CANCELLED")
-IN_FLIGHT: Final = ("DISPATCHING", "INSTALLING", "VERIFYING")
 RETRY_AFTER: Final = "10"  # seconds, on the 429 of a stream over a limit
 
 
@@ -138,7 +137,7 @@ class Stream:
         await self.write(sse("progress", {
             "rollout": rollout.id, "state": state, "current_wave": rollout.current_wave,
             "counts": counts.by_state,
-            "in_flight": sum(counts.by_state.get(s, 0) for s in IN_FLIGHT),
+            "in_flight": sum(counts.by_state.get(s, 0) for s in IN_FLIGHT_TASK_STATES),
             "last_event_id": self.reader.after_id,
         }))
         self.sent_state = state
@@ -179,7 +178,7 @@ class Stream:
             if self.unreported or head.state != self.sent_state:
                 await self.progress()
             quiet = batch.confirmed and not batch.events
-            if quiet and head.state in TERMINAL and not head.in_flight \
+            if quiet and head.state in TERMINAL_ROLLOUT_STATES and not head.in_flight \
                     and await self.reader.settled():
                 await self.progress()
                 await self.write(sse("end", {"rollout": self.rollout_id,
@@ -203,8 +202,7 @@ async def rollout_events(call: Call) -> web.StreamResponse:
         after = p["last_event_id"]
     assert call.token is not None  # the operation requires the viewer role
     with call.request.app[STREAMS].slot(call.token.id, call.token.name):  # 429 first
-        if await call.pool.fetchval("SELECT 1 FROM rollouts WHERE id = $1",
-                                    rollout_id) is None:
+        if not await rollout_store.rollout_exists(call.pool, rollout_id):
             raise not_found(rollout_id)
         response = web.StreamResponse(headers={
             "Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",

@@ -36,8 +36,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from orchestrator.api.problems import FieldError, Problem
+from orchestrator.domain.errors import OrchestratorError
 from orchestrator.domain.states import RolloutState, TaskState
 from orchestrator.logs import get_logger
+from orchestrator.store import rollouts as rollout_store
+from orchestrator.store import tasks as task_store
+from orchestrator.store.db import DB_ERRORS
 
 log = get_logger("orchestrator.api.metrics")
 
@@ -51,7 +55,7 @@ METRICS_REALM: Final = 'Bearer realm="orchestrator-metrics"'
 TOKEN_REREAD: Final = 60.0  # seconds an env:/file: metrics token is used before re-reading
 
 
-class MetricsTokenError(Exception):
+class MetricsTokenError(OrchestratorError):
     """The metrics token reference cannot be resolved; the message never holds a secret."""
 
 
@@ -221,10 +225,17 @@ class ApiMetrics:
         if self._engine.engine is None and self._lag_task is None:
             self._lag_task = asyncio.create_task(self._loop_lag_monitor(), name="loop-lag")
 
+    @property
+    def loop_monitor(self) -> asyncio.Task[None] | None:
+        """The loop-lag monitor's task while it runs (`orchestrator serve` supervises it:
+        it runs until `stop()`, and its end before that stops the process)."""
+        return self._lag_task
+
     async def stop(self) -> None:
         if self._lag_task is not None:
             self._lag_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # its failure, if it failed, is its supervisor's to report: not the shutdown's
+            with contextlib.suppress(Exception, asyncio.CancelledError):
                 await self._lag_task
             self._lag_task = None
 
@@ -280,27 +291,19 @@ class ApiMetrics:
         self.database_reads += 1
         try:
             async with pool.acquire() as conn:
-                tasks = await conn.fetch(
-                    """SELECT t.state, count(*)::bigint AS n FROM tasks t
-                       JOIN rollouts r ON r.id = t.rollout_id
-                       WHERE r.finished_at IS NULL GROUP BY t.state""")
-                in_flight = await conn.fetchval(
-                    """SELECT count(*) FROM tasks
-                       WHERE state IN ('DISPATCHING', 'INSTALLING', 'VERIFYING')""")
-                held = await conn.fetchval("SELECT count(*) FROM tasks WHERE holds_slot")
-                rollouts = await conn.fetch(
-                    "SELECT state, count(*)::bigint AS n FROM rollouts GROUP BY state")
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                by_state = await task_store.task_counts_of_unfinished_rollouts(conn)
+                in_flight = await task_store.count_in_flight(conn)
+                held = await task_store.count_held_slots(conn)
+                by_rollout = await rollout_store.rollouts_by_state(conn)
+        except DB_ERRORS as exc:  # the database is down, or refuses the statements
             log.warning("metrics_database_unavailable", error=type(exc).__name__)
             self.database_up.set(0)
             return
         self.database_up.set(1)
-        by_state = {r["state"]: int(r["n"]) for r in tasks}
         for state in TASK_STATES:
             self.tasks.labels(state).set(by_state.get(state, 0))
-        self.in_flight.set(int(in_flight))
-        self.held_slots.set(int(held))
-        by_rollout = {r["state"]: int(r["n"]) for r in rollouts}
+        self.in_flight.set(in_flight)
+        self.held_slots.set(held)
         for state in ROLLOUT_STATES:
             self.rollouts.labels(state).set(by_rollout.get(state, 0))
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated, Any, ClassVar, Final, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Final, Literal
 
 from pydantic import (
     BaseModel,
@@ -20,11 +20,19 @@ from pydantic import (
     PlainValidator,
     ValidationInfo,
     WithJsonSchema,
+    create_model,
     field_validator,
 )
 from pydantic.json_schema import SkipJsonSchema
 
-from orchestrator.domain.strategy import parse_size
+from orchestrator.domain.strategy import (
+    INT64,
+    MAX_COUNT,
+    MAX_SECONDS,
+    STRATEGY_TABLE,
+    StrategyKey,
+    parse_size,
+)
 
 # Blanks Python's str.strip() removes, and U+FEFF: none may open or close a text value.
 _EDGE = (r"[^\x00-\x20\x7f-\x9f\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
@@ -63,8 +71,6 @@ PATTERN_HINTS: Final = {
     EXPIRY: "must be a duration such as 30d, 12h, 90m or 1d12h (units w, d, h, m, s)",
 }
 
-MAX_COUNT: Final = 1_000_000
-MAX_SECONDS: Final = 31_536_000  # one year
 
 Text = Annotated[str, Field(min_length=1, max_length=200, pattern=TEXT)]
 Tag = Annotated[str, Field(min_length=1, max_length=100, pattern=TAG)]
@@ -126,13 +132,12 @@ def _size_schema(min_count: int) -> dict[str, Any]:
     ], "description": "A count, or a percentage of the targeted appliances such as \"10%\"."}
 
 
-Size = Annotated[int | str, PlainValidator(_size_check(1, False)),
-                 WithJsonSchema(_size_schema(1))]
-FailureSize = Annotated[int | str, PlainValidator(_size_check(0, True)),
-                        WithJsonSchema(_size_schema(0))]
-Count = Annotated[int, Field(ge=1, le=MAX_COUNT)]
-Seconds = Annotated[float, Field(ge=0, le=MAX_SECONDS)]
-PositiveSeconds = Annotated[float, Field(gt=0, le=MAX_SECONDS)]
+def _size_type(min_count: int, zero_percent: bool) -> Any:
+    """A count >= min_count (at most MAX_COUNT) or a percentage string."""
+    return Annotated[int | str, PlainValidator(_size_check(min_count, zero_percent)),
+                     WithJsonSchema(_size_schema(min_count))]
+
+
 Service = Annotated[str, Field(min_length=1, max_length=100,
                                pattern=r"^[A-Za-z0-9._-]+(\|[A-Za-z0-9._-]+)*$")]
 
@@ -198,40 +203,49 @@ class Selector(Body):
         {"sites", "tags", "names", "current_versions"})
 
 
-class Strategy(Body):
-    """How the rollout runs; every field is optional (the defaults are shown)."""
+def _strategy_type(key: StrategyKey) -> Any:
+    """The pydantic type of a strategy key's value, from its row of STRATEGY_TABLE."""
+    most = key.api_maximum
+    t: Any
+    if key.kind == "waves":
+        t = Annotated[list[_size_type(1, False)],  # type: ignore[misc]
+                      Field(min_length=1, max_length=key.max_items)]
+    elif key.kind == "size":
+        t = _size_type(key.minimum or 0, key.zero_percent)
+    elif key.kind == "choice":
+        t = Literal[key.choices]
+    elif key.kind == "int":
+        t = Annotated[int, Field(ge=INT64[0] if key.minimum is None else key.minimum, le=most)]
+    elif key.kind == "seconds":
+        least = key.minimum or 0
+        t = Annotated[float, Field(gt=least, le=most) if key.exclusive_minimum
+                      else Field(ge=least, le=most)]
+    elif key.kind == "services":
+        t = Annotated[list[Service], Field(max_length=key.max_items)]
+    elif key.kind == "bool":
+        t = bool
+    else:  # pragma: no cover - Kind lists them all
+        raise AssertionError(key.kind)
+    return t | None if key.nullable else t
 
-    waves: Annotated[list[Size], Field(min_length=1, max_length=1000)] = [1, "10%", "50%",
-                                                                          "100%"]
-    order: Literal["spread", "site-by-site", "name", "random"] = "spread"
-    seed: Annotated[int, Field(ge=-(2**63), le=2**63 - 1)] = 0
-    max_concurrency: Size = 10
-    per_site_concurrency: Count | None = None
-    max_starts_per_minute: Count | None = None
-    max_failures: FailureSize = "10%"
-    min_executed: Annotated[int, Field(ge=0, le=MAX_COUNT)] = 5
-    canary_max_failures: Annotated[int, Field(ge=0, le=MAX_COUNT, description=(
-        "Failed tasks the canary wave (wave 0, when more waves follow) may have before the "
-        "rollout stops; 0: its first failure stops it."))] = 0
-    soak_seconds: Seconds = 0
-    approval: Literal["none", "each-wave", "after-canary"] = "none"
-    task_timeout: PositiveSeconds = 3600
-    reboot_grace: PositiveSeconds = 900
-    install_retries: Annotated[int, Field(ge=0, le=100)] = 0
-    dispatch_retries: Annotated[int, Field(ge=0, le=100)] = 3
-    verify_services: Annotated[list[Service], Field(max_length=50)] = ["hms|srm", "drrest"]
-    windows: Literal["required", "ignore"] | None = None
-    at_window_end: Literal["finish-in-flight", "cancel-pending"] = "finish-in-flight"
-    after_overlapping: bool = Field(default=False, description=(
-        "false: creating or starting the rollout is refused (409) while some of its "
-        "appliances have an unfinished task in another active rollout; true: it is "
-        "accepted and each such task waits until the other rollout's task has ended."))
-    not_null: ClassVar[frozenset[str]] = frozenset({
-        "waves", "order", "seed", "max_concurrency", "max_failures", "min_executed",
-        "canary_max_failures", "soak_seconds", "approval", "task_timeout", "reboot_grace",
-        "install_retries", "dispatch_retries", "verify_services", "at_window_end",
-        "after_overlapping",
-    })
+
+def _strategy_fields() -> dict[str, Any]:
+    return {key.name: (_strategy_type(key), Field(default=key.default, description=key.doc))
+            for key in STRATEGY_TABLE}
+
+
+# The request's strategy object, built from the domain's STRATEGY_TABLE: one field per key,
+# its bounds and default from the table. Its OpenAPI name stays "Strategy"; in the code,
+# `Strategy` is the domain's parsed strategy (orchestrator.domain.strategy.Strategy).
+if TYPE_CHECKING:
+    StrategyBody = Body
+else:
+    StrategyBody = create_model(
+        "Strategy", __base__=Body, __module__=__name__,
+        __doc__="How the rollout runs; every field is optional (the defaults are shown).",
+        __namespace__={"not_null": frozenset(
+            key.name for key in STRATEGY_TABLE if not key.nullable)},
+        **_strategy_fields())
 
 
 class PlanRequest(Body):
@@ -239,7 +253,7 @@ class PlanRequest(Body):
         "The version to install, e.g. 9.0.1-20020."))]
     selector: Selector = Field(default=Selector(), description=(
         "Which appliances; left out: every enabled appliance."))
-    strategy: Strategy = Field(default=Strategy(), description=(
+    strategy: StrategyBody = Field(default=StrategyBody(), description=(
         "How it runs; left out, or any key left out: the defaults in Strategy."))
     not_null: ClassVar[frozenset[str]] = frozenset({"selector", "strategy"})
     example: ClassVar[dict[str, Any]] = {
@@ -337,6 +351,6 @@ class TokenCreate(Body):
 
 
 BODY_MODELS: Final[tuple[type[Body], ...]] = (
-    ApplianceCreate, AppliancePatch, Selector, Strategy, PlanRequest, RolloutCreate,
+    ApplianceCreate, AppliancePatch, Selector, StrategyBody, PlanRequest, RolloutCreate,
     TokenCreate, WindowCreate, WindowPatch, SiteLimit,
 )

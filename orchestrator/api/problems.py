@@ -16,10 +16,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-import asyncpg
 from aiohttp import web
 
+from orchestrator.domain.errors import OrchestratorError
 from orchestrator.logs import get_logger
+from orchestrator.store.db import DB_UNAVAILABLE
 
 log = get_logger("orchestrator.api")
 
@@ -86,8 +87,11 @@ class FieldError:
         return out
 
 
-class Problem(Exception):
-    """Raise anywhere in a handler: the middleware turns it into the response."""
+class Problem(OrchestratorError):
+    """Raise anywhere in a handler: the middleware turns it into the response.
+
+    An error the orchestrator raises on purpose (an HTTP error answer), hence an
+    `OrchestratorError`; the middleware catches `Problem` first, by name."""
 
     def __init__(
         self,
@@ -147,13 +151,6 @@ def show(value: Any, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-# Failures of the database that a retry may cure: 503, not 500.
-DB_UNAVAILABLE: Final = (
-    OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError,
-    asyncpg.QueryCanceledError,
-)
-
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -188,7 +185,7 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         return _from_http_exception(exc)
     except (asyncio.CancelledError, ConnectionResetError):
         raise  # the client went away: nobody to answer
-    except DB_UNAVAILABLE as exc:
+    except DB_UNAVAILABLE as exc:  # failures of the database a retry may cure: 503, not 500
         error_id = uuid.uuid4().hex
         log.warning("api_database_unavailable", error=type(exc).__name__, error_id=error_id,
                     method=request.method, path=request.path)

@@ -30,7 +30,7 @@ from orchestrator.api.validation import (
     read_no_body,
 )
 from orchestrator.domain.selector import SelectorError
-from orchestrator.domain.states import OperationNotAllowed
+from orchestrator.domain.states import IN_FLIGHT_TASK_STATES, OperationNotAllowed
 from orchestrator.domain.strategy import StrategyError
 from orchestrator.store import engines as engine_store
 from orchestrator.store import rollouts as rollout_store
@@ -44,7 +44,6 @@ from orchestrator.store.rollouts import (
 
 ID_PARAM: Final = Param("id", "path", "integer", minimum=1, maximum=BIGINT_MAX,
                         description="The rollout's id.")
-IN_FLIGHT: Final = ("DISPATCHING", "INSTALLING", "VERIFYING")
 IDEMPOTENCY_KEY: Final = Param(
     "Idempotency-Key", "header", pattern=r"^[\x21-\x7e]{1,200}$",
     description="Any unique text (e.g. a UUID). The same key with the same body returns "
@@ -88,7 +87,7 @@ async def rollout_detail(pool: asyncpg.Pool, rollout_id: int, *, forecast: bool 
         out = rollout.to_dict()
         out["engine"] = engine.to_dict()
         out["counts"] = counts.to_dict()
-        out["in_flight"] = sum(counts.by_state.get(s, 0) for s in IN_FLIGHT)
+        out["in_flight"] = sum(counts.by_state.get(s, 0) for s in IN_FLIGHT_TASK_STATES)
         if forecast:
             result = await rollout_forecast(conn, rollout_id, datetime.now(UTC),
                                             eta_task_seconds, engine=engine)
@@ -129,8 +128,7 @@ async def check_self_approval(call: Call, rollout_id: int) -> None:
     """With api_forbid_self_approval: whoever created the rollout may not approve it."""
     if not call.state.settings.api_forbid_self_approval:
         return
-    creator = await call.pool.fetchval("SELECT created_by FROM rollouts WHERE id = $1",
-                                       rollout_id)
+    creator = await rollout_store.rollout_creator(call.pool, rollout_id)
     if creator is not None and creator == call.actor.name:
         raise call.state.auth.forbidden(
             call.request, call.token, "self_approval",
@@ -187,9 +185,7 @@ async def get_rollout(call: Call) -> web.StreamResponse:
 
 
 async def _state(call: Call, rollout_id: int) -> str | None:
-    state: str | None = await call.pool.fetchval(
-        "SELECT state FROM rollouts WHERE id = $1", rollout_id)
-    return state
+    return await rollout_store.rollout_state(call.pool, rollout_id)
 
 
 def control(name: str, run: Any) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from orchestrator.domain.states import RolloutState, TaskState, WaveState
+from orchestrator.domain.strategy import STRATEGY_TABLE, StrategyKey
 
 ROLLOUT_STATES: Final = [str(s) for s in RolloutState]
 TASK_STATES: Final = [str(s) for s in TaskState]
@@ -45,6 +46,19 @@ COUNTS: Final = {"type": "object", "additionalProperties": {"type": "integer"},
                  "description": "Tasks by state."}
 SIZE: Final = {"oneOf": [{"type": "integer"}, {"type": "string"}]}
 
+
+def strategy_out(key: StrategyKey) -> dict[str, Any]:
+    """The response schema of a strategy key's normalised value (StrategyOut), from its row
+    of the domain's STRATEGY_TABLE."""
+    by_kind: dict[str, dict[str, Any]] = {
+        "waves": {"type": "array", "items": SIZE}, "size": SIZE, "choice": STR, "int": INT,
+        "seconds": {"type": "number"}, "services": {"type": "array", "items": STR},
+        "bool": {"type": "boolean"},
+    }
+    schema = by_kind[key.kind]
+    return nullable(schema) if key.nullable else schema
+
+
 SCHEMAS: Final[dict[str, dict[str, Any]]] = {
     "Problem": obj({
         "type": {"type": "string", "format": "uri-reference"},
@@ -74,16 +88,8 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
     "SelectorOut": obj({k: {"type": "array", "items": STR}
                         for k in ("sites", "tags", "names", "current_versions")},
                        required=[]),
-    "StrategyOut": obj({
-        "waves": {"type": "array", "items": SIZE}, "order": STR, "seed": INT,
-        "max_concurrency": SIZE, "per_site_concurrency": nullable(INT),
-        "max_starts_per_minute": nullable(INT), "max_failures": SIZE, "min_executed": INT,
-        "canary_max_failures": INT, "soak_seconds": {"type": "number"}, "approval": STR,
-        "task_timeout": {"type": "number"}, "reboot_grace": {"type": "number"},
-        "install_retries": INT, "dispatch_retries": INT,
-        "verify_services": {"type": "array", "items": STR}, "windows": nullable(STR),
-        "at_window_end": STR, "after_overlapping": {"type": "boolean"},
-    }, description="The normalised strategy: every key present."),
+    "StrategyOut": obj({key.name: strategy_out(key) for key in STRATEGY_TABLE},
+                       description="The normalised strategy: every key present."),
     "Rollout": obj({
         "id": INT, "name": STR, "target_version": STR, "selector": ref("SelectorOut"),
         "strategy": ref("StrategyOut"), "state": {"type": "string", "enum": ROLLOUT_STATES},

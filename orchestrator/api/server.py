@@ -19,6 +19,7 @@ import asyncpg
 from aiohttp import web
 
 from orchestrator.api.app import create_app
+from orchestrator.domain.errors import OrchestratorError
 from orchestrator.logs import get_logger
 from orchestrator.settings import Settings
 from orchestrator.store.db import create_pool
@@ -27,7 +28,7 @@ log = get_logger("orchestrator.api.server")
 SHUTDOWN_TIMEOUT = 5.0  # seconds open requests get when the server stops
 
 
-class ListenError(Exception):
+class ListenError(OrchestratorError):
     """The API cannot listen on its address; the message says why."""
 
 
@@ -84,8 +85,14 @@ class ThreadServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._thread = threading.Thread(target=self._run, name="api", daemon=True)
+        # set (in the caller's loop) when the thread has ended, for whatever reason; with
+        # `failure`, what ended it when that was not `stop()` (`orchestrator serve` watches it)
+        self.ended = asyncio.Event()
+        self.failure: str | None = None
+        self._caller: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
+        self._caller = asyncio.get_running_loop()
         self._thread.start()
         await asyncio.to_thread(self._ready.wait)
         if self._error is not None:
@@ -101,12 +108,18 @@ class ThreadServer:
     def _run(self) -> None:
         try:
             asyncio.run(self._main())
+            if self._stop is None or not self._stop.is_set():
+                self.failure = "returned"
         except BaseException as exc:  # reported to start(), or logged after it
+            self.failure = repr(exc)
             if not self._ready.is_set():
                 self._error = exc
                 self._ready.set()
             else:
                 log.error("api_thread_failed", error=repr(exc))
+        finally:
+            if self._caller is not None and not self._caller.is_closed():
+                self._caller.call_soon_threadsafe(self.ended.set)
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()

@@ -12,6 +12,7 @@ from orchestrator.api.rollouts import ID_PARAM, not_found
 from orchestrator.api.routing import Call, Operation, Resp, json_response, page
 from orchestrator.api.schemas import TASK_STATES
 from orchestrator.api.validation import CURSOR, Param, decode_cursor, encode_cursor, limit_param
+from orchestrator.store import rollouts as rollout_store
 from orchestrator.store import tasks as task_store
 from orchestrator.store.rollouts import RolloutNotFound
 
@@ -19,7 +20,7 @@ from orchestrator.store.rollouts import RolloutNotFound
 async def list_tasks(call: Call) -> web.StreamResponse:
     p = call.params
     rollout_id = p["id"]
-    if await call.pool.fetchval("SELECT 1 FROM rollouts WHERE id = $1", rollout_id) is None:
+    if not await rollout_store.rollout_exists(call.pool, rollout_id):
         raise not_found(rollout_id)
     limit = p["limit"]
     rows = await task_store.list_tasks(

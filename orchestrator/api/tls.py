@@ -14,12 +14,13 @@ import ssl
 from pathlib import Path
 from typing import Final
 
+from orchestrator.domain.errors import OrchestratorError
 from orchestrator.settings import Settings
 
 LOOPBACK_NAMES: Final = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
 
-class TlsError(Exception):
+class TlsError(OrchestratorError):
     """The certificate or key cannot be used; the message names the file and the reason."""
 
 

@@ -1,15 +1,10 @@
 """Client of the appliance configuration REST API (sessions, install, tasks, typed errors).
 
-See `client.py` for the session and retry rules. This package imports nothing from the
-engine, the store or the REST API.
+See `client.py` for the session and retry rules, `http.py` for the shared transport. This
+package imports nothing from the engine, the store or the REST API.
 """
 
-from orchestrator.appliance.client import (
-    SESSION_HEADER,
-    ApplianceClient,
-    ApplianceHttp,
-    ApplianceTarget,
-)
+from orchestrator.appliance.client import SESSION_HEADER, ApplianceClient
 from orchestrator.appliance.credentials import (
     Credentials,
     CredentialsError,
@@ -30,6 +25,7 @@ from orchestrator.appliance.errors import (
     Unauthorized,
     Unreachable,
 )
+from orchestrator.appliance.http import ApplianceHttp, ApplianceTarget
 from orchestrator.appliance.models import (
     ApplianceInfo,
     Service,

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from orchestrator.domain.errors import OrchestratorError
 from orchestrator.domain.inventory import (
     FORBIDDEN_ENV_PREFIX,
     TargetPolicy,
@@ -33,7 +34,7 @@ _MASK = "********"
 _MAX_LINE = 4096  # a credentials line is short; a larger read is refused
 
 
-class CredentialsError(Exception):
+class CredentialsError(OrchestratorError):
     """A credentials reference cannot be resolved. The message never holds the secret."""
 
 

@@ -18,6 +18,8 @@ matter: see `ApplianceClient.install`.
 
 from __future__ import annotations
 
+from orchestrator.domain.errors import OrchestratorError
+
 _MAX_TEXT = 300
 
 
@@ -28,7 +30,7 @@ def _short(text: str | None) -> str | None:
     return text if len(text) <= _MAX_TEXT else text[: _MAX_TEXT - 3] + "..."
 
 
-class ApplianceError(Exception):
+class ApplianceError(OrchestratorError):
     """Base class of every error raised by the appliance client."""
 
     kind: str = "error"

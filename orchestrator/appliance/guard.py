@@ -11,12 +11,14 @@ directory) before anything is sent.
 
 from __future__ import annotations
 
-from orchestrator.appliance.client import ApplianceClient, ApplianceHttp, ApplianceTarget
+from orchestrator.appliance.client import ApplianceClient
 from orchestrator.appliance.credentials import resolve_credentials
+from orchestrator.appliance.http import ApplianceHttp, ApplianceTarget
+from orchestrator.domain.errors import OrchestratorError
 from orchestrator.domain.inventory import TargetPolicy, check_base_url
 
 
-class TargetRefused(ValueError):
+class TargetRefused(OrchestratorError, ValueError):
     """The stored base_url of an appliance breaks the target policy: nothing is sent."""
 
 

@@ -126,6 +126,18 @@ def forecast_completion(
     WindowError when an appliance's windows never open within windows.SEARCH_HORIZON.
     """
     clock = _micros(now)
+    _check_limits(install_seconds, max_concurrency, per_site_concurrency)
+    run = _Forecast(clock, round(install_seconds * 1_000_000), max_concurrency,
+                    per_site_concurrency or 0, windows_for)
+    run.add_in_flight(in_flight)
+    for wave in remaining_by_wave:
+        run.run_wave(wave)
+    return _moment(max(run.finish, run.clock))
+
+
+def _check_limits(
+    install_seconds: float, max_concurrency: int, per_site_concurrency: int | None
+) -> None:
     if not (isinstance(install_seconds, int | float) and math.isfinite(install_seconds)
             and install_seconds >= 0):
         raise ValueError(f"install_seconds must be a number >= 0, got {install_seconds!r}")
@@ -135,44 +147,70 @@ def forecast_completion(
         raise ValueError(
             f"per_site_concurrency must be >= 1 or None, got {per_site_concurrency!r}"
         )
-    install = round(install_seconds * 1_000_000)
-    per_site = per_site_concurrency or 0
 
-    running: list[tuple[int, str]] = []  # heap of (ends at, site)
-    busy: dict[str, int] = {}
-    finish = clock
-    for task in in_flight:
-        ends = max(_micros(task.expected_done_at), clock)
-        heapq.heappush(running, (ends, task.site))
-        busy[task.site] = busy.get(task.site, 0) + 1
-        finish = max(finish, ends)
 
-    gates: dict[tuple[tuple[WindowSpec, ...], str | None], _Gate] = {}
-    gate_of: dict[ApplianceSlot, _Gate | None] = {}
+class _Forecast:
+    """The simulation's state across waves (times in microseconds): the clock, the
+    installs running (a heap of (ends at, site)), how many run per site, when the last
+    one ends, and the gates of the appliances (one per set of windows and zone)."""
 
-    def gate_for(slot: ApplianceSlot) -> _Gate | None:
+    def __init__(self, clock: int, install: int, max_concurrency: int, per_site: int,
+                 windows_for: WindowsFor | None) -> None:
+        self.clock = clock
+        self.install = install  # the duration of one install
+        self.max_concurrency = max_concurrency
+        self.per_site = per_site  # 0: no limit per site
+        self.windows_for = windows_for
+        self.running: list[tuple[int, str]] = []  # heap of (ends at, site)
+        self.busy: dict[str, int] = {}
+        self.finish = clock
+        self.gates: dict[tuple[tuple[WindowSpec, ...], str | None], _Gate] = {}
+        self.gate_of: dict[ApplianceSlot, _Gate | None] = {}
+
+    def add_in_flight(self, in_flight: Sequence[InFlight]) -> None:
+        """The installs running now; one whose expected end has passed ends now."""
+        clock = self.clock
+        for task in in_flight:
+            ends = max(_micros(task.expected_done_at), clock)
+            heapq.heappush(self.running, (ends, task.site))
+            self.busy[task.site] = self.busy.get(task.site, 0) + 1
+            self.finish = max(self.finish, ends)
+
+    def gate_for(self, slot: ApplianceSlot) -> _Gate | None:
+        """The gate of this appliance's windows (None: it may start any time)."""
+        gate_of = self.gate_of
         if slot not in gate_of:
             gate = None
-            if windows_for is not None:
-                specs, tz = windows_for(slot)
+            if self.windows_for is not None:
+                specs, tz = self.windows_for(slot)
                 if specs:
                     key = (tuple(specs), tz)
-                    gate = gates.get(key)
+                    gate = self.gates.get(key)
                     if gate is None:
-                        gate = gates[key] = _Gate(key[0], tz)
+                        gate = self.gates[key] = _Gate(key[0], tz)
             gate_of[slot] = gate
         return gate_of[slot]
 
-    for wave in remaining_by_wave:
+    def classes_of(self, wave: Sequence[ApplianceSlot]) -> list[_Class]:
+        """The wave's appliances grouped by (site, gate), each class in plan order."""
         classes: list[_Class] = []
         index_of: dict[tuple[str, int], int] = {}
         for position, slot in enumerate(wave):
-            gate = gate_for(slot)
+            gate = self.gate_for(slot)
             key = (slot.site, id(gate))
             if key not in index_of:
                 index_of[key] = len(classes)
                 classes.append(_Class(slot.site, gate, deque()))
             classes[index_of[key]].queue.append(position)
+        return classes
+
+    def run_wave(self, wave: Sequence[ApplianceSlot]) -> None:
+        """Start every install of the wave as slots free and windows open, then move the
+        clock to the end of its last install (the next wave starts then)."""
+        classes = self.classes_of(wave)
+        running, busy = self.running, self.busy
+        max_concurrency, per_site, install = self.max_concurrency, self.per_site, self.install
+        clock, finish = self.clock, self.finish
         pending = len(wave)
         ready = [(cls.queue[0], number) for number, cls in enumerate(classes)]
         heapq.heapify(ready)
@@ -182,6 +220,7 @@ def forecast_completion(
         waking: dict[int, int] = {}  # id(gate) -> the wake scheduled for it
 
         while pending:
+            # start what may start now, in plan order
             while ready and len(running) < max_concurrency:
                 _, number = heapq.heappop(ready)
                 cls = classes[number]
@@ -207,6 +246,7 @@ def forecast_completion(
                     heapq.heappush(ready, (cls.queue[0], number))
             if not pending:
                 break
+            # then wait for the next event: an install ends, or a window opens
             upcoming = [heap[0][0] for heap in (running, wakes) if heap]
             if not upcoming:  # every class waits on a slot that nothing will free
                 raise RuntimeError("forecast stalled: no install running and no window to wait for")
@@ -227,5 +267,4 @@ def forecast_completion(
             clock = max(clock, max(ends for ends, _ in running))
             running.clear()
             busy.clear()
-
-    return _moment(max(finish, clock))
+        self.clock, self.finish = clock, finish

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from orchestrator.domain.errors import OrchestratorError
+
 FIELDS = (
     "name", "base_url", "site", "tags", "timezone",
     "credentials_ref", "tls_ca_file", "tls_thumbprint",
@@ -137,7 +139,7 @@ class ValidationResult:
         return len(self.errors) + self.more_errors
 
 
-class TooManyRows(Exception):
+class TooManyRows(OrchestratorError):
     """The input lists more appliances than one import accepts."""
 
     def __init__(self, line: int, limit: int) -> None:

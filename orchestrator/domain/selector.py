@@ -12,10 +12,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from orchestrator.domain.errors import OrchestratorError
+
 SELECTOR_KEYS: Final = ("sites", "tags", "names", "current_versions")
 
 
-class SelectorError(ValueError):
+class SelectorError(OrchestratorError, ValueError):
     """A bad selector: `field` names where (e.g. "selector.sites[1]"), `message` says why."""
 
     def __init__(self, field: str, message: str) -> None:

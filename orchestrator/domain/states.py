@@ -1,4 +1,5 @@
-"""State machines of rollouts, waves and tasks (README: "How a task runs"), and operator controls.
+"""State machines of rollouts, waves and tasks, and operator controls (README: "How a task
+runs"; docs/architecture.md says who writes each task transition).
 
 The enum values are exactly the strings stored in the `state` columns of
 `migrations/0001_initial.sql`. Every table below is a frozen mapping from a state to the
@@ -16,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from enum import StrEnum
 from types import MappingProxyType
+
+from orchestrator.domain.errors import OrchestratorError
 
 
 class RolloutState(StrEnum):
@@ -191,7 +194,7 @@ FAILED_TASK_STATES: frozenset[TaskState] = frozenset({_T.FAILED, _T.TIMED_OUT})
 RETRYABLE_TASK_STATES: frozenset[TaskState] = frozenset({_T.FAILED, _T.TIMED_OUT, _T.CANCELLED})
 
 
-class InvalidTransition(Exception):
+class InvalidTransition(OrchestratorError):
     """A state change that the machine of `kind` ("rollout", "wave", "task") forbids."""
 
     def __init__(self, kind: str, from_state: str, to_state: str) -> None:
@@ -278,7 +281,7 @@ def _in_declaration_order(states: frozenset[RolloutState]) -> list[RolloutState]
     return [s for s in RolloutState if s in states]
 
 
-class OperationNotAllowed(Exception):
+class OperationNotAllowed(OrchestratorError):
     """An operator control refused because of the rollout's current state."""
 
     def __init__(self, operation: str, state: RolloutState) -> None:

@@ -4,19 +4,27 @@
 API) into a `Strategy`; `Strategy.to_dict` gives the normalised object back, with every key
 present, so that `parse_strategy(s.to_dict()) == s`. Errors are `StrategyError`s that name
 the field (`strategy.waves[2]`) and the bad value.
+
+STRATEGY_TABLE is the one definition of the strategy's keys: their kind, default, bounds,
+one-line doc and command-line option. The parsing and the defaults here, the API's request
+model and response schema (orchestrator/api/models.py, schemas.py), the CLI's options
+(`add_strategy_flags`, `strategy_from_flags`) and the README's table
+(`strategy_markdown_table`) all follow from it; tests/unit/test_strategy_drift.py fails
+when one of them drifts.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from decimal import Decimal
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
-ORDERS: Final = ("spread", "site-by-site", "name", "random")
-APPROVALS: Final = ("none", "each-wave", "after-canary")
+from orchestrator.domain.errors import OrchestratorError
 
 _PERCENT = re.compile(r"^(\d{1,3}(?:\.\d{1,6})?)%$")
 _HUNDRED = Decimal(100)
@@ -116,99 +124,166 @@ def parse_size(value: object, *, min_count: int = 1, zero_percent: bool = False)
     raise ValueError(problem)
 
 
-@dataclass(frozen=True)
-class Strategy:
-    """How a rollout runs (README: the strategy table). Build it with `parse_strategy`.
-
-    waves: wave sizes, each a count or a percentage of all targeted appliances (not
-        cumulative); the last one repeats until every appliance is planned.
-    order: plan order, one of ORDERS; seed: the seed of the "random" order.
-    max_concurrency: installs in flight at once in the rollout, a count or a percentage of
-        the targeted appliances (see planning.resolve_max_concurrency).
-    per_site_concurrency: installs in flight at once per site (None: no per-site limit).
-    max_starts_per_minute: dispatches started per rolling minute (None: no limit).
-    max_failures: the failure threshold (see policy.evaluate_policy): more than this many
-        failed tasks, or a failed share of executed tasks above this percentage, trips it.
-    min_executed: executed tasks needed before a percentage max_failures can trip.
-    canary_max_failures: failed tasks the canary wave (wave 0, when more waves follow) may
-        have before the rollout stops: 0 (the default) stops it at the canary's first
-        failure, whatever max_failures and min_executed say.
-    soak_seconds: wait after a wave's last task finished before the gate opens.
-    approval: "none", "each-wave" (every wave but the last waits for an operator before the
-        next one starts) or "after-canary" (only the first wave does).
-    task_timeout: seconds from dispatch to verified outcome before a task is TIMED_OUT.
-    reboot_grace: seconds an appliance may stay unreachable during an install.
-    install_retries: how many times a task whose install ended in ERROR is dispatched again.
-    dispatch_retries: how many transient errors before an install was accepted are retried.
-    verify_services: services that must be running for a task to be verified; an entry
-        "hms|srm" is satisfied by any one of its alternatives (see missing_services).
-    windows: "required" (an appliance is dispatched only while one of its maintenance
-        windows is open with at least the window's cutoff left), "ignore", or None (the
-        default: "required" when any window covers a targeted appliance).
-    at_window_end: "finish-in-flight" (never-started tasks wait for the next opening) or
-        "cancel-pending" (when no targeted appliance may start any more, the never-started
-        tasks are cancelled and the rollout ends once in-flight installs finish).
-    after_overlapping: False (the default) refuses to create or start the rollout while
-        some of its appliances have an unfinished task in another active rollout; True
-        accepts it, and each such task waits until the other rollout's task for that
-        appliance has ended (then the appliance's version is checked again).
-    """
-
-    waves: tuple[Size, ...] = (
-        Size(count=1), Size(percent=Decimal(10)), Size(percent=Decimal(50)),
-        Size(percent=Decimal(100)),
-    )
-    order: str = "spread"
-    seed: int = 0
-    max_concurrency: Size = Size(count=10)
-    per_site_concurrency: int | None = None
-    max_starts_per_minute: int | None = None
-    max_failures: Size = Size(percent=Decimal(10))
-    min_executed: int = 5
-    canary_max_failures: int = 0
-    soak_seconds: float = 0.0
-    approval: str = "none"
-    task_timeout: float = 3600.0
-    reboot_grace: float = 900.0
-    install_retries: int = 0
-    dispatch_retries: int = 3
-    verify_services: tuple[str, ...] = ("hms|srm", "drrest")
-    windows: str | None = None
-    at_window_end: str = "finish-in-flight"
-    after_overlapping: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        """The normalised JSON object, every key present; `parse_strategy` reads it back."""
-        return {
-            "waves": [size.to_json() for size in self.waves],
-            "order": self.order,
-            "seed": self.seed,
-            "max_concurrency": self.max_concurrency.to_json(),
-            "per_site_concurrency": self.per_site_concurrency,
-            "max_starts_per_minute": self.max_starts_per_minute,
-            "max_failures": self.max_failures.to_json(),
-            "min_executed": self.min_executed,
-            "canary_max_failures": self.canary_max_failures,
-            "soak_seconds": _number_json(self.soak_seconds),
-            "approval": self.approval,
-            "task_timeout": _number_json(self.task_timeout),
-            "reboot_grace": _number_json(self.reboot_grace),
-            "install_retries": self.install_retries,
-            "dispatch_retries": self.dispatch_retries,
-            "verify_services": list(self.verify_services),
-            "windows": self.windows,
-            "at_window_end": self.at_window_end,
-            "after_overlapping": self.after_overlapping,
-        }
-
-
+# ------------------------------------------------------------------ the table of keys
+ORDERS: Final = ("spread", "site-by-site", "name", "random")
+APPROVALS: Final = ("none", "each-wave", "after-canary")
 WINDOW_MODES: Final = ("required", "ignore")
 AT_WINDOW_END: Final = ("finish-in-flight", "cancel-pending")
 
-STRATEGY_KEYS: Final = tuple(field.name for field in fields(Strategy))
+# The largest values the API accepts (its JSON Schema says so); the domain itself does not
+# cap counts or seconds.
+MAX_COUNT: Final = 1_000_000
+MAX_SECONDS: Final = 31_536_000  # one year
+INT64: Final = (-(2**63), 2**63 - 1)
+
+Kind = Literal["waves", "size", "choice", "int", "seconds", "services", "bool"]
 
 
-class StrategyError(ValueError):
+@dataclass(frozen=True)
+class StrategyKey:
+    """One key of the strategy object: everything the domain, the API, the CLI and the README
+    say about it comes from here (see STRATEGY_TABLE).
+
+    kind: what the value is, in JSON:
+        "waves": a non-empty list of sizes (a count >= 1 or a percentage in (0, 100]);
+        "size": a count >= `minimum`, or a percentage ((0, 100], or [0, 100] with
+            `zero_percent`);
+        "choice": one of `choices`;
+        "int": an integer >= `minimum` (None: any integer);
+        "seconds": a number of seconds >= `minimum` (> it with `exclusive_minimum`);
+        "services": a list of service ids, "a|b" meaning either;
+        "bool": true or false.
+    default: the default, in its JSON form (what `Strategy.to_dict` gives for it).
+    nullable: null is a value (and the default may be null): otherwise the key may be
+        left out but not be null.
+    minimum, exclusive_minimum, zero_percent, choices: the domain's rules (the API's too).
+    maximum: the largest count, seconds or integer the API accepts (None: the kind's own
+        MAX_COUNT or MAX_SECONDS); max_items: the API's longest list. The domain does not
+        cap them.
+    doc: one line, in Markdown: the README's "meaning" column and the API's description.
+    unset: how the README names a null default.
+    flag: the `rollout plan` / `rollout create` option (None: only in a --strategy file or
+        the API); flag_help: its --help text (argparse: "%" is written "%%"); metavar: its
+        argparse metavar (None: the argparse default, the key in capitals).
+    """
+
+    name: str
+    kind: Kind
+    default: Any
+    doc: str
+    nullable: bool = False
+    minimum: int | None = None
+    exclusive_minimum: bool = False
+    zero_percent: bool = False
+    choices: tuple[str, ...] = ()
+    maximum: int | None = None
+    max_items: int | None = None
+    unset: str = "none"
+    flag: str | None = None
+    flag_help: str | None = None
+    metavar: str | None = None
+
+    @property
+    def api_maximum(self) -> int | None:
+        """The largest number the API accepts for the value (or each item of it)."""
+        if self.maximum is not None:
+            return self.maximum
+        if self.kind in ("waves", "size", "int"):
+            return MAX_COUNT
+        if self.kind == "seconds":
+            return MAX_SECONDS
+        return None
+
+
+STRATEGY_TABLE: Final[tuple[StrategyKey, ...]] = (
+    StrategyKey(
+        "waves", "waves", [1, "10%", "50%", "100%"], max_items=1000,
+        doc="wave sizes, each a count or a percentage of the targeted appliances; the last "
+            "repeats",
+        flag="--waves", flag_help="comma-separated sizes, e.g. 1,10%%,50%%,100%%"),
+    StrategyKey(
+        "order", "choice", "spread", choices=ORDERS,
+        doc="`spread` (round-robin across sites), `site-by-site`, `name`, `random` (with "
+            "`seed`)",
+        flag="--order"),
+    StrategyKey(
+        "seed", "int", 0, minimum=None, maximum=INT64[1],
+        doc="the seed of the `random` order"),
+    StrategyKey(
+        "max_concurrency", "size", 10, minimum=1,
+        doc="installs in flight at once, a count or a percentage",
+        flag="--max-concurrency", flag_help="a count or a percentage"),
+    StrategyKey(
+        "per_site_concurrency", "int", None, nullable=True, minimum=1,
+        doc="installs in flight at once per site",
+        flag="--per-site-concurrency"),
+    StrategyKey(
+        "max_starts_per_minute", "int", None, nullable=True, minimum=1,
+        doc="dispatches per rolling minute",
+        flag="--max-starts-per-minute"),
+    StrategyKey(
+        "max_failures", "size", "10%", minimum=0, zero_percent=True,
+        doc="trips on more than this many failed tasks, or a larger failed share of "
+            "executed tasks",
+        flag="--max-failures", flag_help="a count or a percentage"),
+    StrategyKey(
+        "min_executed", "int", 5, minimum=0,
+        doc="executed tasks before a percentage can trip",
+        flag="--min-executed"),
+    StrategyKey(
+        "canary_max_failures", "int", 0, minimum=0,
+        doc="failed tasks the canary (wave 0, when more waves follow) may have: the next one "
+            "stops the rollout, whatever `max_failures` and `min_executed` say",
+        flag="--canary-max-failures",
+        flag_help="failed tasks the canary wave may have before the rollout stops "
+                  "(default 0: its first failure stops it)"),
+    StrategyKey(
+        "soak_seconds", "seconds", 0, minimum=0,
+        doc="wait after a wave before the next one",
+        flag="--soak-seconds"),
+    StrategyKey(
+        "approval", "choice", "none", choices=APPROVALS,
+        doc="`each-wave` or `after-canary`: the gate waits for `rollout approve`",
+        flag="--approval"),
+    StrategyKey(
+        "task_timeout", "seconds", 3600, minimum=0, exclusive_minimum=True,
+        doc="seconds from dispatch to a verified outcome",
+        flag="--task-timeout", flag_help="seconds"),
+    StrategyKey(
+        "reboot_grace", "seconds", 900, minimum=0, exclusive_minimum=True,
+        doc="seconds an appliance may be unreachable, answer 503/401, or start its services",
+        flag="--reboot-grace", flag_help="seconds"),
+    StrategyKey(
+        "install_retries", "int", 0, minimum=0, maximum=100,
+        doc="times an install that ended in ERROR is tried again"),
+    StrategyKey(
+        "dispatch_retries", "int", 3, minimum=0, maximum=100,
+        doc="transient errors before an install was accepted that are retried"),
+    StrategyKey(
+        "verify_services", "services", ["hms|srm", "drrest"], max_items=50,
+        doc="services that must run for success (`a|b`: either)"),
+    StrategyKey(
+        "windows", "choice", None, nullable=True, choices=WINDOW_MODES, unset="automatic",
+        doc="`required` (installs start only inside maintenance windows), `ignore`; unset: "
+            "required when any window covers a targeted appliance"),
+    StrategyKey(
+        "at_window_end", "choice", "finish-in-flight", choices=AT_WINDOW_END,
+        doc="`finish-in-flight`: never-started tasks wait for the next opening; "
+            "`cancel-pending`: they are cancelled when no appliance may start any more"),
+    StrategyKey(
+        "after_overlapping", "bool", False,
+        doc="`true`: accept appliances that have an unfinished task in another active "
+            "rollout (else creating or starting it is refused); their tasks wait for it",
+        flag="--after-overlapping",
+        flag_help="accept appliances that have an unfinished task in another active "
+                  "rollout: their tasks wait for it (default: refused)"),
+)
+
+STRATEGY_KEYS: Final = tuple(key.name for key in STRATEGY_TABLE)
+KEYS_BY_NAME: Final = {key.name: key for key in STRATEGY_TABLE}
+
+
+class StrategyError(OrchestratorError, ValueError):
     """A bad strategy: `field` names where (e.g. "strategy.waves[2]"), `message` says why."""
 
     def __init__(self, field: str, message: str) -> None:
@@ -221,6 +296,7 @@ def _number_json(value: float) -> int | float:
     return int(value) if value.is_integer() else value
 
 
+# ------------------------------------------------------------------ parsing, by kind
 T = TypeVar("T")
 
 
@@ -289,40 +365,164 @@ def _choice(choices: Sequence[str]) -> Callable[[Any], str]:
     return parse
 
 
-def _parse_waves(value: Any) -> tuple[Size, ...]:
-    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
-        raise StrategyError("strategy.waves", f"{value!r} is not a list of wave sizes")
-    if not value:
-        raise StrategyError("strategy.waves", "[] lists no wave size: give at least one")
-    sizes = []
-    for index, item in enumerate(value):
-        try:
-            sizes.append(parse_size(item, min_count=1))
-        except ValueError as exc:
-            raise StrategyError(f"strategy.waves[{index}]", str(exc)) from None
-    return tuple(sizes)
+def _optional(parse: Callable[[Any], T]) -> Callable[[Any], T | None]:
+    return lambda value: None if value is None else parse(value)
 
 
-def _parse_services(value: Any) -> tuple[str, ...]:
-    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
-        raise StrategyError(
-            "strategy.verify_services", f"{value!r} is not a list of service ids"
-        )
-    services: list[str] = []
-    for index, item in enumerate(value):
-        where = f"strategy.verify_services[{index}]"
-        if not isinstance(item, str):
-            raise StrategyError(where, f"{item!r} is not a service id")
-        alternatives = item.split("|")
-        if any(not alt or alt != alt.strip() for alt in alternatives):
-            raise StrategyError(
-                where,
-                f"{item!r} is not a service id (or alternatives like 'hms|srm') "
-                "without blanks",
-            )
-        if item not in services:
-            services.append(item)
-    return tuple(services)
+def _waves(name: str) -> Callable[[Any], tuple[Size, ...]]:
+    def parse(value: Any) -> tuple[Size, ...]:
+        if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+            raise StrategyError(f"strategy.{name}", f"{value!r} is not a list of wave sizes")
+        if not value:
+            raise StrategyError(f"strategy.{name}", "[] lists no wave size: give at least one")
+        sizes = []
+        for index, item in enumerate(value):
+            try:
+                sizes.append(parse_size(item, min_count=1))
+            except ValueError as exc:
+                raise StrategyError(f"strategy.{name}[{index}]", str(exc)) from None
+        return tuple(sizes)
+
+    return parse
+
+
+def _services(name: str) -> Callable[[Any], tuple[str, ...]]:
+    def parse(value: Any) -> tuple[str, ...]:
+        if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+            raise StrategyError(f"strategy.{name}", f"{value!r} is not a list of service ids")
+        services: list[str] = []
+        for index, item in enumerate(value):
+            where = f"strategy.{name}[{index}]"
+            if not isinstance(item, str):
+                raise StrategyError(where, f"{item!r} is not a service id")
+            alternatives = item.split("|")
+            if any(not alt or alt != alt.strip() for alt in alternatives):
+                raise StrategyError(
+                    where,
+                    f"{item!r} is not a service id (or alternatives like 'hms|srm') "
+                    "without blanks",
+                )
+            if item not in services:
+                services.append(item)
+        return tuple(services)
+
+    return parse
+
+
+def key_parser(key: StrategyKey) -> Callable[[Any], Any]:
+    """The domain's parser of `key`'s JSON value: the parsed value, or ValueError (a
+    StrategyError for lists, naming the item) naming the bad value."""
+    parse: Callable[[Any], Any]
+    if key.kind == "waves":
+        parse = _waves(key.name)
+    elif key.kind == "size":
+        minimum, zero = key.minimum or 0, key.zero_percent
+
+        def parse(value: Any) -> Size:
+            return parse_size(value, min_count=minimum, zero_percent=zero)
+    elif key.kind == "choice":
+        parse = _choice(key.choices)
+    elif key.kind == "int":
+        if key.nullable:
+            return _optional_int_at_least(key.minimum or 0)
+        parse = _any_int if key.minimum is None else _int_at_least(key.minimum)
+    elif key.kind == "seconds":
+        parse = _seconds(positive=key.exclusive_minimum)
+    elif key.kind == "services":
+        parse = _services(key.name)
+    elif key.kind == "bool":
+        parse = _bool
+    else:  # pragma: no cover - Kind lists them all
+        raise AssertionError(key.kind)
+    return _optional(parse) if key.nullable else parse
+
+
+def key_json(key: StrategyKey, value: Any) -> Any:
+    """The JSON form of a parsed value of `key` (what `Strategy.to_dict` gives)."""
+    if value is None:
+        return None
+    if key.kind == "waves":
+        return [size.to_json() for size in value]
+    if key.kind == "size":
+        return value.to_json()
+    if key.kind == "seconds":
+        return _number_json(value)
+    if key.kind == "services":
+        return list(value)
+    return value
+
+
+_PARSERS: Final = {key.name: key_parser(key) for key in STRATEGY_TABLE}
+_DEFAULTS: Final = {key.name: _PARSERS[key.name](key.default) for key in STRATEGY_TABLE}
+
+
+# ------------------------------------------------------------------ the strategy
+@dataclass(frozen=True)
+class Strategy:
+    """How a rollout runs: one attribute per key of STRATEGY_TABLE (which has each key's
+    type, default, bounds and one-line doc). Build it with `parse_strategy`.
+
+    waves: wave sizes, each a count or a percentage of all targeted appliances (not
+        cumulative); the last one repeats until every appliance is planned.
+    order: plan order, one of ORDERS; seed: the seed of the "random" order.
+    max_concurrency: installs in flight at once in the rollout, a count or a percentage of
+        the targeted appliances (see planning.resolve_max_concurrency).
+    per_site_concurrency: installs in flight at once per site (None: no per-site limit).
+    max_starts_per_minute: dispatches started per rolling minute (None: no limit).
+    max_failures: the failure threshold (see policy.evaluate_policy): more than this many
+        failed tasks, or a failed share of executed tasks above this percentage, trips it.
+    min_executed: executed tasks needed before a percentage max_failures can trip.
+    canary_max_failures: failed tasks the canary wave (wave 0, when more waves follow) may
+        have before the rollout stops: 0 (the default) stops it at the canary's first
+        failure, whatever max_failures and min_executed say.
+    soak_seconds: wait after a wave's last task finished before the gate opens.
+    approval: "none", "each-wave" (every wave but the last waits for an operator before the
+        next one starts) or "after-canary" (only the first wave does).
+    task_timeout: seconds from dispatch to verified outcome before a task is TIMED_OUT.
+    reboot_grace: seconds an appliance may stay unreachable during an install.
+    install_retries: how many times a task whose install ended in ERROR is dispatched again.
+    dispatch_retries: how many transient errors before an install was accepted are retried.
+    verify_services: services that must be running for a task to be verified; an entry
+        "hms|srm" is satisfied by any one of its alternatives (see missing_services).
+    windows: "required" (an appliance is dispatched only while one of its maintenance
+        windows is open with at least the window's cutoff left), "ignore", or None (the
+        default: "required" when any window covers a targeted appliance).
+    at_window_end: "finish-in-flight" (never-started tasks wait for the next opening) or
+        "cancel-pending" (when no targeted appliance may start any more, the never-started
+        tasks are cancelled and the rollout ends once in-flight installs finish).
+    after_overlapping: False (the default) refuses to create or start the rollout while
+        some of its appliances have an unfinished task in another active rollout; True
+        accepts it, and each such task waits until the other rollout's task for that
+        appliance has ended (then the appliance's version is checked again).
+    """
+
+    waves: tuple[Size, ...] = _DEFAULTS["waves"]
+    order: str = _DEFAULTS["order"]
+    seed: int = _DEFAULTS["seed"]
+    max_concurrency: Size = _DEFAULTS["max_concurrency"]
+    per_site_concurrency: int | None = _DEFAULTS["per_site_concurrency"]
+    max_starts_per_minute: int | None = _DEFAULTS["max_starts_per_minute"]
+    max_failures: Size = _DEFAULTS["max_failures"]
+    min_executed: int = _DEFAULTS["min_executed"]
+    canary_max_failures: int = _DEFAULTS["canary_max_failures"]
+    soak_seconds: float = _DEFAULTS["soak_seconds"]
+    approval: str = _DEFAULTS["approval"]
+    task_timeout: float = _DEFAULTS["task_timeout"]
+    reboot_grace: float = _DEFAULTS["reboot_grace"]
+    install_retries: int = _DEFAULTS["install_retries"]
+    dispatch_retries: int = _DEFAULTS["dispatch_retries"]
+    verify_services: tuple[str, ...] = _DEFAULTS["verify_services"]
+    windows: str | None = _DEFAULTS["windows"]
+    at_window_end: str = _DEFAULTS["at_window_end"]
+    after_overlapping: bool = _DEFAULTS["after_overlapping"]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The normalised JSON object, every key present; `parse_strategy` reads it back."""
+        return {key.name: key_json(key, getattr(self, key.name)) for key in STRATEGY_TABLE}
+
+
+if tuple(f.name for f in fields(Strategy)) != STRATEGY_KEYS:  # pragma: no cover - drift
+    raise RuntimeError("Strategy's attributes must be STRATEGY_TABLE's keys, in its order")
 
 
 def parse_strategy(data: Mapping[str, Any] | None) -> Strategy:
@@ -343,33 +543,10 @@ def parse_strategy(data: Mapping[str, Any] | None) -> Strategy:
             f"strategy.{unknown[0]}",
             f"unknown key{also} (known keys: {', '.join(STRATEGY_KEYS)})",
         )
-    default = Strategy()
-    values: dict[str, Any] = {}
-    parsers: dict[str, Callable[[Any], Any]] = {
-        "waves": _parse_waves,
-        "order": _choice(ORDERS),
-        "seed": _any_int,
-        "max_concurrency": lambda v: parse_size(v, min_count=1),
-        "per_site_concurrency": _optional_int_at_least(1),
-        "max_starts_per_minute": _optional_int_at_least(1),
-        "max_failures": lambda v: parse_size(v, min_count=0, zero_percent=True),
-        "min_executed": _int_at_least(0),
-        "canary_max_failures": _int_at_least(0),
-        "soak_seconds": _seconds(positive=False),
-        "approval": _choice(APPROVALS),
-        "task_timeout": _seconds(positive=True),
-        "reboot_grace": _seconds(positive=True),
-        "install_retries": _int_at_least(0),
-        "dispatch_retries": _int_at_least(0),
-        "verify_services": _parse_services,
-        "windows": lambda v: None if v is None else _choice(WINDOW_MODES)(v),
-        "at_window_end": _choice(AT_WINDOW_END),
-        "after_overlapping": _bool,
+    values = {
+        name: _field(name, parse, data[name]) if name in data else _DEFAULTS[name]
+        for name, parse in _PARSERS.items()
     }
-    for name, parse in parsers.items():
-        values[name] = (
-            _field(name, parse, data[name]) if name in data else getattr(default, name)
-        )
     strategy = Strategy(**values)
     if strategy.reboot_grace > strategy.task_timeout:
         grace = _number_json(strategy.reboot_grace)
@@ -385,6 +562,88 @@ def parse_strategy(data: Mapping[str, Any] | None) -> Strategy:
             f"{timeout!r} is shorter than the default reboot_grace {grace!r}: {why}",
         )
     return strategy
+
+
+# ------------------------------------------------------------------ command-line options
+def flag_size(text: str) -> int | str:
+    """A size given on the command line: "10%" stays text, "3" becomes 3 (anything else is
+    left for `parse_strategy` to refuse, naming it)."""
+    text = text.strip()
+    return text if text.endswith("%") else int(text) if text.lstrip("-").isdigit() else text
+
+
+def add_strategy_flags(
+    group: argparse._ActionsContainer, table: Sequence[StrategyKey] = STRATEGY_TABLE
+) -> None:
+    """Add an option for each key of the table that has a `flag` to `group` (a parser or an
+    argument group), in the table's order; `strategy_from_flags` reads them back."""
+    for key in table:
+        if key.flag is None:
+            continue
+        options: dict[str, Any] = {"dest": key.name}
+        if key.flag_help is not None:
+            options["help"] = key.flag_help
+        if key.metavar is not None:
+            options["metavar"] = key.metavar
+        if key.kind == "bool":
+            options.update(action="store_true", default=None)
+        elif key.kind == "choice":
+            options["choices"] = list(key.choices)
+        elif key.kind == "int":
+            options["type"] = int
+        elif key.kind == "seconds":
+            options["type"] = float
+        elif key.kind not in ("waves", "size"):
+            raise ValueError(f"strategy key {key.name}: no command-line option for {key.kind}")
+        group.add_argument(key.flag, **options)
+
+
+def strategy_from_flags(
+    args: argparse.Namespace, table: Sequence[StrategyKey] = STRATEGY_TABLE
+) -> dict[str, Any]:
+    """The strategy keys given as options (see `add_strategy_flags`), as JSON values for
+    `parse_strategy`: waves split at commas, sizes as counts or percentage text. An empty
+    --waves is not given."""
+    strategy: dict[str, Any] = {}
+    for key in table:
+        if key.flag is None:
+            continue
+        value = getattr(args, key.name, None)
+        if key.kind == "waves":
+            if value:
+                strategy[key.name] = [flag_size(text) for text in value.split(",")]
+        elif value is not None:
+            strategy[key.name] = flag_size(value) if key.kind == "size" else value
+    return strategy
+
+
+# ------------------------------------------------------------------ the README's table
+README_TABLE_HEAD: Final = "| key | default | meaning |\n|---|---|---|\n"
+
+
+def _markdown_cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def readme_default(key: StrategyKey) -> str:
+    """The README's "default" cell of `key` (before escaping '|')."""
+    if key.default is None:
+        return key.unset
+    if key.kind == "choice":
+        return f"`{key.default}`"
+    return f"`{json.dumps(key.default)}`"
+
+
+def strategy_markdown_table(table: Sequence[StrategyKey] = STRATEGY_TABLE) -> str:
+    """The README's strategy table (a key per row: key, default, meaning), ending with a
+    newline. Print it with `python -c "from orchestrator.domain.strategy import
+    strategy_markdown_table as t; print(t(), end='')"`.
+    """
+    rows = "".join(
+        f"| `{key.name}` | {_markdown_cell(readme_default(key))} | {_markdown_cell(key.doc)} |\n"
+        for key in table
+    )
+    return README_TABLE_HEAD + rows
 
 
 def missing_services(

@@ -54,6 +54,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
 
+from orchestrator.domain.errors import OrchestratorError
+
 MAX_DURATION: Final = timedelta(days=7)
 SEARCH_HORIZON: Final = timedelta(days=400)
 """How far ahead `next_opening` and `next_openings` look for an opening."""
@@ -72,7 +74,7 @@ _LONGEST_SECONDS: Final = 1000 * 366 * 86400
 _DURATION_FORMS = "seconds, or like '4h', '90m', '1h30m', '3600s', '1d'"
 
 
-class WindowError(ValueError):
+class WindowError(OrchestratorError, ValueError):
     """A bad window: `field` names where (e.g. "window.cron"), `message` says why."""
 
     def __init__(self, field: str, message: str) -> None:

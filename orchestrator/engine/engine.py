@@ -22,14 +22,15 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
 from orchestrator.appliance import ApplianceHttp
+from orchestrator.domain.errors import OrchestratorError
 from orchestrator.domain.inventory import TargetPolicy
 from orchestrator.domain.planning import resolve_max_concurrency
 from orchestrator.domain.policy import (
@@ -40,13 +41,14 @@ from orchestrator.domain.policy import (
     final_rollout_state,
     gate_next_wave,
 )
-from orchestrator.domain.states import TaskState
+from orchestrator.domain.states import ACTIVE_ROLLOUT_STATES, IN_FLIGHT_TASK_STATES, TaskState
 from orchestrator.domain.strategy import Strategy, parse_strategy
 from orchestrator.domain.windows import can_start_any, covering, start_deadline
 from orchestrator.engine import failpoints, held
 from orchestrator.engine.batching import TransitionBatcher
 from orchestrator.engine.pacing import InstallTimes, ProgressBuffer
 from orchestrator.engine.runner import RunnerContext, TaskRunner
+from orchestrator.inventory import target_policy
 from orchestrator.logs import get_logger
 from orchestrator.store import engines as engine_store
 from orchestrator.store import rollouts as rollout_store
@@ -55,6 +57,9 @@ from orchestrator.store import windows as window_store
 from orchestrator.store.db import DB_TRANSIENT
 from orchestrator.store.rollouts import NOTIFY_CHANNEL
 from orchestrator.store.tasks import ClaimedTask
+
+if TYPE_CHECKING:
+    from orchestrator.settings import Settings
 
 log = get_logger("orchestrator.engine")
 
@@ -76,19 +81,39 @@ def tune_gc_for_engine() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 50)
 
 
-ACTIVE_STATES = ("SCHEDULED", "RUNNING", "WAITING_WINDOW")
+ACTIVE_STATES = tuple(sorted(str(s) for s in ACTIVE_ROLLOUT_STATES))
 
 
 def make_owner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
+class EngineFailure(OrchestratorError, RuntimeError):
+    """A background loop of the engine (lease renewal, heartbeat, ...) ended while the engine
+    ran: the engine drained its runners, handed their tasks over and stopped."""
+
+    def __init__(self, task: str, error: str) -> None:
+        super().__init__(f"engine stopped: background task {task} failed: {error}")
+        self.task = task
+        self.error = error
+
+
+def _setting_default(name: str) -> Any:
+    """The default of setting `name`: the engine's defaults are the settings' own."""
+    from orchestrator.settings import Settings
+
+    return Settings.model_fields[name].default
+
+
 @dataclass
 class EngineConfig:
-    lease_seconds: float = 30.0
-    poll_interval: float = 2.0
-    shutdown_deadline: float = 20.0
-    max_tasks: int = 2000
+    """How one engine runs. `from_settings` builds it from the settings (`engine_*`); the
+    fields that are settings default to the settings' defaults (one definition)."""
+
+    lease_seconds: float = _setting_default("engine_lease_seconds")
+    poll_interval: float = _setting_default("engine_poll_interval")
+    shutdown_deadline: float = _setting_default("engine_shutdown_deadline")
+    max_tasks: int = _setting_default("engine_max_tasks")
     progress_interval: float = 2.0
     batch_delay: float = 0.05
     install_estimate: float = 60.0
@@ -106,10 +131,25 @@ class EngineConfig:
     # database writes that end such a phase are made outside it
     active_runners: int = 200
     # how often each slot held by a timed-out install is looked at (engine/held.py)
-    held_slot_interval: float = 15.0
+    held_slot_interval: float = _setting_default("engine_held_slot_interval")
     # where credentials may be read and sent: checked again before every client is built
     # (strict by default; `orchestrator.inventory.target_policy(settings)`)
     target_policy: TargetPolicy = field(default_factory=TargetPolicy)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> EngineConfig:
+        """The engine's configuration from the settings (`engine_*`, and the target policy
+        of `orchestrator.inventory.target_policy`); `overrides`: other fields to set."""
+        values: dict[str, Any] = {
+            "lease_seconds": settings.engine_lease_seconds,
+            "poll_interval": settings.engine_poll_interval,
+            "shutdown_deadline": settings.engine_shutdown_deadline,
+            "max_tasks": settings.engine_max_tasks,
+            "held_slot_interval": settings.engine_held_slot_interval,
+            "target_policy": target_policy(settings),
+        }
+        values.update(overrides)
+        return cls(**values)
 
 
 class Engine:
@@ -137,6 +177,9 @@ class Engine:
         self._tasks: dict[int, asyncio.Task[str]] = {}
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
+        # the first background loop that ended while the engine ran: (its name, the error)
+        self._failure: tuple[str, str] | None = None
+        self._closing = False  # run() is cancelling its background loops itself
         self._strategies: dict[int, Strategy] = {}
         self.ticks = 0
         self.max_loop_lag = 0.0
@@ -189,19 +232,65 @@ class Engine:
 
     async def run(self, *, until_idle: bool = False) -> None:
         """The engine's life: returns after `stop()` (or, with until_idle, once no rollout
-        is active and no task runs here)."""
+        is active and no task runs here).
+
+        The background loops (heartbeat, leases, progress, listen, loop-lag, held-slots)
+        belong to one TaskGroup and run as long as the engine: each tolerates the errors
+        it expects (the database down, ...). One that ends before the engine stops (an
+        unexpected exception, or a return) is logged (`engine_background_failed`) and
+        stops the engine as `stop()` does (the runners drain and hand their tasks over);
+        `run` then raises `EngineFailure` naming it."""
         log.info("engine_started", owner=self.owner, max_tasks=self.config.max_tasks)
+        self._failure = None
+        self._closing = False
         with contextlib.suppress(Exception):  # the heartbeat loop registers it later
             async with self.pool.acquire() as conn:
                 await engine_store.register(conn, self.owner)
-        background = [
-            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
-            asyncio.create_task(self._lease_loop(), name="leases"),
-            asyncio.create_task(self._progress_loop(), name="progress"),
-            asyncio.create_task(self._listen_loop(), name="listen"),
-            asyncio.create_task(self._loop_lag_monitor(), name="loop-lag"),
-            asyncio.create_task(self._held_loop(), name="held-slots"),
-        ]
+        loops: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
+            "heartbeat": self._heartbeat_loop,
+            "leases": self._lease_loop,
+            "progress": self._progress_loop,
+        }
+        if self.database_url:  # without a URL there is nothing to LISTEN on
+            loops["listen"] = self._listen_loop
+        loops["loop-lag"] = self._loop_lag_monitor
+        loops["held-slots"] = self._held_loop
+        error: Exception | None = None
+        async with asyncio.TaskGroup() as group:
+            background = [group.create_task(self._supervise(name, loop), name=name)
+                          for name, loop in loops.items()]
+            try:
+                await self._run_ticks(background, until_idle=until_idle)
+            except Exception as exc:  # raised as it is, not wrapped in an ExceptionGroup
+                error = exc
+        if error is not None:
+            raise error
+        if self._failure is not None:
+            raise EngineFailure(*self._failure)
+
+    async def _supervise(self, name: str,
+                         loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run background loop `name` until run() cancels it; its end before that (an
+        exception, a return, a cancellation from elsewhere) stops the engine."""
+        try:
+            await loop()
+        except asyncio.CancelledError:
+            if self._closing:
+                raise
+            error = "cancelled"
+        except Exception as exc:
+            error = repr(exc)
+        else:
+            error = "returned"
+        if self._closing or self._failure is not None:
+            return
+        self._failure = (name, error)
+        log.error("engine_background_failed", owner=self.owner, task=name, error=error)
+        self.stop()
+
+    async def _run_ticks(self, background: list[asyncio.Task[None]], *,
+                         until_idle: bool) -> None:
+        """The scheduler loop of `run`, then the drain and the end of `background`."""
         spacing = self.config.tick_spacing
         if spacing is None:
             spacing = max(self.config.batch_delay, min(0.2, self.config.poll_interval / 10))
@@ -229,6 +318,7 @@ class Engine:
                                             last_tick + spacing - time.monotonic()))
         finally:
             await self._drain()
+            self._closing = True
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
@@ -255,7 +345,7 @@ class Engine:
         if self.ctx.batcher is not None:
             await self.ctx.batcher.aclose()
         left = {tid: r.task.lease_token for tid, r in runners.items()
-                if r.state in task_store.IN_FLIGHT}
+                if r.state in IN_FLIGHT_TASK_STATES}
         if left:
             try:
                 async with self.pool.acquire() as conn:
@@ -287,11 +377,7 @@ class Engine:
                 log.info("tasks_reclaimed", count=len(stale))
                 self._spawn(stale)
         if self._active is None or now >= self._refresh_at:
-            rows = await self.pool.fetch(
-                "SELECT id FROM rollouts WHERE state = ANY($1::text[]) ORDER BY id",
-                list(ACTIVE_STATES),
-            )
-            self._active = [int(row["id"]) for row in rows]
+            self._active = await rollout_store.active_rollout_ids(self.pool, ACTIVE_STATES)
             self._refresh_at = now + self.config.poll_interval
             self._waves.clear()
             self._windows_exist = None
@@ -321,11 +407,7 @@ class Engine:
         now = self.clock()
         async with self.pool.acquire() as conn, conn.transaction():
             await task_store.lock_rollout(conn, rollout_id)
-            r = await conn.fetchrow(
-                """SELECT state, current_wave, strategy, abort_reason, schedule_at
-                   FROM rollouts WHERE id = $1 FOR UPDATE""",
-                rollout_id,
-            )
+            r = await rollout_store.lock_for_tick(conn, rollout_id)
             if r is None:
                 return self._inactive(rollout_id)
             strategy = self._strategy(rollout_id, r["strategy"])
@@ -340,13 +422,9 @@ class Engine:
                 current = int(r["current_wave"] or 0)
             if state not in ("RUNNING", "WAITING_WINDOW"):
                 return self._inactive(rollout_id)
-            rows = await conn.fetch(
-                """SELECT wave, state, count(*)::int AS n, max(finished_at) AS last
-                   FROM tasks WHERE rollout_id = $1 GROUP BY wave, state""",
-                rollout_id,
-            )
+            rows = await rollout_store.task_counts_by_wave(conn, rollout_id)
             targeted = sum(x["n"] for x in rows)
-            in_flight = sum(x["n"] for x in rows if x["state"] in task_store.IN_FLIGHT)
+            in_flight = sum(x["n"] for x in rows if x["state"] in IN_FLIGHT_TASK_STATES)
             all_states: list[TaskState] = []
             gated: list[TaskState] = []
             last_finished = None
@@ -367,13 +445,7 @@ class Engine:
                                       outcomes.executed, outcomes.failed)
             cached = self._waves.get((rollout_id, current))
             if cached is None:
-                wave = await conn.fetchrow(
-                    """SELECT state, requires_approval, approved_at,
-                              (SELECT max(number) FROM rollout_waves WHERE rollout_id = $1)
-                              AS last_wave
-                       FROM rollout_waves WHERE rollout_id = $1 AND number = $2""",
-                    rollout_id, current,
-                )
+                wave = await rollout_store.wave_gate(conn, rollout_id, current)
                 last_wave = int(wave["last_wave"]) if wave and wave["last_wave"] is not None \
                     else current
                 self._waves[(rollout_id, current)] = cached = (wave, last_wave)
@@ -400,8 +472,7 @@ class Engine:
                 final, why = final_rollout_state(outcomes)
                 if final == "FAILED":
                     await self._set_wave(conn, rollout_id, current, "FAILED")
-                    await conn.execute(
-                        "UPDATE rollouts SET abort_reason = $2 WHERE id = $1", rollout_id, why)
+                    await rollout_store.set_failure_reason(conn, rollout_id, why)
                 else:
                     await self._set_wave(conn, rollout_id, current, "SUCCEEDED")
                 await self._finish_rollout(conn, rollout_id, str(final))
@@ -417,15 +488,7 @@ class Engine:
             if decision == GateDecision.OPEN:
                 await self._set_wave(conn, rollout_id, current, "SUCCEEDED")
                 current += 1
-                await conn.execute(
-                    "UPDATE rollouts SET current_wave = $2, updated_at = now() WHERE id = $1",
-                    rollout_id, current,
-                )
-                await conn.execute(
-                    """UPDATE rollout_waves SET state = 'RUNNING', started_at = now()
-                       WHERE rollout_id = $1 AND number = $2""",
-                    rollout_id, current,
-                )
+                await rollout_store.open_wave(conn, rollout_id, current)
                 log.info("wave_started", rollout=rollout_id, wave=current, reason=gate.reason)
             allowed, waiting = await self._window_filter(conn, rollout_id, current, strategy, now)
             if allowed is None:
@@ -478,20 +541,13 @@ class Engine:
         if strategy.windows == "ignore":
             return None, False
         if self._windows_exist is None:  # cached until the next refresh
-            self._windows_exist = bool(await conn.fetchval(
-                "SELECT EXISTS (SELECT 1 FROM maintenance_windows)"
-            ))
+            self._windows_exist = await window_store.any_window(conn)
         if not self._windows_exist:
             return None, False
         specs = await window_store.all_specs(conn)
         if not specs:
             return None, False
-        rows = await conn.fetch(
-            """SELECT t.appliance_id, a.site, a.tags, a.timezone FROM tasks t
-               JOIN appliances a ON a.id = t.appliance_id
-               WHERE t.rollout_id = $1 AND t.state = 'PENDING' AND t.wave <= $2""",
-            rollout_id, current,
-        )
+        rows = await task_store.startable_appliances(conn, rollout_id, current)
         if not rows:
             return None, False
         verdicts: dict[tuple[str, tuple[str, ...], str | None], bool | None] = {}
@@ -514,22 +570,12 @@ class Engine:
         return allowed, not allowed
 
     async def _set_rollout_state(self, conn: Any, rollout_id: int, state: str) -> None:
-        await conn.execute(
-            "UPDATE rollouts SET state = $2, updated_at = now() WHERE id = $1", rollout_id, state
-        )
-        await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, f"rollout:{rollout_id}")
+        await rollout_store.set_rollout_state(conn, rollout_id, state)
         log.info("rollout_state", rollout=rollout_id, state=state)
 
     async def _set_wave(self, conn: Any, rollout_id: int, number: int, state: str) -> None:
         self._waves.pop((rollout_id, number), None)
-        finished = state in ("SUCCEEDED", "FAILED", "CANCELLED")  # wave states
-        await conn.execute(
-            """UPDATE rollout_waves SET state = $3,
-                      finished_at = CASE WHEN $4 THEN coalesce(finished_at, now())
-                                         ELSE finished_at END
-               WHERE rollout_id = $1 AND number = $2""",
-            rollout_id, number, state, finished,
-        )
+        await rollout_store.set_wave_state(conn, rollout_id, number, state)
 
     async def _trip(
         self, conn: Any, rollout_id: int, wave: int, reason: str, in_flight: int
@@ -538,22 +584,14 @@ class Engine:
             conn, rollout_id, f"failure policy tripped: {reason}"
         )
         await self._set_wave(conn, rollout_id, wave, "FAILED")
-        await conn.execute(
-            "UPDATE rollouts SET abort_reason = $2, updated_at = now() WHERE id = $1",
-            rollout_id, f"failure policy tripped: {reason}",
-        )
+        await rollout_store.record_trip(conn, rollout_id, f"failure policy tripped: {reason}")
         log.warning("failure_policy_tripped", rollout=rollout_id, wave=wave, reason=reason,
                     cancelled=cancelled, in_flight=in_flight)
         if in_flight == 0:
             await self._finish_rollout(conn, rollout_id, "FAILED")
 
     async def _finish_rollout(self, conn: Any, rollout_id: int, state: str) -> None:
-        await conn.execute(
-            """UPDATE rollouts SET state = $2, finished_at = now(), updated_at = now()
-               WHERE id = $1""",
-            rollout_id, state,
-        )
-        await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, f"rollout:{rollout_id}")
+        await rollout_store.finish_rollout(conn, rollout_id, state)
         self._strategies.pop(rollout_id, None)
         log.info("rollout_finished", rollout=rollout_id, state=state)
 
@@ -588,6 +626,7 @@ class Engine:
         interval = self.config.lease_seconds / 3
         while True:
             await asyncio.sleep(interval)
+            failpoints.fault("lease_loop_crash")
             try:
                 await self._renew_leases()
             except asyncio.CancelledError:
@@ -609,7 +648,7 @@ class Engine:
             if tid in kept:
                 # counted from when the statement was sent: never longer than the database's
                 self.ctx.lease_until[tid] = sent + self.config.lease_seconds
-            elif runner and runner.state in task_store.IN_FLIGHT:
+            elif runner and runner.state in IN_FLIGHT_TASK_STATES:
                 handle = self._tasks.get(tid)
                 if handle:
                     log.warning("lease_lost", task=tid)

@@ -9,13 +9,16 @@ one of two forms:
 - `name=P`: fire at each pass with probability P (a bare `name` is P = 1), drawn from a
   generator seeded only by `ORCH_FAILPOINTS_SEED` (default "0"), so one seed repeats.
 
-Firing SIGKILLs the process (no clean-up at all). When `ORCH_FAILPOINTS_LOG` names a file,
-a line `<name> hit=<N> pid=<pid>` is appended to it, written and fsynced before the kill,
-so a test can assert that the failpoint fired (and which pass it was). Points:
+Firing a crash point (`hit`) SIGKILLs the process (no clean-up at all); firing a fault point
+(`fault`) raises `InjectedFault` where it stands. When `ORCH_FAILPOINTS_LOG` names a file, a
+line `<name> hit=<N> pid=<pid>` is appended to it, written and fsynced before the kill (or
+the raise), so a test can assert that the failpoint fired (and which pass it was). Points:
 
 - `after_install_sent`: the appliance accepted the install; INSTALLING is not recorded yet
   (the crash window that the DISPATCHING intent record and reconciliation exist for).
 - `after_claim`: tasks were claimed (DISPATCHING) and no install was sent yet.
+- `lease_loop_crash` (a fault): the engine's lease-renewal loop raises at its N-th pass,
+  outside the errors it tolerates: the engine must notice, drain and stop with an error.
 
 This never runs in production unless someone sets the variable on purpose.
 """
@@ -27,9 +30,15 @@ import random
 import signal
 from dataclasses import dataclass
 
+from orchestrator.domain.errors import OrchestratorError
 
-class FailpointSpecError(ValueError):
+
+class FailpointSpecError(OrchestratorError, ValueError):
     """`ORCH_FAILPOINTS` could not be read; the message says which item and why."""
+
+
+class InjectedFault(OrchestratorError, RuntimeError):
+    """Raised by `fault(name)` when the failpoint `name` fires."""
 
 
 @dataclass(frozen=True)
@@ -84,14 +93,39 @@ def _record(name: str, count: int) -> None:
         os.close(fd)
 
 
-def hit(name: str) -> None:
-    """Crash here (SIGKILL, no clean-up at all) when the failpoint fires."""
+def configure(spec: str) -> None:
+    """Use the failpoints of `spec` (the `ORCH_FAILPOINTS` syntax) from now on, counting
+    their passes from zero: for tests that run the engine in their own process."""
+    global _points
+    _points = parse(spec)
+    _hits.clear()
+
+
+def passes(name: str) -> int:
+    """How many times the failpoint `name` (when set) was passed through so far."""
+    return _hits.get(name, 0)
+
+
+def _fires(name: str) -> bool:
+    """Count a pass through `name`; whether it fires now (recorded when it does)."""
     point = _points.get(name)
     if point is None:
-        return
+        return False
     count = _hits[name] = _hits.get(name, 0) + 1
     fire = count == point.nth if point.nth is not None else (
         point.rate > 0 and _rng.random() < point.rate)
     if fire:
         _record(name, count)
+    return fire
+
+
+def hit(name: str) -> None:
+    """Crash here (SIGKILL, no clean-up at all) when the failpoint fires."""
+    if _fires(name):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def fault(name: str) -> None:
+    """Raise `InjectedFault(name)` here when the failpoint fires."""
+    if _fires(name):
+        raise InjectedFault(name)

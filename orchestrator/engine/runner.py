@@ -1,14 +1,14 @@
 """The task runner: install -> monitor -> verify, one claimed task at a time.
 
 A runner owns one task (it holds the lease). Every state change goes through
-`store.tasks.transition`, guarded by the expected state and the lease owner; when the guard
-fails, another worker owns the task now and this runner stops (TaskLost).
+`store.tasks.transition_many`, guarded by the expected state and the lease owner; when the
+guard fails, another worker owns the task now and this runner stops (TaskLost).
 
 The outcome is proven from the appliance, not from its task: SUCCEEDED only when
 `GET /appliance` reports the target version and the key services run. The install task may
 vanish in the reboot (404), the appliance may be unreachable or answer 503/401 for a while:
 all of that is tolerated up to the strategy's `reboot_grace`; the whole task is bounded by
-`task_timeout` from its dispatch.
+`task_timeout` from its dispatch. docs/architecture.md follows a task through the engine.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from orchestrator.appliance import (
 )
 from orchestrator.appliance.guard import TargetRefused, guarded_client
 from orchestrator.domain import outcome
+from orchestrator.domain.errors import OrchestratorError
 from orchestrator.domain.inventory import TargetPolicy
 from orchestrator.domain.outcome import (
     Answer,
@@ -71,12 +72,17 @@ _T = TypeVar("_T")
 # seconds: the runners' wake-ups are rounded up to multiples of this (see TaskRunner._pause)
 WAKE_GRID = 0.02
 
-class TaskLost(Exception):
-    """Another worker owns the task now (or the engine is stopping): drop it."""
+class TaskLost(OrchestratorError):
+    """Another worker owns the task now (or the engine is stopping): drop it.
+
+    A signal within the runner rather than a failure, but one the orchestrator raises on
+    purpose: it derives from `OrchestratorError` like the others (it was an `Exception`
+    already, so no handler catches it that did not before)."""
 
 
-class DeadlinePassed(Exception):
-    """The task's task_timeout ran out while waiting on the appliance."""
+class DeadlinePassed(OrchestratorError):
+    """The task's task_timeout ran out while waiting on the appliance (a runner signal,
+    raised on purpose: an `OrchestratorError`, as `TaskLost`)."""
 
 
 @dataclass
@@ -504,11 +510,15 @@ class TaskRunner:
             "not_found": ("VERSION_NOT_OFFERED", f"version {self.version} is not offered by "
                           "the appliance (404); check the update repository"),
         }
+        # 401, 403 and 404 keep the orchestrator's own code whatever the appliance calls
+        # them (failures group by code across appliance models); the appliance's code is
+        # kept in the message. Other refusals carry the appliance's own code.
         default_code, human = reasons.get(exc.kind, (exc.kind.upper(), what))
         message = getattr(exc, "message", None)
-        text = f"{what}: {human}" + (f" - appliance says: {message}" if message else "")
-        await self._finish("FAILED", code or default_code, text,
-                           from_version=self.from_version)
+        said = " ".join(part for part in (f"[{code}]" if code else "", message or "") if part)
+        text = f"{what}: {human}" + (f" - appliance says: {said}" if said else "")
+        await self._finish("FAILED", default_code if exc.kind in reasons else code or default_code,
+                           text, from_version=self.from_version)
 
     # ------------------------------------------------------------------ a lost answer
     async def _investigate(self) -> bool:

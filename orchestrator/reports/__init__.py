@@ -1,7 +1,7 @@
 """Rollout reports: the model (`build_report`) and its JSON, CSV and HTML renderers.
 
 Entry points: `render` (REST API and CLI), `write_reports` (the demo), `cmd_report` and
-`add_arguments` in `orchestrator.reports.cli`, `report_response` in
+`add_arguments` in `orchestrator.cli.report`, `report_response` in
 `orchestrator.reports.http`. docs/reports.md describes the fields and definitions.
 """
 

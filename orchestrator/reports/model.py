@@ -367,6 +367,49 @@ def bucket_seconds_for(span_seconds: float, max_points: int = MAX_POINTS) -> flo
     return float(86400 * days)
 
 
+async def _summary(
+    conn: DB, rollout_id: int, r: asyncpg.Record, strategy: Mapping[str, Any]
+) -> Summary:
+    """The summary section: outcomes, span, versions before and after, windows used."""
+    counts = Outcomes.from_row(await report_store.summary_counts(conn, rollout_id))
+    version_rows = await report_store.version_rows(conn, rollout_id)
+    windows: tuple[WindowUsed, ...] = ()
+    if _windows_mode(strategy) != "ignore":
+        windows = tuple(
+            WindowUsed(w["id"], w["name"], w["cron"], w["duration_s"], w["timezone"],
+                       w["cutoff_s"], tuple(w["sites"]), tuple(w["tags"]),
+                       int(w["appliances"]))
+            for w in await report_store.window_rows(conn, rollout_id)
+        )
+    return Summary(
+        outcomes=counts, span=Span(r["started_at"], r["finished_at"]),
+        versions_before=_versions(version_rows, "before"),
+        versions_after=_versions(version_rows, "after"),
+        windows_mode=_windows_mode(strategy), windows=windows,
+    )
+
+
+async def _failures(
+    conn: DB, rollout_id: int, names_cap: int, groups_cap: int
+) -> tuple[tuple[FailureGroup, ...], NotListed]:
+    """The failure groups (at most `groups_cap`, `names_cap` names each) and what they
+    leave out."""
+    failure_rows = await report_store.failure_rows(conn, rollout_id, names_cap, groups_cap)
+    failures = tuple(
+        FailureGroup(f["error_code"], f["message"], tuple(f["outcomes"]), int(f["n"]),
+                     tuple(f["appliances"] or ()))
+        for f in failure_rows
+    )
+    not_listed = NotListed()
+    if failure_rows:
+        first = failure_rows[0]
+        not_listed = NotListed(
+            int(first["groups_total"]) - len(failures),
+            int(first["tasks_total"]) - sum(f.count for f in failures),
+        )
+    return failures, not_listed
+
+
 def _versions(rows: Sequence[asyncpg.Record], side: str) -> tuple[VersionCount, ...]:
     return tuple(VersionCount(r["version"], int(r["n"])) for r in rows if r["side"] == side)
 
@@ -439,22 +482,7 @@ async def build_report(
         started_at=r["started_at"], finished_at=r["finished_at"],
         selector=_object(r["selector"]), strategy=strategy,
     )
-    counts = Outcomes.from_row(await report_store.summary_counts(conn, rollout_id))
-    version_rows = await report_store.version_rows(conn, rollout_id)
-    windows: tuple[WindowUsed, ...] = ()
-    if _windows_mode(strategy) != "ignore":
-        windows = tuple(
-            WindowUsed(w["id"], w["name"], w["cron"], w["duration_s"], w["timezone"],
-                       w["cutoff_s"], tuple(w["sites"]), tuple(w["tags"]),
-                       int(w["appliances"]))
-            for w in await report_store.window_rows(conn, rollout_id)
-        )
-    summary = Summary(
-        outcomes=counts, span=Span(r["started_at"], r["finished_at"]),
-        versions_before=_versions(version_rows, "before"),
-        versions_after=_versions(version_rows, "after"),
-        windows_mode=_windows_mode(strategy), windows=windows,
-    )
+    summary = await _summary(conn, rollout_id, r, strategy)
     waves = tuple(
         WaveRow(w["number"], w["planned_size"], w["state"], w["requires_approval"],
                 w["approved_by"], Outcomes.from_row(w), Span(w["started_at"], w["finished_at"]))
@@ -467,25 +495,13 @@ async def build_report(
     duration_rows = await report_store.duration_rows(conn, rollout_id)
     durations = Durations(_stats(duration_rows, "install"), _stats(duration_rows, "reboot"),
                           _stats(duration_rows, "task"))
-    failure_rows = await report_store.failure_rows(conn, rollout_id, names_cap, groups_cap)
-    failures = tuple(
-        FailureGroup(f["error_code"], f["message"], tuple(f["outcomes"]), int(f["n"]),
-                     tuple(f["appliances"] or ()))
-        for f in failure_rows
-    )
-    not_listed = NotListed()
-    if failure_rows:
-        first = failure_rows[0]
-        not_listed = NotListed(
-            int(first["groups_total"]) - len(failures),
-            int(first["tasks_total"]) - sum(f.count for f in failures),
-        )
+    failures, not_listed = await _failures(conn, rollout_id, names_cap, groups_cap)
     groups = tuple(
         RemainingGroup(g["state"], int(g["n"]), tuple(g["appliances"] or ()))
         for g in await report_store.remaining_rows(conn, rollout_id, names_cap)
     )
     remaining = Remaining(
-        groups=groups, not_finished=counts.pending + counts.in_flight,
+        groups=groups, not_finished=summary.outcomes.pending + summary.outcomes.in_flight,
         command=f"orchestrator rollout retry-failed {rollout_id}" if groups else None,
     )
     timeline = await _timeline(conn, rollout_id,

@@ -15,6 +15,7 @@ from typing import IO
 
 import asyncpg
 
+from orchestrator.domain.errors import OrchestratorError
 from orchestrator.reports import csv_report, html_report
 from orchestrator.reports.model import RolloutReport, build_report
 from orchestrator.store import reports as report_store
@@ -30,7 +31,7 @@ CONTENT_TYPES = {
 Body = bytes | AsyncIterator[bytes]
 
 
-class ReportFormatError(ValueError):
+class ReportFormatError(OrchestratorError, ValueError):
     """An unknown report format; the message names the known ones."""
 
 

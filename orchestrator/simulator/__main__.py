@@ -2,6 +2,6 @@
 
 import sys
 
-from orchestrator.simulator.cli import main
+from orchestrator.cli.simulator import main
 
 sys.exit(main())

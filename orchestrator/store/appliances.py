@@ -8,6 +8,7 @@ from typing import Any
 
 import asyncpg
 
+from orchestrator.domain.errors import OrchestratorError
 from orchestrator.domain.inventory import ApplianceSpec, url_host
 from orchestrator.domain.models import Appliance
 from orchestrator.store.db import DB
@@ -38,7 +39,7 @@ RETURNING (xmax = 0) AS inserted
 """
 
 
-class HostChangeError(Exception):
+class HostChangeError(OrchestratorError):
     """An import or update moves appliances to another host without naming their
     credentials_ref: their secret would follow them unasked. Nothing is written."""
 

@@ -10,7 +10,6 @@ shares with the engine the engine's waits stay unbounded.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import contextvars
 import json
@@ -20,6 +19,7 @@ from typing import Any
 import asyncpg
 from asyncpg.pool import PoolAcquireContext, PoolConnectionProxy
 
+from orchestrator.domain.errors import OrchestratorError
 from orchestrator.settings import Settings
 
 # Anything that runs a statement: a connection, a pool, or a connection taken from a pool.
@@ -49,25 +49,57 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
-# Database errors worth waiting out and trying again: the connection or the server went
-# away, or the server asked to try again (a deadlock, a serialization failure). The one
-# definition: the engine, its runners and the API all use it.
-DB_TRANSIENT: tuple[type[BaseException], ...] = (
+# The database errors, defined here once: the engine, its runners, the API, the metrics and
+# the CLI import them.
+#
+# The connection or the server is gone, or no connection came in time (`TimeoutError`,
+# `AcquireTimeout` among them; `TimeoutError` is an `OSError` and `asyncio.TimeoutError`).
+DB_CONNECTION_LOST: tuple[type[BaseException], ...] = (
     OSError,
+    TimeoutError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
+)
+
+# Database errors worth waiting out and trying again (the engine and its runners retry
+# them): the connection or the server went away, or the server asked to try again (a
+# deadlock, a serialization failure).
+DB_TRANSIENT: tuple[type[BaseException], ...] = (
+    *DB_CONNECTION_LOST,
     asyncpg.exceptions.OperatorInterventionError,  # shutdown, starting up, cancelled
     asyncpg.exceptions._base.InternalClientError,  # a connection left mid-protocol by a drop
     asyncpg.exceptions.DeadlockDetectedError,
     asyncpg.exceptions.SerializationError,
-    asyncio.TimeoutError,
 )
+
+# The database errors an API request answers with 503 ("the database is unavailable; retry
+# later") instead of 500. Not DB_TRANSIENT: the API does not treat a deadlock, a
+# serialization failure, an administrator's shutdown or a connection left mid-protocol as
+# the database being unavailable (those answer 500, as before), but it does count a server
+# with no connection slot free (`TooManyConnectionsError`, which the engine does not retry).
+DB_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    *DB_CONNECTION_LOST,
+    asyncpg.CannotConnectNowError,  # the server is starting up or shutting down
+    asyncpg.TooManyConnectionsError,
+    asyncpg.QueryCanceledError,  # statement_timeout, or cancelled by an administrator
+)
+
+# Any failure of the database, transient or not (the server refused the statement too):
+# what makes the metrics' `database_up` 0 and what the CLI reports as a database problem.
+DB_ERRORS: tuple[type[BaseException], ...] = (*DB_TRANSIENT, asyncpg.PostgresError)
 
 
 async def connect(url: str) -> asyncpg.Connection:
     conn: asyncpg.Connection = await asyncpg.connect(url)
     await _init_connection(conn)
     return conn
+
+
+async def recreate_database(conn: asyncpg.Connection, name: str) -> None:
+    """Drop the database `name` (ending its sessions) and create it again, empty. `name`
+    is put into the statements as a quoted identifier: the caller checks it first."""
+    await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await conn.execute(f'CREATE DATABASE "{name}"')
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -83,7 +115,7 @@ ACQUIRE_TIMEOUT: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "orchestrator_acquire_timeout", default=None)
 
 
-class AcquireTimeout(TimeoutError):
+class AcquireTimeout(OrchestratorError, TimeoutError):
     """No connection of the pool came free (or could be opened) within the bound."""
 
     def __init__(self, seconds: float) -> None:

@@ -7,8 +7,9 @@ uses the same data directory and stopped when the last of them exits.
 
 As root, PostgreSQL refuses to run; the server then runs as the system user
 `orchestrator-pg` (created on first start), which owns `<data_dir>/pgdata`. The default
-data directory is then `/var/lib/orchestrator` (`default_data_dir`), not one under `/root`,
-since the system user needs the traverse permission on each of its ancestors.
+data directory is then `/var/lib/orchestrator` (`orchestrator.settings.default_data_dir`),
+not one under `/root`, since the system user needs the traverse permission on each of its
+ancestors.
 """
 
 from __future__ import annotations
@@ -30,24 +31,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from orchestrator.domain.errors import OrchestratorError
+
 PG_SYSTEM_USER = "orchestrator-pg"
 DB_USER = "orchestrator"
 DB_NAME = "orchestrator"
-USER_DATA_DIR = Path("~/.local/share/orchestrator")
-# As root the server runs as PG_SYSTEM_USER, which must traverse every ancestor of the data
-# directory: a directory under /var/lib needs no change, one under /root would open /root.
-ROOT_DATA_DIR = Path("/var/lib/orchestrator")
 
 
-def default_data_dir(euid: int | None = None) -> Path:
-    """The data directory when none is set: `/var/lib/orchestrator` for root, else
-    `~/.local/share/orchestrator`."""
-    if (os.geteuid() if euid is None else euid) == 0:
-        return ROOT_DATA_DIR
-    return USER_DATA_DIR.expanduser()
-
-
-class EmbeddedPostgresError(RuntimeError):
+class EmbeddedPostgresError(OrchestratorError, RuntimeError):
     """The embedded server could not be installed, initialised or started."""
 
 

@@ -37,9 +37,9 @@ from typing import Any
 
 import asyncpg
 
+from orchestrator.domain.states import IN_FLIGHT_TASK_STATES
 from orchestrator.store.db import DB
 
-IN_FLIGHT = ("DISPATCHING", "INSTALLING", "VERIFYING")
 PAGE = 500  # events one poll() reads and returns at most
 
 
@@ -86,7 +86,7 @@ async def read_head(conn: DB, rollout_id: int, after_id: int) -> Head:
                   (SELECT state FROM rollouts WHERE id = $1) AS state,
                   EXISTS (SELECT 1 FROM tasks WHERE rollout_id = $1
                           AND state = ANY($3::text[])) AS in_flight""",
-        rollout_id, after_id, list(IN_FLIGHT),
+        rollout_id, after_id, sorted(IN_FLIGHT_TASK_STATES),
     )
     assert row is not None
     return Head(row["max_id"], row["state"], bool(row["in_flight"]))

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import asyncpg
 
+from orchestrator.domain.errors import OrchestratorError
+
 # Any constant works; this one spells "orchmigr" in ASCII.
 MIGRATION_LOCK_ID = 0x6F7263686D696772
 _NAME = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.sql$")
@@ -22,7 +24,7 @@ _NAME = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.sql$")
 DEFAULT_MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
 
-class MigrationError(RuntimeError):
+class MigrationError(OrchestratorError, RuntimeError):
     """The migrations on disk and in the database disagree."""
 
 

@@ -27,10 +27,9 @@ from datetime import datetime
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from orchestrator.domain.states import TERMINAL_TASK_STATES
 from orchestrator.store.db import DB
 
-TERMINAL = ("SUCCEEDED", "FAILED", "TIMED_OUT", "SKIPPED", "CANCELLED")
-IN_FLIGHT = ("DISPATCHING", "INSTALLING", "VERIFYING")
 # What `orchestrator rollout retry-failed` puts back to PENDING.
 RETRYABLE = ("FAILED", "TIMED_OUT", "CANCELLED")
 
@@ -259,7 +258,7 @@ async def timeline_rows(
     conn: DB, rollout_id: int, start: datetime, bucket_seconds: float, buckets: int
 ) -> list[asyncpg.Record]:
     return await conn.fetch(
-        TIMELINE, rollout_id, start, bucket_seconds, list(TERMINAL), buckets
+        TIMELINE, rollout_id, start, bucket_seconds, sorted(TERMINAL_TASK_STATES), buckets
     )
 
 

@@ -16,11 +16,13 @@ from typing import Any, Final
 
 import asyncpg
 
+from orchestrator.domain.errors import OrchestratorError
 from orchestrator.domain.planning import PlanItem, plan_waves
 from orchestrator.domain.policy import wave_requires_approval
 from orchestrator.domain.selector import Selector, parse_selector
 from orchestrator.domain.states import (
     TERMINAL_ROLLOUT_STATES,
+    TERMINAL_WAVE_STATES,
     RolloutState,
     TaskState,
     WaveState,
@@ -29,12 +31,19 @@ from orchestrator.domain.states import (
 from orchestrator.domain.strategy import Strategy, parse_strategy
 from orchestrator.store.audit import Actor, record_audit
 from orchestrator.store.db import DB
+from orchestrator.store.overlap import (
+    UNFINISHED_TASK_STATES,
+    OverlappingRollout,
+    find_overlaps,
+    lock_overlap_check,
+    overlap_message,
+)
 
 NOTIFY_CHANNEL = "orchestrator"
 RETRYABLE_STATES: Final = ("FAILED", "TIMED_OUT", "CANCELLED")
 
 
-class RolloutError(Exception):
+class RolloutError(OrchestratorError):
     """A rollout request is refused; the message says why in terms of the request."""
 
 
@@ -46,22 +55,13 @@ class IdempotencyConflict(RolloutError):
     """The idempotency key was used before with another request body."""
 
 
-@dataclass(frozen=True)
-class OverlappingRollout:
-    id: int
-    name: str
-    state: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "state": self.state}
-
-
 class OverlapError(RolloutError):
     """Some appliances of the rollout have an unfinished task in another active rollout,
     and the rollout's strategy does not say `after_overlapping: true`.
 
     `rollouts`: the other rollouts (by id); `appliances`: the overlapping appliances' names
-    (sorted, all of them); the message lists at most OVERLAP_NAMES_SHOWN names.
+    (sorted, all of them); the message lists at most OVERLAP_NAMES_SHOWN names
+    (`store/overlap.py`).
     """
 
     def __init__(self, message: str, rollouts: Sequence[OverlappingRollout],
@@ -148,67 +148,15 @@ class Plan:
 
 
 # ------------------------------------------------------------------ overlapping rollouts
-# A rollout is refused (OverlapError) when it becomes active while some of its appliances
-# have an unfinished task in another rollout in one of these states, unless its strategy
-# says after_overlapping. The check runs under OVERLAP_LOCK (a transaction-scoped advisory
-# lock) in create, start and retry-failed, so two of them cannot both pass it.
-OVERLAP_ROLLOUT_STATES: Final = ("SCHEDULED", "RUNNING", "PAUSED", "WAITING_WINDOW")
-UNFINISHED_TASK_STATES: Final = ("PENDING", "DISPATCHING", "INSTALLING", "VERIFYING")
-OVERLAP_LOCK: Final = "rollout-overlap"
-OVERLAP_NAMES_SHOWN: Final = 20
-
-
-async def lock_overlap_check(conn: DB) -> None:
-    """Serialise the overlap checks (held until the transaction ends)."""
-    await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", OVERLAP_LOCK)
-
-
-async def find_overlaps(
-    conn: DB, appliance_ids: Sequence[int], exclude_rollout: int | None = None
-) -> tuple[list[OverlappingRollout], list[str]]:
-    """The other active rollouts holding an unfinished task for one of `appliance_ids`
-    (by id), and those appliances' names (sorted)."""
-    if not appliance_ids:
-        return [], []
-    rows = await conn.fetch(
-        """SELECT r.id, r.name, r.state, a.name AS appliance
-           FROM tasks t
-           JOIN rollouts r ON r.id = t.rollout_id
-           JOIN appliances a ON a.id = t.appliance_id
-           WHERE t.appliance_id = ANY($1::bigint[])
-             AND ($2::bigint IS NULL OR t.rollout_id <> $2)
-             AND t.state = ANY($3::text[]) AND r.state = ANY($4::text[])
-           ORDER BY r.id, a.name""",
-        list(appliance_ids), exclude_rollout, list(UNFINISHED_TASK_STATES),
-        list(OVERLAP_ROLLOUT_STATES),
-    )
-    rollouts: dict[int, OverlappingRollout] = {}
-    names: set[str] = set()
-    for r in rows:
-        rollouts.setdefault(r["id"], OverlappingRollout(r["id"], r["name"], r["state"]))
-        names.add(r["appliance"])
-    return list(rollouts.values()), sorted(names)
-
-
+# The rule, the lock and the query are in `store/overlap.py`; the refusal is here.
 def overlap_error(
     action: str, rollouts: Sequence[OverlappingRollout], appliances: Sequence[str],
     remedy: str,
 ) -> OverlapError:
     """The refusal: `action` ("cannot start rollout 7") names what was refused; the message
-    names the other rollouts, the appliances (at most OVERLAP_NAMES_SHOWN) and `remedy`."""
-    others = ", ".join(f"{r.id} {r.name!r} ({r.state})" for r in rollouts)
-    plural = len(rollouts) != 1
-    shown = ", ".join(appliances[:OVERLAP_NAMES_SHOWN])
-    if len(appliances) > OVERLAP_NAMES_SHOWN:
-        shown += f" and {len(appliances) - OVERLAP_NAMES_SHOWN} more"
-    count = len(appliances)
-    message = (
-        f"{action}: {count} of its appliance{'s' if count != 1 else ''} "
-        f"{'have' if count != 1 else 'has'} an unfinished task in active "
-        f"rollout{'s' if plural else ''} {others}: {shown}; "
-        + remedy.format(it="them" if plural else "it", has="have" if plural else "has")
-    )
-    return OverlapError(message, rollouts, appliances)
+    (`overlap_message`) names the other rollouts, the appliances and `remedy`."""
+    return OverlapError(overlap_message(action, rollouts, appliances, remedy), rollouts,
+                        appliances)
 
 
 _QUEUE_HINT = ("--after-overlapping (API: strategy.after_overlapping: true) to queue "
@@ -326,22 +274,10 @@ async def create_rollout(
     }
     digest = request_hash(body) if idempotency_key else None
     async with pool.acquire() as conn, conn.transaction():
-        if idempotency_key:
-            await conn.execute(
-                "SELECT pg_advisory_xact_lock(hashtext('idempotency'), hashtext($1))",
-                idempotency_key,
-            )
-            existing = await conn.fetchrow(
-                "SELECT id, request_hash FROM rollouts WHERE idempotency_key = $1",
-                idempotency_key,
-            )
-            if existing:
-                if existing["request_hash"] != digest:
-                    raise IdempotencyConflict(
-                        f"Idempotency-Key {idempotency_key!r} was used for rollout "
-                        f"{existing['id']} with a different request"
-                    )
-                return await _get(conn, existing["id"]), False
+        if idempotency_key and digest:
+            existing = await _created_before(conn, idempotency_key, digest)
+            if existing is not None:
+                return existing, False
         plan = await preview_plan(conn, target_version, selector, strategy)
         await _check_overlap(
             conn, plan.strategy,
@@ -356,35 +292,63 @@ async def create_rollout(
             name.strip(), plan.target_version, plan.selector.to_dict(), plan.strategy.to_dict(),
             actor.name, schedule_at, idempotency_key, digest,
         )
-        await conn.executemany(
-            """INSERT INTO rollout_waves (rollout_id, number, planned_size, requires_approval)
-               VALUES ($1, $2, $3, $4)""",
-            [(rollout_id, w.number, len(w.appliances), w.requires_approval) for w in plan.waves],
-        )
-        ids: list[int] = []
-        waves: list[int] = []
-        sites: list[str] = []
-        for wave in plan.waves:
-            for item in wave.appliances:
-                ids.append(item.appliance_id)
-                waves.append(wave.number)
-                sites.append(item.site)
-        await conn.execute(
-            """WITH planned AS (
-                   INSERT INTO tasks (rollout_id, appliance_id, wave, position, site)
-                   SELECT $1, a, w, p - 1, s
-                   FROM unnest($2::bigint[], $3::int[], $4::text[]) WITH ORDINALITY AS u(a, w, s, p)
-                   RETURNING id, rollout_id)
-               INSERT INTO task_events (task_id, rollout_id, from_state, to_state, detail)
-               SELECT id, rollout_id, NULL, 'PENDING', '{"reason": "planned"}' FROM planned""",
-            rollout_id, ids, waves, sites,
-        )
+        await _insert_plan(conn, rollout_id, plan)
         await record_audit(
             conn, actor, "rollout.create", "rollout", rollout_id,
             {"name": name, "target_version": plan.target_version, "targeted": plan.targeted},
         )
         await _notify(conn, rollout_id)
         return await _get(conn, rollout_id), True
+
+
+async def _created_before(conn: DB, idempotency_key: str, digest: str) -> Rollout | None:
+    """The rollout created earlier with this idempotency key and the same request (None
+    when the key is new); IdempotencyConflict when its request differed. Holds the key's
+    lock until the transaction ends, so that two requests with one key create one rollout."""
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('idempotency'), hashtext($1))",
+        idempotency_key,
+    )
+    existing = await conn.fetchrow(
+        "SELECT id, request_hash FROM rollouts WHERE idempotency_key = $1",
+        idempotency_key,
+    )
+    if not existing:
+        return None
+    if existing["request_hash"] != digest:
+        raise IdempotencyConflict(
+            f"Idempotency-Key {idempotency_key!r} was used for rollout "
+            f"{existing['id']} with a different request"
+        )
+    return await _get(conn, existing["id"])
+
+
+async def _insert_plan(conn: DB, rollout_id: int, plan: Plan) -> None:
+    """The plan snapshot of a new rollout: its waves, and one PENDING task per appliance
+    (with its first event) in plan order."""
+    await conn.executemany(
+        """INSERT INTO rollout_waves (rollout_id, number, planned_size, requires_approval)
+           VALUES ($1, $2, $3, $4)""",
+        [(rollout_id, w.number, len(w.appliances), w.requires_approval) for w in plan.waves],
+    )
+    ids: list[int] = []
+    waves: list[int] = []
+    sites: list[str] = []
+    for wave in plan.waves:
+        for item in wave.appliances:
+            ids.append(item.appliance_id)
+            waves.append(wave.number)
+            sites.append(item.site)
+    await conn.execute(
+        """WITH planned AS (
+               INSERT INTO tasks (rollout_id, appliance_id, wave, position, site)
+               SELECT $1, a, w, p - 1, s
+               FROM unnest($2::bigint[], $3::int[], $4::text[]) WITH ORDINALITY AS u(a, w, s, p)
+               RETURNING id, rollout_id)
+           INSERT INTO task_events (task_id, rollout_id, from_state, to_state, detail)
+           SELECT id, rollout_id, NULL, 'PENDING', '{"reason": "planned"}' FROM planned""",
+        rollout_id, ids, waves, sites,
+    )
 
 
 async def _notify(conn: DB, rollout_id: int) -> None:
@@ -700,6 +664,139 @@ async def _in_flight(conn: DB, rollout_id: int) -> int:
     ))
 
 
+# ------------------------------------------------------------------ the engine's ticks
+# The scheduler (orchestrator/engine/engine.py) reads a rollout and moves its state and its
+# waves with these, inside the transaction of one tick that holds the rollout's advisory
+# lock (`store.tasks.lock_rollout`); every write of `rollouts.state` and of a wave's state
+# is in this module.
+async def active_rollout_ids(conn: DB, states: Sequence[str]) -> list[int]:
+    """The ids of the rollouts in one of `states`, in id order."""
+    rows = await conn.fetch(
+        "SELECT id FROM rollouts WHERE state = ANY($1::text[]) ORDER BY id",
+        list(states),
+    )
+    return [int(row["id"]) for row in rows]
+
+
+async def lock_for_tick(conn: DB, rollout_id: int) -> asyncpg.Record | None:
+    """The rollout's row as a tick reads it (state, current_wave, strategy, abort_reason,
+    schedule_at), locked FOR UPDATE until the transaction ends; None: no such rollout."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        """SELECT state, current_wave, strategy, abort_reason, schedule_at
+           FROM rollouts WHERE id = $1 FOR UPDATE""",
+        rollout_id,
+    )
+    return row
+
+
+async def task_counts_by_wave(conn: DB, rollout_id: int) -> list[asyncpg.Record]:
+    """The rollout's tasks per (wave, state): n, and the last finished_at among them."""
+    return list(await conn.fetch(
+        """SELECT wave, state, count(*)::int AS n, max(finished_at) AS last
+           FROM tasks WHERE rollout_id = $1 GROUP BY wave, state""",
+        rollout_id,
+    ))
+
+
+async def wave_gate(conn: DB, rollout_id: int, number: int) -> asyncpg.Record | None:
+    """One wave's gate (state, requires_approval, approved_at) and the rollout's last wave
+    number (`last_wave`); None: no such wave."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        """SELECT state, requires_approval, approved_at,
+                  (SELECT max(number) FROM rollout_waves WHERE rollout_id = $1)
+                  AS last_wave
+           FROM rollout_waves WHERE rollout_id = $1 AND number = $2""",
+        rollout_id, number,
+    )
+    return row
+
+
+async def set_failure_reason(conn: DB, rollout_id: int, why: str) -> None:
+    """The reason of a rollout that finishes FAILED (abort_reason; updated_at unchanged:
+    the finish that follows in the same transaction sets it)."""
+    await conn.execute(
+        "UPDATE rollouts SET abort_reason = $2 WHERE id = $1", rollout_id, why)
+
+
+async def record_trip(conn: DB, rollout_id: int, reason: str) -> None:
+    """The failure policy tripped: abort_reason says why; no new install starts."""
+    await conn.execute(
+        "UPDATE rollouts SET abort_reason = $2, updated_at = now() WHERE id = $1",
+        rollout_id, reason,
+    )
+
+
+async def open_wave(conn: DB, rollout_id: int, number: int) -> None:
+    """The rollout's current wave becomes `number`, and that wave RUNNING."""
+    await conn.execute(
+        "UPDATE rollouts SET current_wave = $2, updated_at = now() WHERE id = $1",
+        rollout_id, number,
+    )
+    await conn.execute(
+        """UPDATE rollout_waves SET state = 'RUNNING', started_at = now()
+           WHERE rollout_id = $1 AND number = $2""",
+        rollout_id, number,
+    )
+
+
+async def set_rollout_state(conn: DB, rollout_id: int, state: str) -> None:
+    """RUNNING <-> WAITING_WINDOW (the scheduler's moves of an unfinished rollout), then
+    notify the engines."""
+    await conn.execute(
+        "UPDATE rollouts SET state = $2, updated_at = now() WHERE id = $1", rollout_id, state
+    )
+    await _notify(conn, rollout_id)
+
+
+async def set_wave_state(conn: DB, rollout_id: int, number: int, state: str) -> None:
+    """One wave's state; a wave that ends (SUCCEEDED, FAILED, CANCELLED) gets its
+    finished_at (kept when it has one)."""
+    finished = state in TERMINAL_WAVE_STATES
+    await conn.execute(
+        """UPDATE rollout_waves SET state = $3,
+                  finished_at = CASE WHEN $4 THEN coalesce(finished_at, now())
+                                     ELSE finished_at END
+           WHERE rollout_id = $1 AND number = $2""",
+        rollout_id, number, state, finished,
+    )
+
+
+async def finish_rollout(conn: DB, rollout_id: int, state: str) -> None:
+    """The rollout ends in `state` (a terminal one), then notify the engines."""
+    await conn.execute(
+        """UPDATE rollouts SET state = $2, finished_at = now(), updated_at = now()
+           WHERE id = $1""",
+        rollout_id, state,
+    )
+    await _notify(conn, rollout_id)
+
+
+# ------------------------------------------------------------------ small look-ups
+async def rollout_state(conn: DB, rollout_id: int) -> str | None:
+    """The rollout's state; None: no such rollout."""
+    state: str | None = await conn.fetchval(
+        "SELECT state FROM rollouts WHERE id = $1", rollout_id)
+    return state
+
+
+async def rollout_exists(conn: DB, rollout_id: int) -> bool:
+    return await conn.fetchval("SELECT 1 FROM rollouts WHERE id = $1", rollout_id) is not None
+
+
+async def rollout_creator(conn: DB, rollout_id: int) -> str | None:
+    """Who created the rollout (created_by); None: no such rollout."""
+    creator: str | None = await conn.fetchval(
+        "SELECT created_by FROM rollouts WHERE id = $1", rollout_id)
+    return creator
+
+
+async def rollouts_by_state(conn: DB) -> dict[str, int]:
+    """How many rollouts are in each state (states without any are left out)."""
+    rows = await conn.fetch(
+        "SELECT state, count(*)::bigint AS n FROM rollouts GROUP BY state")
+    return {r["state"]: int(r["n"]) for r in rows}
+
+
 # ------------------------------------------------------------------ progress views
 @dataclass(frozen=True)
 class RolloutCounts:
@@ -765,6 +862,7 @@ __all__ = [
     "find_overlaps",
     "get_rollout",
     "list_rollouts",
+    "lock_overlap_check",
     "pause_rollout",
     "preview_plan",
     "resume_rollout",

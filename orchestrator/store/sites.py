@@ -20,17 +20,18 @@ from typing import Any, Final
 
 import asyncpg
 
+from orchestrator.domain.errors import OrchestratorError
+from orchestrator.domain.states import IN_FLIGHT_TASK_STATES
 from orchestrator.store import tasks as task_store
 from orchestrator.store.audit import Actor, record_audit
 from orchestrator.store.db import DB
 from orchestrator.store.rollouts import NOTIFY_CHANNEL
 
-IN_FLIGHT_STATES: Final = ("DISPATCHING", "INSTALLING", "VERIFYING")
 MAX_LIMIT: Final = 1_000_000
 MAX_NAME: Final = 253  # the sites table's bound
 
 
-class SiteError(Exception):
+class SiteError(OrchestratorError):
     """A site request is refused; the message names the site or the value at fault.
 
     `field`: what is at fault ("site" or "max_in_flight").
@@ -106,14 +107,15 @@ def _site(row: asyncpg.Record) -> Site:
 
 async def list_sites(db: DB) -> list[Site]:
     """Every site (from the inventory or with a row in `sites`), by name."""
-    rows = await db.fetch(_SELECT + " ORDER BY names.name", list(IN_FLIGHT_STATES))
+    rows = await db.fetch(_SELECT + " ORDER BY names.name", sorted(IN_FLIGHT_TASK_STATES))
     return [_site(r) for r in rows]
 
 
 async def get_site(db: DB, name: str) -> Site:
     """One site; SiteNotFound when neither the inventory nor `sites` knows it."""
     check_site_name(name)
-    row = await db.fetchrow(_SELECT + " WHERE names.name = $2", list(IN_FLIGHT_STATES), name)
+    row = await db.fetchrow(
+        _SELECT + " WHERE names.name = $2", sorted(IN_FLIGHT_TASK_STATES), name)
     if row is None:
         raise SiteNotFound("site", await _unknown(db, name))
     return _site(row)

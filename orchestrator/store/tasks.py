@@ -3,30 +3,51 @@
 Every transition is ONE statement: an UPDATE guarded by the expected state and the lease
 owner, plus its `task_events` row (and, for outcomes, the appliance's last known version).
 An update that matches no row means another worker owns the task now: the caller drops it.
+docs/architecture.md ("The life of a task") says who calls each of these and when.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Final
 from uuid import UUID
 
 import asyncpg
 
-from orchestrator.domain.states import TaskState, check_task_transition
+from orchestrator.domain.states import TERMINAL_TASK_STATES, TaskState, check_task_transition
 from orchestrator.domain.text import clean_json, clean_text
 from orchestrator.store.db import DB
 
-IN_FLIGHT = ("DISPATCHING", "INSTALLING", "VERIFYING")
-TERMINAL = ("SUCCEEDED", "FAILED", "TIMED_OUT", "SKIPPED", "CANCELLED")
-
-# Columns a transition may set, besides state (a whitelist: names are put into SQL).
-_SETTABLE = frozenset({
-    "remote_task_id", "progress", "from_version", "final_version", "error_code",
-    "error_message", "reconfigure_required", "not_before", "accepted_at", "attempt",
+# The columns a transition may set besides state, each with the SQL type its value is
+# cast to from the request's jsonb text ("": text, no cast). The one list: `_SETTABLE` (a
+# whitelist: the names are put into SQL) and the SET list of TRANSITION_MANY come from it.
+TRANSITION_FIELDS: Final[Mapping[str, str]] = MappingProxyType({
+    "remote_task_id": "",
+    "progress": "smallint",
+    "from_version": "",
+    "final_version": "",
+    "error_code": "",
+    "error_message": "",
+    "reconfigure_required": "boolean",
+    "not_before": "timestamptz",
+    "accepted_at": "timestamptz",
+    "attempt": "int",
 })
+_SETTABLE = frozenset(TRANSITION_FIELDS)
+
+
+def _set_field(column: str, cast: str) -> str:
+    """`column = <the request's value when it names the column, else the column's own>`."""
+    value = f"u.x->>'{column}'"
+    if cast:
+        value = f"({value})::{cast}"
+    return f"{column} = CASE WHEN u.x ? '{column}' THEN {value} ELSE tasks.{column} END"
+
+
+_SET_FIELDS = "".join(f"\n        {_set_field(c, cast)}," for c, cast in TRANSITION_FIELDS.items())
 
 
 @dataclass(frozen=True)
@@ -330,6 +351,63 @@ async def write_progress(conn: DB, *, owner: str, progress: dict[int, int]) -> N
     )
 
 
+async def startable_appliances(
+    conn: DB, rollout_id: int, current_wave: int
+) -> list[asyncpg.Record]:
+    """The PENDING tasks of the rollout up to `current_wave`: appliance_id, and the
+    appliance's site, tags and timezone (what its maintenance windows depend on)."""
+    return list(await conn.fetch(
+        """SELECT t.appliance_id, a.site, a.tags, a.timezone FROM tasks t
+           JOIN appliances a ON a.id = t.appliance_id
+           WHERE t.rollout_id = $1 AND t.state = 'PENDING' AND t.wave <= $2""",
+        rollout_id, current_wave,
+    ))
+
+
+async def task_outcomes(conn: DB, rollout_id: int) -> list[asyncpg.Record]:
+    """Every task of the rollout: the appliance's name, the task's state and
+    final_version."""
+    return list(await conn.fetch(
+        """SELECT a.name, t.state, t.final_version FROM tasks t
+           JOIN appliances a ON a.id = t.appliance_id WHERE t.rollout_id = $1""",
+        rollout_id,
+    ))
+
+
+async def failures_by_code(conn: DB, rollout_id: int) -> dict[str | None, int]:
+    """error_code -> how many FAILED or TIMED_OUT tasks of the rollout have it, the most
+    frequent first."""
+    rows = await conn.fetch(
+        """SELECT error_code, count(*) AS n FROM tasks WHERE rollout_id = $1
+           AND state IN ('FAILED', 'TIMED_OUT') GROUP BY error_code ORDER BY n DESC""",
+        rollout_id,
+    )
+    return {r["error_code"]: int(r["n"]) for r in rows}
+
+
+# ---------------------------------------------------------------------- fleet figures
+# What /metrics reports (orchestrator/api/metrics.py), read on one connection.
+async def task_counts_of_unfinished_rollouts(conn: DB) -> dict[str, int]:
+    """Tasks per state, over the rollouts that have not finished."""
+    rows = await conn.fetch(
+        """SELECT t.state, count(*)::bigint AS n FROM tasks t
+           JOIN rollouts r ON r.id = t.rollout_id
+           WHERE r.finished_at IS NULL GROUP BY t.state""")
+    return {r["state"]: int(r["n"]) for r in rows}
+
+
+async def count_in_flight(conn: DB) -> int:
+    """Tasks in flight, in every rollout."""
+    return int(await conn.fetchval(
+        """SELECT count(*) FROM tasks
+           WHERE state IN ('DISPATCHING', 'INSTALLING', 'VERIFYING')"""))
+
+
+async def count_held_slots(conn: DB) -> int:
+    """Slots held by timed-out installs, in every rollout."""
+    return int(await conn.fetchval("SELECT count(*) FROM tasks WHERE holds_slot"))
+
+
 @dataclass(frozen=True)
 class TaskRow:
     id: int
@@ -380,7 +458,7 @@ async def list_tasks(
 
 @dataclass(frozen=True)
 class TransitionRequest:
-    """One guarded transition of `transition_many` (see `transition` for the rules).
+    """One guarded transition of `transition_many` (see there for the rules).
 
     `event=False` with `to_state == from_state` writes the fields only (no transition, no
     event), still guarded by the state and the lease owner: e.g. `from_version` before
@@ -402,7 +480,7 @@ def _json_value(value: Any) -> Any:
     return value.isoformat() if isinstance(value, datetime) else value
 
 
-TRANSITION_MANY = """
+TRANSITION_MANY = f"""
 WITH u AS (
     SELECT * FROM jsonb_to_recordset($1::jsonb) AS u(
         id bigint, f text, s text, via text, d jsonb, vd jsonb, x jsonb, ev boolean,
@@ -427,30 +505,10 @@ w AS (  -- a never-sent task of a cancelled or tripped rollout is CANCELLED, not
 ),
 t AS (
     UPDATE tasks SET state = u.es,
-        updated_at = CASE WHEN u.ev THEN now() ELSE tasks.updated_at END,
-        remote_task_id = CASE WHEN u.x ? 'remote_task_id' THEN u.x->>'remote_task_id'
-                              ELSE tasks.remote_task_id END,
-        progress = CASE WHEN u.x ? 'progress' THEN (u.x->>'progress')::smallint
-                        ELSE tasks.progress END,
-        from_version = CASE WHEN u.x ? 'from_version' THEN u.x->>'from_version'
-                            ELSE tasks.from_version END,
-        final_version = CASE WHEN u.x ? 'final_version' THEN u.x->>'final_version'
-                             ELSE tasks.final_version END,
-        error_code = CASE WHEN u.x ? 'error_code' THEN u.x->>'error_code'
-                          ELSE tasks.error_code END,
-        error_message = CASE WHEN u.x ? 'error_message' THEN u.x->>'error_message'
-                             ELSE tasks.error_message END,
-        reconfigure_required = CASE WHEN u.x ? 'reconfigure_required'
-                                    THEN (u.x->>'reconfigure_required')::boolean
-                                    ELSE tasks.reconfigure_required END,
-        not_before = CASE WHEN u.x ? 'not_before' THEN (u.x->>'not_before')::timestamptz
-                          ELSE tasks.not_before END,
-        accepted_at = CASE WHEN u.x ? 'accepted_at' THEN (u.x->>'accepted_at')::timestamptz
-                           ELSE tasks.accepted_at END,
+        updated_at = CASE WHEN u.ev THEN now() ELSE tasks.updated_at END,{_SET_FIELDS}
         lease_owner = CASE WHEN u.rel THEN NULL ELSE tasks.lease_owner END,
         lease_token = CASE WHEN u.rel THEN NULL ELSE tasks.lease_token END,
         lease_expires_at = CASE WHEN u.rel THEN NULL ELSE tasks.lease_expires_at END,
-        attempt = CASE WHEN u.x ? 'attempt' THEN (u.x->>'attempt')::int ELSE tasks.attempt END,
         install_sent_at = CASE WHEN u.s = 'PENDING' THEN NULL ELSE tasks.install_sent_at END,
         -- a timed-out install that was sent may still run on the appliance: its slot is
         -- held until the appliance is seen idle (`release_held_slot`)
@@ -487,9 +545,18 @@ FROM t
 async def transition_many(
     conn: DB, *, owner: str, requests: Sequence[TransitionRequest]
 ) -> set[int]:
-    """Several guarded transitions in ONE statement (the same rules as `transition`, each
-    task guarded on its own); returns the ids of the tasks that matched. The statement is
-    atomic: every matched task gets its state, fields and events, or none does."""
+    """Several guarded transitions in ONE statement, each task guarded on its own; returns
+    the ids of the tasks that matched. The statement is atomic: every matched task gets its
+    state, fields and events, or none does.
+
+    The rules: a task matches only in `from_state`, leased by `owner` with the request's
+    `token`; the move (through `via` first, when given) must be allowed by the task state
+    machine (`check_task_transition`), and only the columns of TRANSITION_FIELDS may be
+    set (ValueError otherwise). Each move writes its `task_events` row (two with `via`);
+    a terminal state or PENDING releases the lease; a terminal state sets finished_at and
+    notifies the engines; a final_version becomes the appliance's current version. A task
+    sent back to PENDING whose rollout was cancelled or tripped meanwhile is CANCELLED
+    instead (it was never sent)."""
     if not requests:
         return set()
     rows: list[dict[str, Any]] = []
@@ -502,7 +569,7 @@ async def transition_many(
         unknown = set(r.fields) - _SETTABLE
         if unknown:
             raise ValueError(f"not settable by a transition: {sorted(unknown)}")
-        terminal = r.to_state in TERMINAL
+        terminal = r.to_state in TERMINAL_TASK_STATES
         rows.append({
             "id": r.task_id, "f": r.from_state, "s": r.to_state, "via": r.via,
             "d": clean_json(r.detail or {}), "vd": clean_json(r.via_detail or {}),

@@ -19,6 +19,7 @@ from typing import Any, Final
 
 import asyncpg
 
+from orchestrator.domain.errors import OrchestratorError
 from orchestrator.store.db import DB
 
 ROLES: Final = ("viewer", "operator", "admin")
@@ -31,7 +32,7 @@ MIN_EXPIRY: Final = timedelta(minutes=1)
 MAX_EXPIRY: Final = timedelta(days=3650)
 
 
-class TokenError(Exception):
+class TokenError(OrchestratorError):
     """A token request is refused; the message says why."""
 
 

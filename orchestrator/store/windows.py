@@ -9,6 +9,7 @@ from typing import Any
 
 import asyncpg
 
+from orchestrator.domain.errors import OrchestratorError
 from orchestrator.domain.windows import WindowSpec, parse_window
 from orchestrator.store.audit import Actor, record_audit
 from orchestrator.store.db import DB
@@ -16,7 +17,7 @@ from orchestrator.store.db import DB
 _COLUMNS = "id, name, cron, duration_s, timezone, cutoff_s, sites, tags"
 
 
-class WindowStoreError(Exception):
+class WindowStoreError(OrchestratorError):
     """A window request is refused; the message names the window."""
 
 
@@ -113,3 +114,8 @@ async def delete_window(conn: DB, name_or_id: str | int, actor: Actor) -> Stored
 
 async def all_specs(conn: DB) -> list[WindowSpec]:
     return [w.spec for w in await list_windows(conn)]
+
+
+async def any_window(conn: DB) -> bool:
+    """Whether any maintenance window exists."""
+    return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM maintenance_windows)"))

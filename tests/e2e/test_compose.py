@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from orchestrator.cli import build_parser
+from orchestrator.cli.app import build_parser
 from orchestrator.settings import ENV_PREFIX, Settings, load_settings
 from tests.helpers import ROOT
 

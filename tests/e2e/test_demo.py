@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(DEMO_DEADLINE + 60)]
 # `orchestrator demo ...` with the simulator captured: its truth goes to argv[1]
 RUN_DEMO_AND_DUMP_TRUTH = """
 import contextlib, json, sys
-import orchestrator.demo as demo
+import orchestrator.cli.demo as demo
 from orchestrator.cli import main
 
 sims = []

@@ -34,9 +34,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cli import attach_option_values, build_parser
+from orchestrator.cli import simulator as simulator_cli
+from orchestrator.cli.app import attach_option_values, build_parser
 from orchestrator.simulator import SimulatorConfig, run_simulator
-from orchestrator.simulator import cli as simulator_cli
 from tests.helpers import ROOT, VENV_BIN, cli_env, cloned_database
 
 pytestmark = pytest.mark.timeout(240)

@@ -455,13 +455,12 @@ def _run_report_cli(db_url: str, *args: str, cwd: Path) -> subprocess.CompletedP
     else:
         shim = (
             "import argparse, sys\n"
-            "from orchestrator.cli import run_with_database\n"
-            "from orchestrator.reports import cli\n"
+            "from orchestrator.cli import report as cli\n"
             "from orchestrator.settings import load_settings\n"
             "p = argparse.ArgumentParser(prog='orchestrator report')\n"
             "cli.add_arguments(p)\n"
             "a = p.parse_args(sys.argv[1:])\n"
-            "sys.exit(cli.cmd_report(load_settings(None), a, run_with_database))\n"
+            "sys.exit(cli.cmd_report(load_settings(None), a))\n"
         )
         command = [sys.executable, "-c", shim, *args]
     return subprocess.run(command, env={**env, "PYTHONPATH": str(ROOT)}, cwd=cwd,

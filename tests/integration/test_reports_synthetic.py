@@ -13,8 +13,8 @@ from typing import Any
 import asyncpg
 import pytest
 
+from orchestrator.cli import report as report_cli
 from orchestrator.reports import build_report, render
-from orchestrator.reports import cli as report_cli
 from orchestrator.reports.csv_report import COLUMNS, csv_chunks, neutralise
 from orchestrator.reports.html_report import render_html
 from orchestrator.reports.model import MAX_POINTS, bucket_seconds_for

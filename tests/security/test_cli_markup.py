@@ -8,7 +8,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from orchestrator.cli_rollout import watch
+from orchestrator.cli.rollout import watch
 from orchestrator.inventory import read_inventory
 from orchestrator.store import appliances as appliance_store
 from orchestrator.store import rollouts as rollout_store

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.settings import Settings, load_settings
-from orchestrator.store.embedded import ROOT_DATA_DIR, default_data_dir
+from orchestrator.settings import ROOT_DATA_DIR, Settings, default_data_dir, load_settings
 
 SHIPPED = Path(__file__).resolve().parents[2] / "config" / "orchestrator.toml"
 

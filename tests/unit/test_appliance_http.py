@@ -27,7 +27,7 @@ from orchestrator.appliance import (
     TlsError,
     Unreachable,
 )
-from orchestrator.appliance.client import MAX_ANSWER_BYTES, MAX_HEADER_BYTES
+from orchestrator.appliance.http import MAX_ANSWER_BYTES, MAX_HEADER_BYTES
 from orchestrator.settings import Settings
 
 NAME = "vr01"

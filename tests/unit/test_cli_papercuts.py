@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 
-from orchestrator import demo
-from orchestrator.cli import Parser, attach_option_values, build_parser
-from orchestrator.cli_rollout import UsageError, rollout_summary, wave_gate, wave_progress
+from orchestrator.cli import demo
+from orchestrator.cli.app import Parser, attach_option_values, build_parser
+from orchestrator.cli.common import UsageError
+from orchestrator.cli.rollout import rollout_summary, wave_gate, wave_progress
+from orchestrator.cli.simulator import check_fault_appliances
 from orchestrator.domain.inventory import validate_records
 from orchestrator.domain.selector import parse_selector
 from orchestrator.domain.states import RolloutState
@@ -20,7 +22,6 @@ from orchestrator.domain.strategy import parse_strategy
 from orchestrator.domain.windows import WindowError, check_opens, parse_window
 from orchestrator.inventory import InventoryError, InventoryFileError, read_inventory
 from orchestrator.simulator import FaultProfile, SimulatorConfig
-from orchestrator.simulator.cli import check_fault_appliances
 from orchestrator.simulator.config import SimulatorConfigError
 from orchestrator.store.rollouts import Rollout, RolloutCounts
 

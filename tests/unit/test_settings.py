@@ -112,3 +112,26 @@ def test_trust_env_setting(tmp_path: Path) -> None:
     assert load_settings(None, environ={}).appliance_trust_env is True
     s = load_settings(None, environ={"ORCHESTRATOR_APPLIANCE_TRUST_ENV": "false"})
     assert s.appliance_trust_env is False
+
+
+def test_the_engine_runs_with_the_settings_it_was_given() -> None:
+    """`orchestrator run`, `serve` and the demo build the engine's configuration from the
+    settings (`EngineConfig.from_settings`); its defaults are the settings' defaults."""
+    from orchestrator.engine.engine import EngineConfig
+
+    s = load_settings(None, environ={
+        "ORCHESTRATOR_ENGINE_LEASE_SECONDS": "45", "ORCHESTRATOR_ENGINE_POLL_INTERVAL": "3",
+        "ORCHESTRATOR_ENGINE_SHUTDOWN_DEADLINE": "7", "ORCHESTRATOR_ENGINE_MAX_TASKS": "12",
+        "ORCHESTRATOR_ENGINE_HELD_SLOT_INTERVAL": "9",
+        "ORCHESTRATOR_APPLIANCE_ALLOW_HTTP": "true",
+    })
+    config = EngineConfig.from_settings(s, min_poll=0.25)
+    assert (config.lease_seconds, config.poll_interval, config.shutdown_deadline,
+            config.max_tasks, config.held_slot_interval, config.min_poll) == (
+        45.0, 3.0, 7.0, 12, 9.0, 0.25)
+    assert (config.target_policy.allow_http, config.target_policy.allow_local) == (True, False)
+    defaults, plain = EngineConfig.from_settings(load_settings(None, environ={})), EngineConfig()
+    assert (defaults.lease_seconds, defaults.poll_interval, defaults.shutdown_deadline,
+            defaults.max_tasks, defaults.held_slot_interval) == (
+        plain.lease_seconds, plain.poll_interval, plain.shutdown_deadline, plain.max_tasks,
+        plain.held_slot_interval)

@@ -10,18 +10,24 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
+from orchestrator.cli.common import run_with_database
 from orchestrator.reports.render import FORMATS, as_chunks, render, write_stream
 from orchestrator.settings import Settings
 from orchestrator.store import reports as report_store
 from orchestrator.store.forecast import TERMINAL_ROLLOUT, rollout_forecast
 
-Body = Callable[[asyncpg.Pool], Awaitable[int]]
+
+def add_command(sub: Any) -> None:
+    """`report ROLLOUT ...`."""
+    report = sub.add_parser("report", help="a rollout's report: JSON, CSV or HTML")
+    add_arguments(report)
+    report.set_defaults(func=cmd_report)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,8 +49,7 @@ async def _eta(pool: asyncpg.Pool, rollout_id: int, settings: Settings) -> datet
     return forecast.eta
 
 
-def cmd_report(settings: Settings, args: argparse.Namespace,
-               run_with_database: Callable[[Settings, Body], int]) -> int:
+def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
     if args.output and not Path(args.output).parent.is_dir():
         print(f"orchestrator: -o {args.output}: no directory {Path(args.output).parent}",
               file=sys.stderr)

@@ -11,7 +11,7 @@ import os
 import re
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.simulator.config import (
     API_PREFIX,
@@ -25,7 +25,21 @@ from orchestrator.simulator.config import (
 from orchestrator.simulator.faults import FAULTS, FaultParams, FaultProfile, FaultProfileError
 from orchestrator.simulator.server import DEFAULT_BACKLOG, DEFAULT_CREDENTIALS_REF, Simulator
 
+if TYPE_CHECKING:
+    from orchestrator.settings import Settings
+
 DEFAULT_PORT = 9450
+
+
+def add_command(sub: Any) -> None:
+    """`simulate ...`: the same options as `python -m orchestrator.simulator`."""
+    simulate = sub.add_parser("simulate", help="serve a simulated appliance fleet")
+    add_arguments(simulate)
+    simulate.set_defaults(func=cmd_simulate)
+
+
+def cmd_simulate(_settings: Settings, args: argparse.Namespace) -> int:
+    return run(args)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,11 +1,4 @@
-"""`orchestrator serve` (the REST API and the engine in one process) and `orchestrator
-tokens ...` (API tokens).
-
-Wired into `orchestrator.cli` like `cli_rollout`: the functions take the database runner
-(`run_with_database`, or `run_with_database_url` for serve, which needs the URL for the
-engine's LISTEN connection) as a parameter, or import it lazily, so that this module never
-imports `orchestrator.cli` at import time.
-"""
+"""`orchestrator serve`: the REST API and the engine in one process."""
 
 from __future__ import annotations
 
@@ -13,26 +6,19 @@ import argparse
 import asyncio
 import contextlib
 import gc
-import json
 import signal
 import ssl
 import sys
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
 
+from orchestrator.cli.common import run_with_database
 from orchestrator.logs import get_logger
 from orchestrator.settings import Settings
-from orchestrator.store import tokens as token_store
-from orchestrator.store.audit import Actor, record_audit
 
 log = get_logger("orchestrator.serve")
 API_POOL_SIZE = 5  # connections of the API beside the engine's pool (db_pool_max_size)
-
-Body = Callable[[asyncpg.Pool], Awaitable[int]]
-Runner = Callable[[Settings, Body], int]
-UrlRunner = Callable[[Settings, Body, list[str]], int]
 
 
 def _port(text: str) -> int:
@@ -45,8 +31,15 @@ def _port(text: str) -> int:
     return value
 
 
-# ------------------------------------------------------------------ serve
-def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+def add_command(sub: Any) -> None:
+    """`serve [--host H] [--port P] ...`."""
+    serve_parser = sub.add_parser(
+        "serve", help="serve the REST API and run the engine until SIGTERM")
+    add_arguments(serve_parser)
+    serve_parser.set_defaults(func=cmd_serve)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="listen address (default: the api_host setting, "
                                        "127.0.0.1)")
     parser.add_argument("--port", type=_port, help="listen port (default: the api_port "
@@ -88,11 +81,17 @@ def api_transport(settings: Settings, host: str, insecure_http: bool) \
     return context, None
 
 
-def cmd_serve(settings: Settings, args: argparse.Namespace,
-              run_with_database_url: UrlRunner | None = None) -> int:
+def _how_it_ended(task: asyncio.Task[Any]) -> str:
+    """A finished task's end, for a log line: its exception's repr, or how it ended."""
+    if task.cancelled():
+        return "cancelled"
+    exc = task.exception()
+    return repr(exc) if exc is not None else "returned"
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from orchestrator.api.tls import TlsError, is_loopback
 
-    runner = run_with_database_url or _url_runner()
     url_holder: list[str] = []
     host = args.host or settings.api_host
     ssl_context: ssl.SSLContext | None = None
@@ -120,19 +119,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace,
             ssl_context=ssl_context,
         )
 
-    return runner(settings, body, url_holder)
-
-
-def _url_runner() -> UrlRunner:
-    from orchestrator.cli import run_with_database_url
-
-    return run_with_database_url
-
-
-def _runner() -> Runner:
-    from orchestrator.cli import run_with_database
-
-    return run_with_database
+    return run_with_database(settings, body, url_holder)
 
 
 async def serve(
@@ -149,11 +136,20 @@ async def serve(
 ) -> int:
     """Run the API and/or the engine until SIGTERM/SIGINT (or `stop`); both stop cleanly
     and at once: the API stops listening and ends its event streams while the engine
-    drains. With both, the API runs in a thread of its own (see api/server.py)."""
+    drains. With both, the API runs in a thread of its own (see api/server.py).
+
+    The engine and the API's own background task (its loop-lag monitor, without an engine)
+    are supervised: each runs until the stop, and the end of either before it (the engine
+    failing, see `EngineFailure`) stops both and returns 1, with a line on stderr."""
+    from orchestrator.api.routing import STATE
     from orchestrator.api.server import ListenError, LoopServer, ThreadServer
     from orchestrator.appliance import ApplianceHttp
-    from orchestrator.cli_rollout import engine_config
-    from orchestrator.engine.engine import Engine, tune_gc_for_engine
+    from orchestrator.engine.engine import (
+        Engine,
+        EngineConfig,
+        EngineFailure,
+        tune_gc_for_engine,
+    )
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -166,7 +162,7 @@ async def serve(
             http: ApplianceHttp | None = None
             if with_engine:
                 http = await stack.enter_async_context(ApplianceHttp(settings))
-                engine = Engine(pool, http, engine_config(settings),
+                engine = Engine(pool, http, EngineConfig.from_settings(settings),
                                 database_url=database_url)
             server: LoopServer | ThreadServer | None = None
             if with_api:
@@ -198,21 +194,48 @@ async def serve(
             log.info("serve_started", host=host, port=port, api=with_api, engine=with_engine,
                      tls=ssl_context is not None)
             engine_task = asyncio.create_task(engine.run(), name="engine") if engine else None
+            # the API's loop-lag monitor runs in this loop when the API does without an
+            # engine (with one, the engine measures the lag)
+            monitor = server.app[STATE].metrics.loop_monitor \
+                if isinstance(server, LoopServer) else None
+            # with the engine, the API runs in a thread: its end before the stop is a failure
+            api_thread = asyncio.create_task(server.ended.wait(), name="api") \
+                if isinstance(server, ThreadServer) else None
             stopper = asyncio.create_task(stop.wait(), name="stop")
             waiting: set[asyncio.Task[Any]] = {stopper}
-            if engine_task is not None:
-                waiting.add(engine_task)
+            for watched in (engine_task, monitor, api_thread):
+                if watched is not None:
+                    waiting.add(watched)
             await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             stopper.cancel()
+            if monitor is not None and monitor.done() and not stop.is_set():
+                error = _how_it_ended(monitor)
+                log.error("api_background_failed", task=monitor.get_name(), error=error)
+                print(f"orchestrator: API stopped: background task {monitor.get_name()} "
+                      f"failed: {error}", file=sys.stderr, flush=True)
+                code = 1
+            if isinstance(server, ThreadServer) and server.ended.is_set() \
+                    and not stop.is_set():
+                log.error("api_background_failed", task="api", error=server.failure)
+                print(f"orchestrator: API stopped: its thread ended: {server.failure}",
+                      file=sys.stderr, flush=True)
+                code = 1
+            if api_thread is not None:
+                api_thread.cancel()
 
             async def stop_api() -> None:
                 if server is not None:
                     await server.stop()
 
             async def stop_engine() -> None:
+                nonlocal code
                 if engine is not None and engine_task is not None:
                     engine.stop()
-                    await engine_task
+                    try:
+                        await engine_task
+                    except EngineFailure as exc:  # drained and handed its tasks over
+                        print(f"orchestrator: {exc}", file=sys.stderr, flush=True)
+                        code = 1
 
             results = await asyncio.gather(stop_api(), stop_engine(), return_exceptions=True)
             for result in results:
@@ -226,98 +249,3 @@ async def serve(
             loop.remove_signal_handler(sig)
     log.info("serve_stopped", code=code)
     return code
-
-
-# ------------------------------------------------------------------ tokens
-def add_tokens_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="tokens_command", required=True, metavar="ACTION")
-    create = sub.add_parser("create", help="create a token; it is printed once, only its "
-                                           "hash is stored")
-    create.add_argument("--name", required=True, help="who or what uses it (unique)")
-    create.add_argument("--role", required=True, choices=list(token_store.ROLES),
-                        help="viewer: read; operator: also rollout actions; admin: also "
-                             "inventory and tokens")
-    create.add_argument("--expires-in", metavar="DURATION",
-                        help="the token stops working after this long, e.g. 30d, 12h, 90m, "
-                             "2w (1 minute to 3650 days; default: never)")
-    create.add_argument("--json", action="store_true")
-    lst = sub.add_parser("list", help="list tokens (never the tokens themselves)")
-    lst.add_argument("--active", action="store_true",
-                     help="leave revoked and expired tokens out")
-    lst.add_argument("--json", action="store_true")
-    revoke = sub.add_parser("revoke", help="revoke a token by name")
-    revoke.add_argument("name")
-
-
-def _expiry(info: token_store.TokenInfo) -> str:
-    if info.expires_at is None:
-        return "never"
-    return f"{info.expires_at:%Y-%m-%d %H:%M}" + (" (expired)" if info.expired() else "")
-
-
-def _actor() -> Actor:
-    from orchestrator.cli_rollout import cli_actor
-
-    return cli_actor()
-
-
-def cmd_tokens(settings: Settings, args: argparse.Namespace,
-               run_with_database: Runner | None = None) -> int:
-    runner = run_with_database or _runner()
-    action = args.tokens_command
-    if action == "create" and args.expires_in is not None:
-        try:  # a bad value is named before the database is touched
-            token_store.parse_expiry(args.expires_in)
-        except token_store.TokenError as exc:
-            print(f"orchestrator: tokens create: {exc}", file=sys.stderr)
-            return 1
-
-    async def body(pool: asyncpg.Pool) -> int:
-        try:
-            return await _tokens(pool, args, action)
-        except token_store.TokenError as exc:
-            print(f"orchestrator: {exc}", file=sys.stderr)
-            return 1
-
-    return runner(settings, body)
-
-
-async def _tokens(pool: asyncpg.Pool, args: argparse.Namespace, action: str) -> int:
-    actor = _actor()
-    if action == "create":
-        expires_in = (token_store.parse_expiry(args.expires_in)
-                      if args.expires_in is not None else None)
-        async with pool.acquire() as conn, conn.transaction():
-            info, token = await token_store.create_token(conn, args.name, args.role,
-                                                         expires_in=expires_in)
-            await record_audit(conn, actor, "token.create", "token", info.name,
-                               {"role": info.role, "expires_at": info.to_dict()["expires_at"]})
-        if args.json:
-            print(json.dumps({**info.to_dict(), "token": token}))
-        else:
-            print(token)
-            until = (f", expiring {info.expires_at:%Y-%m-%d %H:%M %Z}" if info.expires_at
-                     else "")
-            print(f"created token {info.name!r} with the role {info.role}{until}; it is "
-                  "shown only now: store it", file=sys.stderr)
-        return 0
-    if action == "list":
-        items = await token_store.list_tokens(pool, include_revoked=not args.active)
-        if args.json:
-            print(json.dumps([t.to_dict() for t in items], indent=2))
-            return 0
-        rows = [(t.name, t.role, f"{t.created_at:%Y-%m-%d %H:%M}",
-                 f"{t.last_used_at:%Y-%m-%d %H:%M}" if t.last_used_at else "-",
-                 f"{t.revoked_at:%Y-%m-%d %H:%M}" if t.revoked_at else "-",
-                 _expiry(t)) for t in items]
-        headers = ("NAME", "ROLE", "CREATED", "LAST USED", "REVOKED", "EXPIRES")
-        widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
-        for row in (headers, *rows):
-            print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-        print(f"{len(items)} token(s)")
-        return 0
-    async with pool.acquire() as conn, conn.transaction():
-        info = await token_store.revoke_token(conn, args.name)
-        await record_audit(conn, actor, "token.revoke", "token", info.name, {})
-    print(f"revoked token {info.name!r}")
-    return 0

@@ -25,7 +25,9 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from orchestrator.appliance import ApplianceHttp
-from orchestrator.cli_rollout import UsageError, wave_line
+from orchestrator.cli.common import UsageError
+from orchestrator.cli.rollout import wave_line
+from orchestrator.domain.states import TERMINAL_TASK_STATES
 from orchestrator.domain.strategy import parse_strategy
 from orchestrator.engine.engine import Engine, EngineConfig
 from orchestrator.inventory import read_inventory, target_policy
@@ -39,7 +41,7 @@ from orchestrator.store import migrations
 from orchestrator.store import rollouts as rollout_store
 from orchestrator.store import tasks as task_store
 from orchestrator.store.audit import Actor
-from orchestrator.store.db import connect, create_pool, database_url
+from orchestrator.store.db import connect, create_pool, database_url, recreate_database
 
 DEMO_DATABASE = "orchestrator_demo"
 TARGET = "9.0.1-20020"
@@ -140,8 +142,7 @@ async def demo_database(server_url: str, name: str) -> AsyncIterator[str]:
         raise ValueError(f"--database-name {name!r}: letters, digits and '_' only")
     admin = await asyncpg.connect(server_url)
     try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{name}"')
+        await recreate_database(admin, name)
         parts = urlsplit(server_url)
         url = urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, ""))
     except asyncpg.InsufficientPrivilegeError:
@@ -159,11 +160,7 @@ async def demo_database(server_url: str, name: str) -> AsyncIterator[str]:
 async def truth_mismatches(pool: asyncpg.Pool, rollout_id: int,
                            versions: dict[str, str], target: str) -> list[dict[str, Any]]:
     """Appliances whose recorded outcome disagrees with the simulator's final version."""
-    rows = await pool.fetch(
-        """SELECT a.name, t.state, t.final_version FROM tasks t
-           JOIN appliances a ON a.id = t.appliance_id WHERE t.rollout_id = $1""",
-        rollout_id,
-    )
+    rows = await task_store.task_outcomes(pool, rollout_id)
     bad = []
     for r in rows:
         actual = versions.get(r["name"])
@@ -194,7 +191,7 @@ async def _progress(pool: asyncpg.Pool, rollout_id: int, done: asyncio.Event) ->
             counts = await rollout_store.rollout_counts(pool, rollout_id)
             for w in counts.waves:
                 c = counts.by_wave.get(w["number"], {})
-                finished = sum(c.get(s, 0) for s in task_store.TERMINAL)
+                finished = sum(c.get(s, 0) for s in TERMINAL_TASK_STATES)
                 # "30/30 done (28 succeeded, 2 failed)", like `rollout watch`
                 bars.update(ids[w["number"]], completed=finished, detail=wave_line(w, c))
             if done.is_set():
@@ -247,10 +244,9 @@ async def run_demo(settings: Settings, args: argparse.Namespace, server_url: str
                              environ={"APPLIANCE_SIM_CREDENTIALS":
                                       f"{config.username}:{config.password}"})
         async with http:
-            engine = Engine(pool, http, EngineConfig(
-                lease_seconds=settings.engine_lease_seconds, poll_interval=1.0,
-                install_estimate=args.install_seconds, min_poll=0.25, max_poll=5.0,
-                target_policy=policy,
+            engine = Engine(pool, http, EngineConfig.from_settings(
+                settings, poll_interval=1.0, install_estimate=args.install_seconds,
+                min_poll=0.25, max_poll=5.0, target_policy=policy,
             ), database_url=url)
             runner = asyncio.create_task(engine.run(until_idle=True))
             done = asyncio.Event()
@@ -265,11 +261,7 @@ async def run_demo(settings: Settings, args: argparse.Namespace, server_url: str
         stats = sim.stats(include_appliances=True)
         versions = {name: a["version"] for name, a in stats["appliances"].items()}
         mismatches = await truth_mismatches(pool, rollout.id, versions, TARGET)
-        failures = await pool.fetch(
-            """SELECT error_code, count(*) AS n FROM tasks WHERE rollout_id = $1
-               AND state IN ('FAILED', 'TIMED_OUT') GROUP BY error_code ORDER BY n DESC""",
-            rollout.id,
-        )
+        failures = await task_store.failures_by_code(pool, rollout.id)
         result = {
             "rollout_id": rollout.id,
             "state": str(final.state),
@@ -278,7 +270,7 @@ async def run_demo(settings: Settings, args: argparse.Namespace, server_url: str
             "sites": args.sites,
             "waves": [w["planned_size"] for w in counts.waves],
             "tasks": counts.by_state,
-            "failures_by_code": {r["error_code"]: int(r["n"]) for r in failures},
+            "failures_by_code": failures,
             "max_concurrency": strategy["max_concurrency"],
             "per_site_concurrency": strategy["per_site_concurrency"],
             "duplicate_installs": stats["duplicate_installs"],
@@ -331,3 +323,12 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     check_arguments(args)
     with database_url(settings) as server_url:
         return asyncio.run(run_demo(settings, args, server_url))
+
+
+def add_command(sub: Any) -> None:
+    """`demo [...]`."""
+    parser = sub.add_parser(
+        "demo", help="a whole rollout on a simulated fleet with faults, in about a minute"
+    )
+    add_arguments(parser)
+    parser.set_defaults(func=cmd_demo)

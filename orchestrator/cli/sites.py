@@ -11,21 +11,18 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
+from orchestrator.cli.common import cli_actor, print_table, run_with_database
 from orchestrator.settings import Settings
 from orchestrator.store import sites as site_store
-from orchestrator.store.audit import Actor
 from orchestrator.store.sites import SiteError
 
-Body = Callable[[asyncpg.Pool], Awaitable[int]]
 
-
-def add_arguments(sub: Any) -> None:
+def add_command(sub: Any) -> None:
     sites = sub.add_parser("sites", help="fleet-wide capacity per site (all rollouts together)")
     ssub = sites.add_subparsers(dest="sites_command", required=True, metavar="ACTION")
     lst = ssub.add_parser("list", help="sites: limit, installs in flight now, appliances")
@@ -51,6 +48,7 @@ def add_arguments(sub: Any) -> None:
                     "install stops counting as in flight at once.",
     )
     release.add_argument("appliance", metavar="APPLIANCE")
+    sites.set_defaults(func=cmd_sites)
 
 
 def parse_limit(args: argparse.Namespace) -> int | None:
@@ -84,9 +82,8 @@ def _shown(limit: int | None) -> str:
     return "unlimited" if limit is None else str(limit)
 
 
-def cmd_sites(settings: Settings, args: argparse.Namespace,
-              run_with_database: Callable[[Settings, Body], int], actor: Actor,
-              print_table: Callable[..., None]) -> int:
+def cmd_sites(settings: Settings, args: argparse.Namespace) -> int:
+    actor = cli_actor()
     action = args.sites_command
     limit = parse_limit(args) if action == "set-limit" else None  # before any database
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import json
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,12 +15,13 @@ from typing import Any
 import asyncpg
 
 from orchestrator.appliance import ApplianceHttp
-from orchestrator.engine.engine import Engine, EngineConfig, tune_gc_for_engine
-from orchestrator.inventory import target_policy
+from orchestrator.cli.common import UsageError, cli_actor, positive_int, run_with_database
+from orchestrator.domain.states import RolloutState
+from orchestrator.domain.strategy import add_strategy_flags, strategy_from_flags
+from orchestrator.engine.engine import Engine, EngineConfig, EngineFailure, tune_gc_for_engine
 from orchestrator.settings import Settings
 from orchestrator.store import engines as engine_store
 from orchestrator.store import rollouts as rollout_store
-from orchestrator.store.audit import Actor
 from orchestrator.store.forecast import rollout_forecast
 
 TERMINAL_ROLLOUT = ("SUCCEEDED", "COMPLETED_WITH_FAILURES", "FAILED", "CANCELLED")
@@ -29,19 +29,54 @@ TASK_STATES = ("PENDING", "DISPATCHING", "INSTALLING", "VERIFYING", "SUCCEEDED",
                "TIMED_OUT", "SKIPPED", "CANCELLED")
 
 
-class UsageError(Exception):
-    """A bad command-line value; the message names it."""
-
-
-def cli_actor() -> Actor:
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "unknown"
-    return Actor(name=user, via="cli")
-
-
 # ------------------------------------------------------------------ arguments
+def add_command(sub: Any) -> None:
+    """`rollout ACTION ...`."""
+    rollout = sub.add_parser("rollout", help="plan, start and steer rollouts")
+    rsub = rollout.add_subparsers(dest="rollout_command", required=True, metavar="ACTION")
+    create = rsub.add_parser("create", help="create a rollout (DRAFT) with its plan")
+    create.add_argument("--name", required=True)
+    add_selector_and_strategy(create)
+    create.add_argument("--schedule-at", help="ISO 8601 time with zone: start no earlier")
+    create.add_argument("--start", action="store_true", help="start it right away")
+    create.add_argument("--json", action="store_true")
+    plan = rsub.add_parser("plan", help="preview the plan: nothing is written")
+    add_selector_and_strategy(plan)
+    plan.add_argument("--json", action="store_true")
+    for name, text in (
+        ("start", "start a DRAFT rollout (or a SCHEDULED one now)"),
+        ("pause", "stop new installs; accepted ones finish"),
+        ("resume", "resume a paused rollout"),
+        ("cancel", "cancel: never-started tasks are cancelled"),
+        ("approve", "approve the next wave's gate"),
+        ("retry-failed", "put failed, timed-out and cancelled tasks back to pending"),
+        ("watch", "live progress per wave until the rollout ends"),
+    ):
+        p = rsub.add_parser(name, help=text)
+        p.add_argument("id", type=int)
+    rsub.choices["start"].add_argument(
+        "--schedule-at", help="ISO 8601 time with zone: a DRAFT rollout starts no earlier "
+                              "(SCHEDULED until then)")
+    show = rsub.add_parser("show", help="state, counts and waves of a rollout")
+    show.add_argument("id", type=int)
+    show.add_argument("--json", action="store_true")
+    lst = rsub.add_parser("list", help="recent rollouts")
+    lst.add_argument("--state", action="append", default=[], type=str.upper,
+                     choices=[str(s) for s in RolloutState], metavar="STATE",
+                     help="repeatable: " + ", ".join(s.lower() for s in RolloutState))
+    lst.add_argument("--limit", type=positive_int, default=50)
+    lst.add_argument("--json", action="store_true")
+    rollout.set_defaults(func=cmd_rollout)
+
+
+def add_run_command(sub: Any) -> None:
+    """`run [--until-idle]`."""
+    run = sub.add_parser("run", help="run the rollout engine until SIGTERM")
+    run.add_argument("--until-idle", action="store_true",
+                     help="exit once no rollout is active and no task runs")
+    run.set_defaults(func=cmd_run)
+
+
 def add_selector_and_strategy(p: argparse.ArgumentParser) -> None:
     p.add_argument("--version", dest="target_version", required=True,
                    help="the version to install, e.g. 9.0.1-20020")
@@ -53,28 +88,7 @@ def add_selector_and_strategy(p: argparse.ArgumentParser) -> None:
                      help="only appliances last seen on this version, repeatable")
     st = p.add_argument_group("strategy (see README: Rollout strategy)")
     st.add_argument("--strategy", metavar="FILE", help="a JSON file with the strategy object")
-    st.add_argument("--waves", help="comma-separated sizes, e.g. 1,10%%,50%%,100%%")
-    st.add_argument("--order", choices=["spread", "site-by-site", "name", "random"])
-    st.add_argument("--max-concurrency", help="a count or a percentage")
-    st.add_argument("--per-site-concurrency", type=int)
-    st.add_argument("--max-starts-per-minute", type=int)
-    st.add_argument("--max-failures", help="a count or a percentage")
-    st.add_argument("--min-executed", type=int)
-    st.add_argument("--canary-max-failures", type=int,
-                    help="failed tasks the canary wave may have before the rollout stops "
-                         "(default 0: its first failure stops it)")
-    st.add_argument("--soak-seconds", type=float)
-    st.add_argument("--approval", choices=["none", "each-wave", "after-canary"])
-    st.add_argument("--task-timeout", type=float, help="seconds")
-    st.add_argument("--reboot-grace", type=float, help="seconds")
-    st.add_argument("--after-overlapping", action="store_true", default=None,
-                    help="accept appliances that have an unfinished task in another active "
-                         "rollout: their tasks wait for it (default: refused)")
-
-
-def _size(text: str) -> int | str:
-    text = text.strip()
-    return text if text.endswith("%") else int(text) if text.lstrip("-").isdigit() else text
+    add_strategy_flags(st)
 
 
 def selector_from(args: argparse.Namespace) -> dict[str, Any]:
@@ -99,18 +113,7 @@ def strategy_from(args: argparse.Namespace) -> dict[str, Any]:
         if not isinstance(loaded, dict):
             raise UsageError(f"--strategy {path}: must hold a JSON object")
         strategy.update(loaded)
-    if args.waves:
-        strategy["waves"] = [_size(x) for x in args.waves.split(",")]
-    for key in ("order", "per_site_concurrency", "max_starts_per_minute", "min_executed",
-                "canary_max_failures", "soak_seconds", "approval", "task_timeout", "reboot_grace",
-                "after_overlapping"):
-        value = getattr(args, key)
-        if value is not None:
-            strategy[key] = value
-    for key in ("max_concurrency", "max_failures"):
-        value = getattr(args, key)
-        if value is not None:
-            strategy[key] = _size(value)
+    strategy.update(strategy_from_flags(args))
     return strategy
 
 
@@ -192,11 +195,7 @@ def rollout_summary(rollout: rollout_store.Rollout, counts: rollout_store.Rollou
 
 
 # ------------------------------------------------------------------ commands
-Body = Callable[[asyncpg.Pool], Awaitable[int]]
-
-
-def cmd_rollout(settings: Settings, args: argparse.Namespace,
-                run_with_database: Callable[[Settings, Body], int]) -> int:
+def cmd_rollout(settings: Settings, args: argparse.Namespace) -> int:
     action = args.rollout_command
     actor = cli_actor()
 
@@ -329,31 +328,24 @@ async def watch(pool: asyncpg.Pool, rollout_id: int, *, interval: float = 0.5) -
     return 0 if rollout.state == "SUCCEEDED" else 1
 
 
-def engine_config(settings: Settings) -> EngineConfig:
-    return EngineConfig(
-        lease_seconds=settings.engine_lease_seconds,
-        poll_interval=settings.engine_poll_interval,
-        shutdown_deadline=settings.engine_shutdown_deadline,
-        max_tasks=settings.engine_max_tasks,
-        held_slot_interval=settings.engine_held_slot_interval,
-        target_policy=target_policy(settings),
-    )
-
-
-def cmd_run(settings: Settings, args: argparse.Namespace,
-            run_with_database: Callable[[Settings, Body, list[str]], int]) -> int:
+def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     url_holder: list[str] = []
 
     async def body(pool: asyncpg.Pool) -> int:
         async with ApplianceHttp(settings) as http:
-            engine = Engine(pool, http, engine_config(settings), database_url=url_holder[0])
+            engine = Engine(pool, http, EngineConfig.from_settings(settings),
+                            database_url=url_holder[0])
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, engine.stop)
             print(f"engine {engine.owner} running (SIGTERM or Ctrl-C stops it)",
                   file=sys.stderr)
             tune_gc_for_engine()
-            await engine.run(until_idle=args.until_idle)
+            try:
+                await engine.run(until_idle=args.until_idle)
+            except EngineFailure as exc:  # drained and handed its tasks over already
+                print(f"orchestrator: {exc}", file=sys.stderr)
+                return 1
         return 0
 
     return run_with_database(settings, body, url_holder)

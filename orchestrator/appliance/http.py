@@ -1,0 +1,433 @@
+"""The shared transport of the appliance API client: `ApplianceHttp` and `ApplianceTarget`.
+
+One `ApplianceHttp` per process owns the single `aiohttp.ClientSession` (one connection
+pool for the whole fleet), the TLS contexts, the proxies of the environment, the back-off
+and the cache of `ApplianceClient`s (one per appliance, see `client.py`).
+
+HTTP: aiohttp, one `ClientSession` per process. Redirects are never followed (a 3xx is a
+`MalformedResponse` naming the status and the Location: fix the inventory's base_url);
+an answer body larger than `MAX_ANSWER_BYTES` (4 MiB) and a header line or field larger
+than `MAX_HEADER_BYTES` are refused as `MalformedResponse`. With `trust_env` (setting
+`appliance_trust_env`, on by default) HTTPS_PROXY / HTTP_PROXY / NO_PROXY are read once,
+when the session starts, and each appliance is reached through its proxy (or directly);
+credentials for the proxy may come from its URL or from ~/.netrc, never those of an
+appliance. `transport_error` maps what aiohttp raises to the typed `ApplianceError`s.
+
+Nothing here logs or puts into an exception the password, the Authorization header or the
+session id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import ssl
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Self
+from urllib.parse import urlsplit
+from urllib.request import proxy_bypass
+
+import aiohttp
+from aiohttp.helpers import ProxyInfo, proxies_from_env
+from yarl import URL
+
+from orchestrator.appliance.credentials import Credentials, resolve_credentials
+from orchestrator.appliance.errors import (
+    ApplianceError,
+    ApplianceTimeout,
+    MalformedResponse,
+    TlsError,
+    Unreachable,
+)
+from orchestrator.logs import get_logger
+from orchestrator.settings import Settings
+
+if TYPE_CHECKING:
+    from orchestrator.appliance.client import ApplianceClient
+
+log = get_logger("orchestrator.appliance")
+
+# the largest answer body read from an appliance (its API answers a few KiB)
+MAX_ANSWER_BYTES = 4 * 1024 * 1024
+# the longest status line, header line or header field of an answer, and the most headers
+MAX_HEADER_BYTES = 8190
+MAX_HEADERS = 128
+_HEX = frozenset("0123456789abcdef")
+
+SslSetting = bool | ssl.SSLContext | aiohttp.Fingerprint
+
+
+class Answer:
+    """An HTTP answer, read whole: status, body, and the two headers looked at."""
+
+    __slots__ = ("body", "content_type", "location", "status")
+
+    def __init__(self, status: int, body: bytes, content_type: str = "",
+                 location: str | None = None) -> None:
+        self.status = status
+        self.body = body
+        self.content_type = content_type
+        self.location = location
+
+
+@dataclass(frozen=True)
+class ApplianceTarget:
+    """Where an appliance answers and how to trust it.
+
+    `base_url` is the whole API prefix, e.g. `https://vr01.example.com/api/rest/configure/v1`.
+    `tls_thumbprint` is the SHA-256 of the server certificate (64 hex digits; colons and
+    upper case are accepted and normalized). When set it is pinned *instead of* the
+    certificate chain (the usual case of a self-signed appliance certificate);
+    `tls_ca_file` verifies the chain against that CA bundle instead of the system one.
+    """
+
+    name: str
+    base_url: str
+    credentials_ref: str | None = None
+    tls_ca_file: str | None = None
+    tls_thumbprint: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("appliance name is empty")
+        parts = urlsplit(self.base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{self.name}: base_url must be an http(s) URL with a host")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError(
+                f"{self.name}: base_url must not hold credentials; use credentials_ref"
+            )
+        object.__setattr__(self, "base_url", self.base_url.rstrip("/"))
+        if self.tls_thumbprint is not None:
+            thumb = self.tls_thumbprint.replace(":", "").replace(" ", "").lower()
+            if len(thumb) != 64 or not set(thumb) <= _HEX:
+                raise ValueError(
+                    f"{self.name}: tls_thumbprint must be a SHA-256 digest (64 hex digits)"
+                )
+            object.__setattr__(self, "tls_thumbprint", thumb)
+
+
+class ApplianceHttp:
+    """The process-wide HTTP machinery: one ClientSession, TLS contexts, clients, counters.
+
+    Keyword arguments override the settings (handy in tests). `clock` is the monotonic
+    clock used for session ages. `default_credentials` serve appliances whose target has
+    no `credentials_ref`; `environ` replaces `os.environ` for `env:` references.
+
+    Counters: `requests` counts every HTTP request sent (retries and logins included);
+    `errors_by_kind` counts every failed attempt by `ApplianceError.kind`; `retried`
+    counts the attempts that were repeated.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        connect_timeout: float | None = None,
+        request_timeout: float | None = None,
+        max_connections: int | None = None,
+        max_connections_per_host: int | None = None,
+        session_max_age: float | None = None,
+        verify_tls: bool | None = None,
+        retries: int | None = None,
+        backoff_base: float = 0.2,
+        backoff_cap: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+        default_credentials: Credentials | None = None,
+        environ: Mapping[str, str] | None = None,
+        trust_env: bool | None = None,
+    ) -> None:
+        s = settings if settings is not None else Settings()
+        self.trust_env = trust_env if trust_env is not None else s.appliance_trust_env
+        self.connect_timeout = (
+            connect_timeout if connect_timeout is not None else s.appliance_connect_timeout
+        )
+        self.request_timeout = (
+            request_timeout if request_timeout is not None else s.appliance_request_timeout
+        )
+        self.max_connections = (
+            max_connections if max_connections is not None else s.appliance_max_connections
+        )
+        self.max_connections_per_host = (
+            max_connections_per_host
+            if max_connections_per_host is not None
+            else s.appliance_max_connections_per_host
+        )
+        self.session_max_age = (
+            session_max_age if session_max_age is not None else s.appliance_session_max_age
+        )
+        self.verify_tls = verify_tls if verify_tls is not None else s.appliance_verify_tls
+        retries = s.appliance_retries if retries is None else retries
+        if retries < 0:
+            raise ValueError("retries must be >= 0")
+        self.retries = retries
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.clock = clock
+        self.default_credentials = default_credentials
+        self.environ = environ
+        self.requests = 0
+        self.retried = 0
+        self.errors_by_kind: Counter[str] = Counter()
+        self._session: aiohttp.ClientSession | None = None
+        self._clients: dict[str, ApplianceClient] = {}
+        self._ca_contexts: dict[str, ssl.SSLContext] = {}
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
+        # the proxies of the environment by URL scheme, read once at start (trust_env)
+        self._proxies: dict[str, ProxyInfo] = {}
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        if self._session is not None:
+            return
+        if not self.verify_tls:
+            log.warning(
+                "appliance_tls_verification_off",
+                detail="appliance_verify_tls is false: appliance certificates are not "
+                "verified, except the thumbprints and CA files the inventory names",
+            )
+        # aiohttp's own trust_env would look for a proxy and read ~/.netrc in a thread on
+        # every request (and send a netrc login for the appliance's host to the
+        # appliance): the environment is read once here instead, for the proxies only
+        self._proxies = proxies_from_env() if self.trust_env else {}
+        connector = aiohttp.TCPConnector(
+            limit=self.max_connections,
+            limit_per_host=self.max_connections_per_host,
+            ssl=True if self.verify_tls else False,
+            ttl_dns_cache=300,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(
+                total=self.request_timeout, sock_connect=self.connect_timeout
+            ),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            headers={"Accept": "application/json", "User-Agent": "orchestrator"},
+            raise_for_status=False,
+            max_line_size=MAX_HEADER_BYTES,
+            max_field_size=MAX_HEADER_BYTES,
+            max_headers=MAX_HEADERS,
+        )
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        self._clients.clear()
+        if session is not None:
+            await session.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The aiohttp session."""
+        if self._session is None or self._session.closed:
+            raise RuntimeError(
+                "ApplianceHttp is not started (use `async with ApplianceHttp(...)`)"
+            )
+        return self._session
+
+    # --- clients -------------------------------------------------------------------------
+
+    def client(
+        self, target: ApplianceTarget, credentials: Credentials | None = None
+    ) -> ApplianceClient:
+        """The client of this appliance, cached by name so that its session is reused.
+
+        Credentials come from `target.credentials_ref` (else `default_credentials`) unless
+        given; an unresolvable reference raises `CredentialsError`.
+        """
+        cached = self._clients.get(target.name)
+        if (
+            cached is not None
+            and cached.target == target
+            and (credentials is None or credentials == cached.credentials)
+        ):
+            return cached
+        if credentials is None:
+            credentials = resolve_credentials(
+                target.credentials_ref, environ=self.environ, default=self.default_credentials
+            )
+        # imported here: client.py imports this module (ApplianceClient uses the transport)
+        from orchestrator.appliance.client import ApplianceClient
+
+        client = ApplianceClient(self, target, credentials)
+        self._clients[target.name] = client
+        return client
+
+    def forget(self, name: str) -> None:
+        """Drop the cached client of an appliance (its session is not logged out)."""
+        self._clients.pop(name, None)
+
+    async def logout_all(self, *, request_timeout: float = 5.0) -> None:
+        """Best effort: log out every client that holds a session; errors are ignored."""
+        clients = [c for c in self._clients.values() if c.has_session]
+        results = await asyncio.gather(
+            *(c.logout(request_timeout=request_timeout) for c in clients), return_exceptions=True
+        )
+        for client, result in zip(clients, results, strict=True):
+            if isinstance(result, Exception):
+                log.debug("appliance_logout_failed", appliance=client.name, error=str(result))
+
+    # --- TLS -------------------------------------------------------------------------------
+
+    def ssl_for(self, target: ApplianceTarget) -> SslSetting:
+        """The `ssl=` argument of aiohttp for this appliance."""
+        if target.tls_thumbprint:
+            return aiohttp.Fingerprint(bytes.fromhex(target.tls_thumbprint))
+        if target.tls_ca_file:
+            return self._ca_context(target)
+        return True if self.verify_tls else False
+
+    def proxy_for(self, target: ApplianceTarget) -> tuple[URL | None, str | None]:
+        """The proxy of this appliance from the environment (`trust_env`), and the
+        Proxy-Authorization header for it; (None, None) to reach it directly."""
+        parts = urlsplit(target.base_url)
+        info = self._proxies.get(parts.scheme)
+        if info is None or (parts.hostname and proxy_bypass(parts.hostname)):
+            return None, None
+        auth = info.proxy_auth.encode() if info.proxy_auth is not None else None
+        return info.proxy, auth
+
+    def _ca_context(self, target: ApplianceTarget) -> ssl.SSLContext:
+        assert target.tls_ca_file is not None
+        path = target.tls_ca_file
+        context = self._ca_contexts.get(path)
+        if context is None:
+            try:
+                context = ssl.create_default_context(cafile=path)
+            except (OSError, ssl.SSLError) as exc:
+                reason = getattr(exc, "strerror", None) or type(exc).__name__
+                raise TlsError(
+                    target.name, f"CA file {path} cannot be loaded ({reason})", op="tls setup"
+                ) from None
+            self._ca_contexts[path] = context
+        return context
+
+    # --- requests ----------------------------------------------------------------------------
+
+    def client_timeout(self, total: float) -> aiohttp.ClientTimeout:
+        """The aiohttp timeout of a request of `total` seconds (connecting within
+        `connect_timeout`); a handful of distinct values: made once each."""
+        client_timeout = self._timeouts.get(total)
+        if client_timeout is None:
+            client_timeout = self._timeouts[total] = aiohttp.ClientTimeout(
+                total=total, sock_connect=min(self.connect_timeout, total)
+            )
+        return client_timeout
+
+    # --- bookkeeping ------------------------------------------------------------------------
+
+    def _backoff(self, attempt: int) -> float:
+        return random.uniform(0, min(self.backoff_cap, self.backoff_base * (2**attempt)))
+
+
+async def read_capped(resp: aiohttp.ClientResponse, appliance: str, op: str) -> bytes:
+    """The body of an answer without a usable Content-Length (chunked, or read to the
+    end of the connection) or with one above the cap: at most `MAX_ANSWER_BYTES`."""
+    def too_large() -> MalformedResponse:
+        resp.close()  # the rest is never read: the connection is not reused
+        return MalformedResponse(
+            appliance,
+            f"{op}: answer larger than {MAX_ANSWER_BYTES // (1024 * 1024)} MiB "
+            f"({MAX_ANSWER_BYTES} bytes): not read",
+            op=op, status=resp.status,
+        )
+
+    length = resp.content_length
+    if length is not None and length > MAX_ANSWER_BYTES:
+        raise too_large()
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await resp.content.readany():
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            raise too_large()
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def transport_error(
+    exc: aiohttp.ClientError | OSError, appliance: str, op: str, *, timeout: float,
+    proxy: URL | None,
+) -> ApplianceError:
+    """The typed error of a request to `appliance` that failed in aiohttp or the socket
+    (`timeout`: its total seconds; `proxy`: the proxy it went through, if any).
+
+    `request_sent` is False only when the connection (to the appliance or through the
+    proxy) could not be opened: the request certainly never left this process."""
+    name = appliance
+    if isinstance(exc, aiohttp.ServerFingerprintMismatch):
+        return TlsError(
+            name, f"{op}: certificate thumbprint does not match the pinned one", op=op
+        )
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        reason = getattr(exc.certificate_error, "verify_message", None) or "not trusted"
+        return TlsError(name, f"{op}: certificate verification failed ({reason})", op=op)
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return TlsError(name, f"{op}: TLS handshake failed ({_os_reason(exc)})", op=op)
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return ApplianceTimeout(
+            name, f"{op}: no connection within the timeout", op=op, request_sent=False
+        )
+    if isinstance(exc, TimeoutError):  # asyncio.TimeoutError and aiohttp.ServerTimeoutError
+        return ApplianceTimeout(name, f"{op}: no answer within {timeout:g} s", op=op)
+    if isinstance(exc, aiohttp.ClientProxyConnectionError):
+        return Unreachable(
+            name, f"{op}: cannot connect to the proxy {proxy} ({_os_reason(exc)})",
+            op=op, request_sent=False,
+        )
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return Unreachable(name, f"{op}: host name does not resolve", op=op, request_sent=False)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return Unreachable(
+            name, f"{op}: cannot connect ({_os_reason(exc)})", op=op, request_sent=False
+        )
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        return Unreachable(
+            name, f"{op}: the proxy {proxy} refused the tunnel ({exc.status})",
+            op=op, request_sent=False,
+        )
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return Unreachable(name, f"{op}: server disconnected", op=op)
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return Unreachable(name, f"{op}: connection lost while reading the answer", op=op)
+    if isinstance(exc, aiohttp.ClientResponseError):  # unparsable HTTP answer, header too large
+        return MalformedResponse(name, f"{op}: invalid HTTP answer ({exc.message})", op=op)
+    return Unreachable(name, f"{op}: connection failed ({_os_reason(exc)})", op=op)
+
+
+def _os_reason(exc: BaseException) -> str:
+    os_error = getattr(exc, "os_error", None)
+    if isinstance(os_error, OSError):
+        exc = os_error
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return type(exc).__name__
+
+
+__all__ = [
+    "MAX_ANSWER_BYTES",
+    "MAX_HEADERS",
+    "MAX_HEADER_BYTES",
+    "Answer",
+    "ApplianceHttp",
+    "ApplianceTarget",
+    "SslSetting",
+    "read_capped",
+    "transport_error",
+]
