@@ -740,6 +740,13 @@ async def test_held_slots_are_looked_at_in_turn_and_released_on_evidence(
     async with pool.acquire() as holder, holder.transaction():
         await holder.execute("SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE", a1.id)
         assert await asyncio.wait_for(due(), 30) == ["a-2"]
+    # the one looked at longest ago first; several at once in task order
+    await pool.execute(
+        "UPDATE tasks SET slot_checked_at = now() - make_interval(mins => "
+        "CASE WHEN id = $1 THEN 2 ELSE 3 END) WHERE rollout_id = $2", a1.id, rid)
+    assert await due(limit=1) == ["a-2"]
+    await pool.execute("UPDATE tasks SET slot_checked_at = NULL WHERE rollout_id = $1", rid)
+    assert await due() == ["a-1", "a-2"]
 
     async with pool.acquire() as conn:
         assert await task_store.release_held_slot(conn, a1.id, version="9.0.1-20020",
