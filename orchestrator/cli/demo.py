@@ -17,7 +17,7 @@ import json
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -27,6 +27,7 @@ import asyncpg
 from orchestrator.appliance import ApplianceHttp
 from orchestrator.cli.common import UsageError
 from orchestrator.cli.rollout import wave_line
+from orchestrator.domain.inventory import TargetPolicy
 from orchestrator.domain.states import TERMINAL_TASK_STATES
 from orchestrator.domain.strategy import parse_strategy
 from orchestrator.engine.engine import Engine, EngineConfig
@@ -34,7 +35,7 @@ from orchestrator.inventory import read_inventory, target_policy
 from orchestrator.logs import configure_logging
 from orchestrator.reports import write_reports
 from orchestrator.settings import Settings
-from orchestrator.simulator import FaultProfile, SimulatorConfig, run_simulator
+from orchestrator.simulator import FaultProfile, Simulator, SimulatorConfig, run_simulator
 from orchestrator.simulator.faults import FAULTS
 from orchestrator.store import appliances as appliance_store
 from orchestrator.store import migrations
@@ -220,76 +221,111 @@ async def run_demo(settings: Settings, args: argparse.Namespace, server_url: str
     ):
         say(f"simulated fleet: {args.appliances} appliances over {args.sites} sites at "
             f"{sim.url} (fault profile {profile.name!r})")
-        with tempfile.TemporaryDirectory() as tmp:
-            inventory = Path(tmp) / "fleet.csv"
-            sim.write_inventory(inventory)
-            summary = await appliance_store.upsert_appliances(
-                pool, read_inventory(inventory, policy=policy).specs
-            )
-        say(f"imported {summary.total} appliances into the database")
-        rollout, _ = await rollout_store.create_rollout(
-            pool, name="demo rollout", target_version=TARGET, strategy=strategy, actor=ACTOR,
-        )
-        plan = await rollout_store.preview_plan(pool, TARGET, {}, strategy)
-        if args.canary_fault:
-            for item in plan.waves[0].appliances:
-                sim.set_faults(item.name, [args.canary_fault])
-        say(f"rollout {rollout.id}: {TARGET} in waves of "
-            f"{', '.join(str(len(w.appliances)) for w in plan.waves)} "
-            f"(canary first), max_concurrency {strategy['max_concurrency']}, "
-            f"per_site_concurrency {strategy['per_site_concurrency']}, "
-            f"max_failures {strategy['max_failures']}")
-        await rollout_store.start_rollout(pool, rollout.id, ACTOR)
-        http = ApplianceHttp(settings, request_timeout=4.0, connect_timeout=1.0, retries=1,
-                             environ={"APPLIANCE_SIM_CREDENTIALS":
-                                      f"{config.username}:{config.password}"})
-        async with http:
-            engine = Engine(pool, http, EngineConfig.from_settings(
-                settings, poll_interval=1.0, install_estimate=args.install_seconds,
-                min_poll=0.25, max_poll=5.0, target_policy=policy,
-            ), database_url=url)
-            runner = asyncio.create_task(engine.run(until_idle=True))
-            done = asyncio.Event()
-            progress = None if args.json else asyncio.create_task(
-                _progress(pool, rollout.id, done))
-            await runner
-            done.set()
-            if progress:
-                await progress
-        final = await rollout_store.get_rollout(pool, rollout.id)
-        counts = await rollout_store.rollout_counts(pool, rollout.id)
-        stats = sim.stats(include_appliances=True)
-        versions = {name: a["version"] for name, a in stats["appliances"].items()}
-        mismatches = await truth_mismatches(pool, rollout.id, versions, TARGET)
-        failures = await task_store.failures_by_code(pool, rollout.id)
-        result = {
-            "rollout_id": rollout.id,
-            "state": str(final.state),
-            "abort_reason": final.abort_reason,
-            "appliances": args.appliances,
-            "sites": args.sites,
-            "waves": [w["planned_size"] for w in counts.waves],
-            "tasks": counts.by_state,
-            "failures_by_code": failures,
-            "max_concurrency": strategy["max_concurrency"],
-            "per_site_concurrency": strategy["per_site_concurrency"],
-            "duplicate_installs": stats["duplicate_installs"],
-            "installs_accepted": stats["installs_accepted"],
-            "max_in_flight": stats["max_in_flight"],
-            "max_in_flight_by_site": stats["max_in_flight_by_site"],
-            "truth_mismatches": len(mismatches),
-            "wall_seconds": round(time.monotonic() - started, 1),
-        }
-        if mismatches:
-            result["mismatched"] = mismatches[:20]
-        if args.report_dir:
-            paths = await write_reports(pool, rollout.id, Path(args.report_dir))
-            result["reports"] = {fmt: str(path.resolve()) for fmt, path in paths.items()}
+        total = await _import_fleet(pool, sim, policy)
+        say(f"imported {total} appliances into the database")
+        rollout_id = await _start_demo_rollout(pool, sim, args, strategy, say)
+        await _run_engine(pool, url, settings, config, policy, args, rollout_id)
+        result = await _result(pool, sim, args, strategy, rollout_id, started)
     if args.json:
         print(json.dumps(result))
     else:
         print_summary(result)
     return 0
+
+
+async def _import_fleet(pool: asyncpg.Pool, sim: Simulator, policy: TargetPolicy) -> int:
+    """Import the simulated fleet's inventory (a CSV file, as an operator would): how many
+    appliances."""
+    with tempfile.TemporaryDirectory() as tmp:
+        inventory = Path(tmp) / "fleet.csv"
+        sim.write_inventory(inventory)
+        summary = await appliance_store.upsert_appliances(
+            pool, read_inventory(inventory, policy=policy).specs
+        )
+    return summary.total
+
+
+async def _start_demo_rollout(
+    pool: asyncpg.Pool, sim: Simulator, args: argparse.Namespace, strategy: dict[str, Any],
+    say: Callable[[str], None],
+) -> int:
+    """Create and start the demo rollout (with --canary-fault, its canary appliances get
+    that fault first): its id."""
+    rollout, _ = await rollout_store.create_rollout(
+        pool, name="demo rollout", target_version=TARGET, strategy=strategy, actor=ACTOR,
+    )
+    plan = await rollout_store.preview_plan(pool, TARGET, {}, strategy)
+    if args.canary_fault:
+        for item in plan.waves[0].appliances:
+            sim.set_faults(item.name, [args.canary_fault])
+    say(f"rollout {rollout.id}: {TARGET} in waves of "
+        f"{', '.join(str(len(w.appliances)) for w in plan.waves)} "
+        f"(canary first), max_concurrency {strategy['max_concurrency']}, "
+        f"per_site_concurrency {strategy['per_site_concurrency']}, "
+        f"max_failures {strategy['max_failures']}")
+    await rollout_store.start_rollout(pool, rollout.id, ACTOR)
+    return rollout.id
+
+
+async def _run_engine(
+    pool: asyncpg.Pool, url: str, settings: Settings, config: SimulatorConfig,
+    policy: TargetPolicy, args: argparse.Namespace, rollout_id: int,
+) -> None:
+    """Run an engine until no rollout is active, with a progress line unless --json."""
+    http = ApplianceHttp(settings, request_timeout=4.0, connect_timeout=1.0, retries=1,
+                         environ={"APPLIANCE_SIM_CREDENTIALS":
+                                  f"{config.username}:{config.password}"})
+    async with http:
+        engine = Engine(pool, http, EngineConfig.from_settings(
+            settings, poll_interval=1.0, install_estimate=args.install_seconds,
+            min_poll=0.25, max_poll=5.0, target_policy=policy,
+        ), database_url=url)
+        runner = asyncio.create_task(engine.run(until_idle=True))
+        done = asyncio.Event()
+        progress = None if args.json else asyncio.create_task(
+            _progress(pool, rollout_id, done))
+        await runner
+        done.set()
+        if progress:
+            await progress
+
+
+async def _result(
+    pool: asyncpg.Pool, sim: Simulator, args: argparse.Namespace, strategy: dict[str, Any],
+    rollout_id: int, started: float,
+) -> dict[str, Any]:
+    """What the demo shows: the rollout's outcome, the simulator's own counts, and the
+    appliances whose recorded outcome disagrees with their true version."""
+    final = await rollout_store.get_rollout(pool, rollout_id)
+    counts = await rollout_store.rollout_counts(pool, rollout_id)
+    stats = sim.stats(include_appliances=True)
+    versions = {name: a["version"] for name, a in stats["appliances"].items()}
+    mismatches = await truth_mismatches(pool, rollout_id, versions, TARGET)
+    failures = await task_store.failures_by_code(pool, rollout_id)
+    result = {
+        "rollout_id": rollout_id,
+        "state": str(final.state),
+        "abort_reason": final.abort_reason,
+        "appliances": args.appliances,
+        "sites": args.sites,
+        "waves": [w["planned_size"] for w in counts.waves],
+        "tasks": counts.by_state,
+        "failures_by_code": failures,
+        "max_concurrency": strategy["max_concurrency"],
+        "per_site_concurrency": strategy["per_site_concurrency"],
+        "duplicate_installs": stats["duplicate_installs"],
+        "installs_accepted": stats["installs_accepted"],
+        "max_in_flight": stats["max_in_flight"],
+        "max_in_flight_by_site": stats["max_in_flight_by_site"],
+        "truth_mismatches": len(mismatches),
+        "wall_seconds": round(time.monotonic() - started, 1),
+    }
+    if mismatches:
+        result["mismatched"] = mismatches[:20]
+    if args.report_dir:
+        paths = await write_reports(pool, rollout_id, Path(args.report_dir))
+        result["reports"] = {fmt: str(path.resolve()) for fmt, path in paths.items()}
+    return result
 
 
 def print_summary(r: dict[str, Any]) -> None:

@@ -34,7 +34,10 @@ from orchestrator.domain.errors import OrchestratorError
 from orchestrator.domain.inventory import TargetPolicy
 from orchestrator.domain.planning import resolve_max_concurrency
 from orchestrator.domain.policy import (
+    Gate,
     GateDecision,
+    Outcomes,
+    PolicyVerdict,
     count_outcomes,
     evaluate_canary,
     evaluate_policy,
@@ -150,6 +153,48 @@ class EngineConfig:
         }
         values.update(overrides)
         return cls(**values)
+
+
+@dataclass(slots=True)
+class _Tally:
+    """A rollout's tasks as one tick sees them, from `task_counts_by_wave`'s rows
+    (wave, state, n, last finish): the waves up to `current` are the gated ones."""
+
+    rows: list[Any]
+    targeted: int
+    in_flight: int
+    all_states: list[TaskState]
+    gated: list[TaskState]
+    last_finished: datetime | None
+
+    @classmethod
+    def of(cls, rows: list[Any], current: int) -> _Tally:
+        targeted = sum(x["n"] for x in rows)
+        in_flight = sum(x["n"] for x in rows if x["state"] in IN_FLIGHT_TASK_STATES)
+        all_states: list[TaskState] = []
+        gated: list[TaskState] = []
+        last_finished = None
+        for x in rows:
+            states = [TaskState(x["state"])] * x["n"]
+            all_states += states
+            if x["wave"] <= current:
+                gated += states
+                if x["last"] and (last_finished is None or x["last"] > last_finished):
+                    last_finished = x["last"]
+        return cls(rows, targeted, in_flight, all_states, gated, last_finished)
+
+
+def _with_canary(
+    verdict: PolicyVerdict, strategy: Strategy, rows: list[Any], last_wave: int
+) -> PolicyVerdict:
+    """The policy's verdict during the canary wave (wave 0): the canary's own rule may trip
+    it sooner."""
+    canary = count_outcomes(
+        [TaskState(x["state"]) for x in rows if x["wave"] == 0
+         for _ in range(x["n"])])
+    canary_verdict = evaluate_canary(strategy.canary_max_failures, canary,
+                                     more_waves=last_wave > 0)
+    return canary_verdict if canary_verdict.tripped else verdict
 
 
 class Engine:
@@ -404,6 +449,12 @@ class Engine:
         return strategy
 
     async def _advance(self, rollout_id: int) -> list[ClaimedTask]:
+        """One tick of one rollout, in one transaction under the rollout's lock.
+
+        The steps, in this order: start it when its schedule is due; wind it down when an
+        operator aborted it; judge the failure policy and move the wave gate; honour the
+        maintenance windows; claim what the limits allow.
+        """
         now = self.clock()
         async with self.pool.acquire() as conn, conn.transaction():
             await task_store.lock_rollout(conn, rollout_id)
@@ -411,123 +462,148 @@ class Engine:
             if r is None:
                 return self._inactive(rollout_id)
             strategy = self._strategy(rollout_id, r["strategy"])
-            state = r["state"]
-            if state == "SCHEDULED":
-                if r["schedule_at"] is not None and r["schedule_at"] > now:
-                    return []
-                await rollout_store.begin_running(conn, rollout_id)
-                log.info("rollout_started", rollout=rollout_id, reason="schedule reached")
-                state, current = "RUNNING", 0
-            else:
-                current = int(r["current_wave"] or 0)
+            begun = await self._start_when_due(conn, rollout_id, r, now)
+            if begun is None:
+                return []
+            state, current = begun
             if state not in ("RUNNING", "WAITING_WINDOW"):
                 return self._inactive(rollout_id)
-            rows = await rollout_store.task_counts_by_wave(conn, rollout_id)
-            targeted = sum(x["n"] for x in rows)
-            in_flight = sum(x["n"] for x in rows if x["state"] in IN_FLIGHT_TASK_STATES)
-            all_states: list[TaskState] = []
-            gated: list[TaskState] = []
-            last_finished = None
-            for x in rows:
-                states = [TaskState(x["state"])] * x["n"]
-                all_states += states
-                if x["wave"] <= current:
-                    gated += states
-                    if x["last"] and (last_finished is None or x["last"] > last_finished):
-                        last_finished = x["last"]
+            tally = _Tally.of(await rollout_store.task_counts_by_wave(conn, rollout_id), current)
             if r["abort_reason"]:
-                if in_flight == 0:
+                if tally.in_flight == 0:
                     await self._finish_rollout(conn, rollout_id, "FAILED")
                     return self._inactive(rollout_id)
                 return []
-            outcomes = count_outcomes(all_states)
+            outcomes = count_outcomes(tally.all_states)
             verdict = evaluate_policy(strategy.max_failures, strategy.min_executed,
                                       outcomes.executed, outcomes.failed)
-            cached = self._waves.get((rollout_id, current))
-            if cached is None:
-                wave = await rollout_store.wave_gate(conn, rollout_id, current)
-                last_wave = int(wave["last_wave"]) if wave and wave["last_wave"] is not None \
-                    else current
-                self._waves[(rollout_id, current)] = cached = (wave, last_wave)
-            wave, last_wave = cached
+            wave, last_wave = await self._wave_row(conn, rollout_id, current)
             if not verdict.tripped and current == 0:
-                canary = count_outcomes(
-                    [TaskState(x["state"]) for x in rows if x["wave"] == 0
-                     for _ in range(x["n"])])
-                canary_verdict = evaluate_canary(strategy.canary_max_failures, canary,
-                                                 more_waves=last_wave > 0)
-                if canary_verdict.tripped:
-                    verdict = canary_verdict
+                verdict = _with_canary(verdict, strategy, tally.rows, last_wave)
             gate = gate_next_wave(
-                gated, verdict=verdict, is_last_wave=current >= last_wave,
-                finished_at=last_finished, soak_seconds=strategy.soak_seconds,
+                tally.gated, verdict=verdict, is_last_wave=current >= last_wave,
+                finished_at=tally.last_finished, soak_seconds=strategy.soak_seconds,
                 requires_approval=bool(wave and wave["requires_approval"]),
                 approved=bool(wave and wave["approved_at"]), now=now,
             )
-            decision = gate.decision
-            if decision == GateDecision.TRIPPED:
-                await self._trip(conn, rollout_id, current, gate.reason, in_flight)
+            wave_now = await self._follow_gate(conn, rollout_id, current, wave, gate,
+                                               outcomes, tally.in_flight)
+            if wave_now is None:
                 return []
-            if decision == GateDecision.DONE:
-                final, why = final_rollout_state(outcomes)
-                if final == "FAILED":
-                    await self._set_wave(conn, rollout_id, current, "FAILED")
-                    await rollout_store.set_failure_reason(conn, rollout_id, why)
-                else:
-                    await self._set_wave(conn, rollout_id, current, "SUCCEEDED")
-                await self._finish_rollout(conn, rollout_id, str(final))
-                log.info("rollout_outcome", rollout=rollout_id, state=str(final), reason=why)
-                return self._inactive(rollout_id)
-            if decision in (GateDecision.WAIT_SOAK, GateDecision.WAIT_APPROVAL):
-                wanted = "SOAKING" if decision == GateDecision.WAIT_SOAK else "AWAITING_APPROVAL"
-                if wave and wave["state"] != wanted:
-                    await self._set_wave(conn, rollout_id, current, wanted)
-                    log.info("wave_gate", rollout=rollout_id, wave=current, gate=str(decision),
-                             reason=gate.reason)
-                return []
-            if decision == GateDecision.OPEN:
-                await self._set_wave(conn, rollout_id, current, "SUCCEEDED")
-                current += 1
-                await rollout_store.open_wave(conn, rollout_id, current)
-                log.info("wave_started", rollout=rollout_id, wave=current, reason=gate.reason)
+            current = wave_now
             allowed, waiting = await self._window_filter(conn, rollout_id, current, strategy, now)
             if allowed is None:
                 self._deadlines = {}
             if waiting:
-                # no targeted appliance may start now: wait for the next opening, or with
-                # at_window_end=cancel-pending give up on the never-started tasks
-                started = outcomes.executed + in_flight > 0
-                if strategy.at_window_end == "cancel-pending" and started:
-                    n = await rollout_store.cancel_pending_tasks(
-                        conn, rollout_id, "the maintenance window ended (cancel-pending)"
-                    )
-                    log.info("window_ended_pending_cancelled", rollout=rollout_id, tasks=n)
-                    self.wake()
-                    return []
-                if state != "WAITING_WINDOW" and in_flight == 0:
-                    await self._set_rollout_state(conn, rollout_id, "WAITING_WINDOW")
+                await self._wait_for_window(conn, rollout_id, state, strategy,
+                                            outcomes.executed, tally.in_flight)
                 return []
             if state == "WAITING_WINDOW":
                 await self._set_rollout_state(conn, rollout_id, "RUNNING")
-            capacity = self.config.max_tasks - len(self._tasks)
-            if capacity <= 0 or self._stopping.is_set():
-                return []
-            max_in_flight = resolve_max_concurrency(strategy.max_concurrency, targeted)
-            startable = sum(x["n"] for x in rows
-                            if x["state"] == "PENDING" and x["wave"] <= current)
-            if in_flight >= max_in_flight or not startable:
-                return []  # nothing may start: spare the claim statement
-            claimed = await task_store.claim_tasks(
-                conn, after_overlapping=strategy.after_overlapping,
-                rollout_id=rollout_id, current_wave=current, owner=self.owner,
-                lease_seconds=self.config.lease_seconds,
-                max_in_flight=max_in_flight,
-                per_site=strategy.per_site_concurrency,
-                starts_per_minute=strategy.max_starts_per_minute, limit=capacity,
-                allowed_appliances=allowed,
+            return await self._claim(conn, rollout_id, current, strategy, tally, allowed)
+
+    async def _start_when_due(
+        self, conn: Any, rollout_id: int, r: Any, now: datetime
+    ) -> tuple[str, int] | None:
+        """(the rollout's state, its current wave), or None while its schedule is ahead.
+
+        A SCHEDULED rollout whose time has come starts RUNNING at wave 0 here.
+        """
+        if r["state"] != "SCHEDULED":
+            return r["state"], int(r["current_wave"] or 0)
+        if r["schedule_at"] is not None and r["schedule_at"] > now:
+            return None
+        await rollout_store.begin_running(conn, rollout_id)
+        log.info("rollout_started", rollout=rollout_id, reason="schedule reached")
+        return "RUNNING", 0
+
+    async def _wave_row(self, conn: Any, rollout_id: int, current: int) -> tuple[Any, int]:
+        """(the current wave's gate row, the number of the last wave), cached until the
+        wave's state is written (`_set_wave`) or the list of active rollouts is refreshed."""
+        cached = self._waves.get((rollout_id, current))
+        if cached is None:
+            wave = await rollout_store.wave_gate(conn, rollout_id, current)
+            last_wave = int(wave["last_wave"]) if wave and wave["last_wave"] is not None \
+                else current
+            self._waves[(rollout_id, current)] = cached = (wave, last_wave)
+        return cached
+
+    async def _follow_gate(
+        self, conn: Any, rollout_id: int, current: int, wave: Any, gate: Gate,
+        outcomes: Outcomes, in_flight: int,
+    ) -> int | None:
+        """Act on the wave gate: the wave to claim in, or None when nothing starts this tick
+        (the policy tripped, the rollout ended, or the wave soaks or awaits approval)."""
+        decision = gate.decision
+        if decision == GateDecision.TRIPPED:
+            await self._trip(conn, rollout_id, current, gate.reason, in_flight)
+            return None
+        if decision == GateDecision.DONE:
+            final, why = final_rollout_state(outcomes)
+            if final == "FAILED":
+                await self._set_wave(conn, rollout_id, current, "FAILED")
+                await rollout_store.set_failure_reason(conn, rollout_id, why)
+            else:
+                await self._set_wave(conn, rollout_id, current, "SUCCEEDED")
+            await self._finish_rollout(conn, rollout_id, str(final))
+            log.info("rollout_outcome", rollout=rollout_id, state=str(final), reason=why)
+            self._inactive(rollout_id)
+            return None
+        if decision in (GateDecision.WAIT_SOAK, GateDecision.WAIT_APPROVAL):
+            wanted = "SOAKING" if decision == GateDecision.WAIT_SOAK else "AWAITING_APPROVAL"
+            if wave and wave["state"] != wanted:
+                await self._set_wave(conn, rollout_id, current, wanted)
+                log.info("wave_gate", rollout=rollout_id, wave=current, gate=str(decision),
+                         reason=gate.reason)
+            return None
+        if decision == GateDecision.OPEN:
+            await self._set_wave(conn, rollout_id, current, "SUCCEEDED")
+            current += 1
+            await rollout_store.open_wave(conn, rollout_id, current)
+            log.info("wave_started", rollout=rollout_id, wave=current, reason=gate.reason)
+        return current
+
+    async def _wait_for_window(
+        self, conn: Any, rollout_id: int, state: str, strategy: Strategy,
+        executed: int, in_flight: int,
+    ) -> None:
+        """No targeted appliance may start now: wait for the next opening, or with
+        at_window_end=cancel-pending give up on the never-started tasks."""
+        started = executed + in_flight > 0
+        if strategy.at_window_end == "cancel-pending" and started:
+            n = await rollout_store.cancel_pending_tasks(
+                conn, rollout_id, "the maintenance window ended (cancel-pending)"
             )
-            self.claimed += len(claimed)
-            return claimed
+            log.info("window_ended_pending_cancelled", rollout=rollout_id, tasks=n)
+            self.wake()
+            return
+        if state != "WAITING_WINDOW" and in_flight == 0:
+            await self._set_rollout_state(conn, rollout_id, "WAITING_WINDOW")
+
+    async def _claim(
+        self, conn: Any, rollout_id: int, current: int, strategy: Strategy, tally: _Tally,
+        allowed: list[int] | None,
+    ) -> list[ClaimedTask]:
+        """Claim the PENDING tasks up to wave `current` that the limits let start now."""
+        capacity = self.config.max_tasks - len(self._tasks)
+        if capacity <= 0 or self._stopping.is_set():
+            return []
+        max_in_flight = resolve_max_concurrency(strategy.max_concurrency, tally.targeted)
+        startable = sum(x["n"] for x in tally.rows
+                        if x["state"] == "PENDING" and x["wave"] <= current)
+        if tally.in_flight >= max_in_flight or not startable:
+            return []  # nothing may start: spare the claim statement
+        claimed = await task_store.claim_tasks(
+            conn, after_overlapping=strategy.after_overlapping,
+            rollout_id=rollout_id, current_wave=current, owner=self.owner,
+            lease_seconds=self.config.lease_seconds,
+            max_in_flight=max_in_flight,
+            per_site=strategy.per_site_concurrency,
+            starts_per_minute=strategy.max_starts_per_minute, limit=capacity,
+            allowed_appliances=allowed,
+        )
+        self.claimed += len(claimed)
+        return claimed
 
     async def _window_filter(
         self, conn: Any, rollout_id: int, current: int, strategy: Strategy, now: datetime

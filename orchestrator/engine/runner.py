@@ -31,17 +31,13 @@ from orchestrator.appliance import (
     ApplianceHttp,
     ApplianceInfo,
     ApplianceTarget,
-    ApplianceTimeout,
-    BadRequest,
     CredentialsError,
     Forbidden,
-    MalformedResponse,
     NotFound,
     ServiceUnavailable,
     Task,
     TaskStatus,
     Unauthorized,
-    Unreachable,
 )
 from orchestrator.appliance.guard import TargetRefused, guarded_client
 from orchestrator.domain import outcome
@@ -60,6 +56,7 @@ from orchestrator.domain.outcome import (
 )
 from orchestrator.domain.strategy import Strategy, missing_services
 from orchestrator.engine import failpoints
+from orchestrator.engine.answers import answer_of, signals_restart
 from orchestrator.engine.batching import TransitionBatcher
 from orchestrator.engine.pacing import InstallTimes, ProgressBuffer, ReturnOffsets
 from orchestrator.logs import bind_context, get_logger
@@ -119,41 +116,6 @@ class RunnerContext:
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _signals_restart(exc: ApplianceError) -> bool:
-    """Whether an error looks like the appliance restarting (not a passing 5xx or a slow
-    answer): refused or reset connections, connect timeouts, 503, a session it forgot."""
-    return isinstance(exc, Unreachable | ApplianceTimeout | ServiceUnavailable | Unauthorized)
-
-
-def _answer_of(exc: ApplianceError) -> Answer:
-    """How an install POST that raised `exc` ended (see `outcome.Answer`)."""
-    if isinstance(exc, Unauthorized):
-        return Answer.UNAUTHORIZED
-    if isinstance(exc, Forbidden):
-        return Answer.FORBIDDEN
-    if isinstance(exc, NotFound):
-        return Answer.NOT_FOUND
-    if isinstance(exc, BadRequest):
-        return Answer.IN_PROGRESS if _says_in_progress(exc) else Answer.BAD_REQUEST
-    if isinstance(exc, ServiceUnavailable):
-        return Answer.UNAVAILABLE
-    if isinstance(exc, MalformedResponse) and exc.status is not None \
-            and 200 <= exc.status < 300:
-        return Answer.OK  # any 2xx is acceptance, whatever its body
-    if not exc.request_sent:
-        return Answer.NOT_SENT
-    if isinstance(exc, Unreachable | ApplianceTimeout):
-        return Answer.NO_ANSWER
-    return Answer.SERVER_ERROR
-
-
-def _says_in_progress(exc: BadRequest) -> bool:
-    """Whether a 400 says that an update is being installed already. Error codes are not
-    documented: read both the code and the message; a miss only costs a later retry."""
-    text = f"{exc.error_code or ''} {exc.message or ''}".lower()
-    return "progress" in text or "running" in text or "busy" in text
 
 
 class TaskRunner:
@@ -467,7 +429,7 @@ class TaskRunner:
                 answer = Answer.OK
             except ApplianceError as exc:
                 error = exc
-                answer = _answer_of(exc)
+                answer = answer_of(exc)
             action = after_install_post(answer, sent_before=self.sent_before)
             self.sent_before = self.sent_before or answer is not Answer.NOT_SENT
             if action == PostAction.RETRY_LATER:
@@ -700,7 +662,7 @@ class TaskRunner:
                 return True
             except ApplianceError as exc:
                 now = time.monotonic()
-                if _signals_restart(exc) and not isinstance(exc, Unauthorized):
+                if signals_restart(exc) and not isinstance(exc, Unauthorized):
                     self._restart_seen()
                     return True
                 trouble_since = trouble_since or now
@@ -756,8 +718,38 @@ class TaskRunner:
         the task was settled (or handed to verification); False when the install turned out
         to be still running (back to following it)."""
         client = self._client()
-        ctx = self.ctx
         end = self.install_end if self.install_end is not None else time.monotonic()
+        first, step, scout = self._probe_plan()
+        # the restart ends the session: log in at the first probe instead of meeting a 401
+        client.forget_session()
+        self.session_reset = True
+        await self._pause(end + first - time.monotonic())
+        down_since: float | None = None
+        while True:
+            await self._check_timeout("waiting for the appliance to answer after the install")
+            if self.state == "TIMED_OUT":
+                return True
+            back, problem = await self._probe(client, end, scout)
+            if back:
+                return True
+            if problem is not None:
+                now = time.monotonic()
+                down_since = down_since or now
+                if await self._down_past_grace(problem, end, down_since, now):
+                    return True
+                await self._pause(step if scout else
+                                  max(step, self._outage_poll(now - down_since)))
+                continue
+            settled = await self._install_after_return(client)
+            if settled is not None:
+                return settled
+            down_since = down_since or time.monotonic()  # going down right now: keep probing
+            await self._pause(step)
+
+    def _probe_plan(self) -> tuple[float, float, bool]:
+        """(first probe after the install's end, step between probes, whether to measure
+        when the appliance answers again), from the returns observed so far."""
+        ctx = self.ctx
         offset = ctx.returns.expected()
         scout = self.scout or offset is None
         if offset is None:  # nothing measured yet: probe from the start, closely
@@ -769,80 +761,83 @@ class TaskRunner:
         else:  # one probe, when appliances usually answer again
             first = offset
             step = max(ctx.min_poll, min(5.0, offset / 10))
-        # the restart ends the session: log in at the first probe instead of meeting a 401
-        client.forget_session()
-        self.session_reset = True
-        await self._pause(end + first - time.monotonic())
-        down_since: float | None = None
-        while True:
-            await self._check_timeout("waiting for the appliance to answer after the install")
-            if self.state == "TIMED_OUT":
-                return True
-            sent = time.monotonic()  # what happened on the appliance, not when we read it
-            error: ApplianceError | None = None
-            info: ApplianceInfo | None = None
-            confirmed, reconfigure = False, None
-            async with self._gate():
-                try:
-                    info = await self._bounded(client.get_appliance(retries=0))
-                except ApplianceError as failed:
-                    error = failed
-                if info is not None and same_version(info.appliance_version, self.version):
-                    if scout:
-                        ctx.returns.add(sent - end)
-                    if self.saw_outage:
-                        ctx.reboot_times.add(sent - (self.outage_mono or end))
-                    confirmed, reconfigure = await self._confirm()
-            if confirmed:  # recorded outside the gate: no appliance request in it
-                assert info is not None
-                await self._succeeded(info.appliance_version, reconfigure)
-            if info is not None and same_version(info.appliance_version, self.version):
-                if not confirmed:  # services still starting: the verification loop decides
-                    if self.state == "INSTALLING":
-                        await self._to("VERIFYING", {"reason": "back up on the target version"},
-                                       progress=100)
-                    await self._verify(settle=False)
-                return True
-            if error is not None or info is None:
-                problem = error or ApplianceError(self.task.appliance, "no answer")
-                now = time.monotonic()
-                down_since = down_since or now
-                if _signals_restart(problem):
-                    self.saw_outage = True
-                    if self.outage_mono is None:
-                        self.outage_mono = min(now, end)
-                if now - down_since > self.strategy.reboot_grace:
-                    await self._finish(
-                        "TIMED_OUT", "UNREACHABLE",
-                        f"appliance did not come back within reboot_grace "
-                        f"{self.strategy.reboot_grace:g} s ({problem})",
-                    )
-                    return True
-                await self._pause(step if scout else
-                                  max(step, self._outage_poll(now - down_since)))
-                continue
-            # up on another version: the install still runs, failed, or restarts later
-            sent = time.monotonic()
+        return first, step, scout
+
+    async def _probe(
+        self, client: ApplianceClient, end: float, scout: bool
+    ) -> tuple[bool, ApplianceError | None]:
+        """One probe (`GET /appliance`): (back on the target version, the task settled here
+        or handed to verification; the error when the appliance did not answer)."""
+        ctx = self.ctx
+        sent = time.monotonic()  # what happened on the appliance, not when we read it
+        error: ApplianceError | None = None
+        info: ApplianceInfo | None = None
+        confirmed, reconfigure = False, None
+        async with self._gate():
             try:
-                remote = await self._bounded(client.get_task(self.remote_id or "", retries=0))
-            except NotFound:
-                # the task is gone: the appliance restarted and came back on the old version
-                self.saw_outage = True
-                await self._to("VERIFYING", {"reason": "install task gone (404): restarted"})
+                info = await self._bounded(client.get_appliance(retries=0))
+            except ApplianceError as failed:
+                error = failed
+            if info is not None and same_version(info.appliance_version, self.version):
+                if scout:
+                    ctx.returns.add(sent - end)
+                if self.saw_outage:
+                    ctx.reboot_times.add(sent - (self.outage_mono or end))
+                confirmed, reconfigure = await self._confirm()
+        if confirmed:  # recorded outside the gate: no appliance request in it
+            assert info is not None
+            await self._succeeded(info.appliance_version, reconfigure)
+        if info is not None and same_version(info.appliance_version, self.version):
+            if not confirmed:  # services still starting: the verification loop decides
+                if self.state == "INSTALLING":
+                    await self._to("VERIFYING", {"reason": "back up on the target version"},
+                                   progress=100)
                 await self._verify(settle=False)
-                return True
-            except ApplianceError:
-                now = time.monotonic()
-                down_since = down_since or now  # going down right now: keep probing
-                await self._pause(step)
-                continue
-            if remote.status in (TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.UNKNOWN):
-                self.install_end = None  # slower than expected: follow the task again
-                if not await self._task_seen(remote, sent):
-                    return True
-                return False
-            await self._task_seen(remote, sent)
+            return True, None
+        if error is not None or info is None:
+            return False, error or ApplianceError(self.task.appliance, "no answer")
+        return False, None
+
+    async def _down_past_grace(
+        self, problem: ApplianceError, end: float, down_since: float, now: float
+    ) -> bool:
+        """The appliance did not answer a probe: note a restart if the error says so; True
+        once it stayed unanswerable past reboot_grace (the task ended TIMED_OUT)."""
+        if signals_restart(problem):
+            self.saw_outage = True
+            if self.outage_mono is None:
+                self.outage_mono = min(now, end)
+        if now - down_since > self.strategy.reboot_grace:
+            await self._finish(
+                "TIMED_OUT", "UNREACHABLE",
+                f"appliance did not come back within reboot_grace "
+                f"{self.strategy.reboot_grace:g} s ({problem})",
+            )
             return True
+        return False
+
+    async def _install_after_return(self, client: ApplianceClient) -> bool | None:
+        """Up on another version: the install still runs, failed, or restarts later; ask
+        the install task. True: settled (or handed to verification); False: still running,
+        follow it again; None: no answer (going down right now: keep probing)."""
+        sent = time.monotonic()
+        try:
+            remote = await self._bounded(client.get_task(self.remote_id or "", retries=0))
+        except NotFound:
+            # the task is gone: the appliance restarted and came back on the old version
+            self.saw_outage = True
+            await self._to("VERIFYING", {"reason": "install task gone (404): restarted"})
+            await self._verify(settle=False)
+            return True
+        except ApplianceError:
+            return None
+        if remote.status in (TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.UNKNOWN):
+            self.install_end = None  # slower than expected: follow the task again
+            if not await self._task_seen(remote, sent):
+                return True
+            return False
+        await self._task_seen(remote, sent)
+        return True
 
     async def _confirm(self) -> tuple[bool, bool | None]:
         """Back up on the target version: (whether the key services run, and then whether
@@ -889,7 +884,7 @@ class TaskRunner:
                 info = await self._bounded(client.get_appliance(retries=0))
                 running = await self._bounded(self._services(client))
             except ApplianceError as exc:
-                sign = _signals_restart(exc)
+                sign = signals_restart(exc)
                 self.saw_outage = self.saw_outage or sign
                 # for the stability of the old version, a restart shows as connections
                 # refused or reset, or a forgotten session; a lone 503 between good answers

@@ -14,6 +14,7 @@ from aiohttp import ClientResponse
 from orchestrator.store import events as event_store
 from orchestrator.store import rollouts as rollout_store
 from tests.fleet import ACTOR, create, engine, fleet, wait_until_terminal
+from tests.helpers import eventually
 from tests.integration.test_api_support import api_client, auth, tokens_by_role
 
 
@@ -56,18 +57,27 @@ async def test_reconnect_with_last_event_id_misses_nothing(pool: asyncpg.Pool,
     headers = auth(tokens["viewer"])
     async with fleet(pool, db_url, appliances=24, sites=3, install_seconds=0.4) as f, \
             api_client(pool, sse_keepalive=0.3) as client:
-        rid = await create(pool, {"waves": [1, "100%"], "max_concurrency": 4})
+        # the canary's gate waits for an approval: the stream is read up to it, the client
+        # disconnects, and only then does the rest of the rollout happen
+        rid = await create(pool, {"waves": [1, "100%"], "max_concurrency": 4,
+                                  "approval": "after-canary"})
         url = f"/api/v1/rollouts/{rid}/events"
         async with engine(f):
             async with client.get(url, headers=headers) as resp:
                 assert resp.status == 200
                 assert resp.headers["Content-Type"].startswith("text/event-stream")
-                first = await read_events(resp, stop_after_tasks=40)
-            # disconnected mid-rollout: transitions go on while nobody listens
+                # 24 planned tasks, then the canary's four transitions
+                first = await read_events(resp, stop_after_tasks=24 + 4)
             ids = [int(e["id"]) for e in first if e.get("event") == "task"]
             assert first[0] == {"retry": "2000"} and first[1]["event"] == "progress"
+            assert first[-1]["event"] == "task" and first[-1]["data"]["to_state"] == "SUCCEEDED"
             assert (await rollout_store.get_rollout(pool, rid)).state == "RUNNING"
-            await asyncio.sleep(1.0)
+            # disconnected mid-rollout: transitions go on while nobody listens
+            await rollout_store.approve_rollout(pool, rid, ACTOR)
+            await eventually(
+                lambda: pool.fetchval("SELECT count(*) FROM task_events WHERE rollout_id = $1",
+                                      rid),
+                lambda n: n >= 24 + 4 + 12)
             async with client.get(url, headers={**headers, "Last-Event-ID": str(ids[-1])}) \
                     as resp:
                 second = await read_events(resp)
