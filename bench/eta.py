@@ -2,8 +2,11 @@
 
 A 1,000-appliance rollout on the simulator under a maintenance window that opens every
 minute for `--window-seconds`, so the rollout spans several openings; the engine runs
-in-process. When a quarter of the tasks have finished, the forecast is taken; when the
-rollout ends, it is compared with the real end. Prints one JSON object with both.
+in-process (`run(until_idle=True)`, which waits through the closed windows: a rollout in
+WAITING_WINDOW is not idle). It may start while the window is closed: the clock starts at
+`rollout start` all the same, so the wait for the first opening is part of both figures.
+When a quarter of the tasks have finished, the forecast is taken; when the rollout ends, it
+is compared with the real end. Prints one JSON object with both.
 
     .venv/bin/python bench/eta.py [--appliances 1000]
 """
@@ -80,6 +83,7 @@ async def run(opts: argparse.Namespace, url: str) -> dict[str, object]:
             ), database_url=url)
             await rollout_store.start_rollout(pool, rollout.id, ACTOR)
             started = datetime.now(UTC)
+            window_open_at_start = started.second < opts.window_seconds - opts.cutoff_seconds
             runner = asyncio.create_task(engine.run(until_idle=True))
             forecast = None
             done_at_forecast = 0
@@ -100,7 +104,12 @@ async def run(opts: argparse.Namespace, url: str) -> dict[str, object]:
                 await asyncio.sleep(0.2)
             await runner
         final = await rollout_store.get_rollout(pool, rollout.id)
-        assert final.finished_at is not None and forecast is not None and forecast.eta
+        if final.finished_at is None:
+            raise SystemExit(f"eta: the rollout is still {final.state} after --timeout "
+                             f"{opts.timeout:g} s")
+        if forecast is None or forecast.eta is None:
+            raise SystemExit(f"eta: no forecast with an ETA was made at {opts.at:g} done "
+                             f"(the rollout ended {final.state})")
         real_s = (final.finished_at - started).total_seconds()
         predicted_s = (forecast.eta - started).total_seconds()
         error = abs(predicted_s - real_s) / real_s
@@ -119,6 +128,7 @@ async def run(opts: argparse.Namespace, url: str) -> dict[str, object]:
             "within_goal": error <= 0.15,
             "forecast_basis": forecast.basis,
             "window_openings_used": int(openings_used),
+            "window_open_at_start": window_open_at_start,
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                         "python": platform.python_version()},
         }

@@ -98,6 +98,9 @@ class HttpView(Protocol):
     @property
     def errors_by_kind(self) -> Mapping[str, int]: ...
 
+    @property
+    def cached_clients(self) -> int: ...
+
 
 class _EngineCollector(Collector):
     """Counters read from the in-process engine and its appliance client at scrape time."""
@@ -126,6 +129,10 @@ class _EngineCollector(Collector):
         if http is not None:
             yield CounterMetricFamily("orchestrator_appliance_api_requests",
                                       "Requests sent to appliances.", value=float(http.requests))
+            yield GaugeMetricFamily("orchestrator_appliance_clients_cached",
+                                    "Appliance clients (and their sessions) this process "
+                                    "keeps now: one per appliance being worked on.",
+                                    value=float(http.cached_clients))
             yield CounterMetricFamily("orchestrator_appliance_api_retries",
                                       "Appliance requests retried after a transient error.",
                                       value=float(http.retried))

@@ -4,6 +4,14 @@ One `ApplianceHttp` per process owns the single `aiohttp.ClientSession` (one con
 pool for the whole fleet), the TLS contexts, the proxies of the environment, the back-off
 and the cache of `ApplianceClient`s (one per appliance, see `client.py`).
 
+Clients in use: the engine's users of a client (a task runner, a look at a held slot)
+`hold` it and `release` it when they are done. Once its last user is done, the client
+leaves the cache and its session is logged out (`DELETE /session`, best effort, within
+`LOGOUT_TIMEOUT`): an engine that drives 100,000 appliances keeps a client and an open
+appliance session only for those it works on now. `release_soon` does the same without
+waiting (a cancelled user): the logout runs in the background, and `close` cancels the
+logouts still running.
+
 HTTP: aiohttp, one `ClientSession` per process. Redirects are never followed (a 3xx is a
 `MalformedResponse` naming the status and the Location: fix the inventory's base_url);
 an answer body larger than `MAX_ANSWER_BYTES` (4 MiB) and a header line or field larger
@@ -20,11 +28,12 @@ session id.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import ssl
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
@@ -57,6 +66,9 @@ MAX_ANSWER_BYTES = 4 * 1024 * 1024
 MAX_HEADER_BYTES = 8190
 MAX_HEADERS = 128
 _HEX = frozenset("0123456789abcdef")
+# seconds: the most a release's logout waits for its appliance (never longer than the
+# request timeout)
+LOGOUT_TIMEOUT = 2.0
 
 SslSetting = bool | ssl.SSLContext | aiohttp.Fingerprint
 
@@ -120,7 +132,8 @@ class ApplianceHttp:
 
     Counters: `requests` counts every HTTP request sent (retries and logins included);
     `errors_by_kind` counts every failed attempt by `ApplianceError.kind`; `retried`
-    counts the attempts that were repeated.
+    counts the attempts that were repeated. `cached_clients` is the number of clients
+    cached now.
     """
 
     def __init__(
@@ -175,6 +188,10 @@ class ApplianceHttp:
         self.errors_by_kind: Counter[str] = Counter()
         self._session: aiohttp.ClientSession | None = None
         self._clients: dict[str, ApplianceClient] = {}
+        # client -> how many users hold it now (`hold` / `release`)
+        self._users: dict[ApplianceClient, int] = {}
+        # the background logouts of `release_soon` still running
+        self._logouts: set[asyncio.Task[None]] = set()
         self._ca_contexts: dict[str, ssl.SSLContext] = {}
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
         # the proxies of the environment by URL scheme, read once at start (trust_env)
@@ -227,8 +244,14 @@ class ApplianceHttp:
         )
 
     async def close(self) -> None:
+        logouts = list(self._logouts)
+        for task in logouts:  # best effort: never waited for
+            task.cancel()
+        if logouts:
+            await asyncio.gather(*logouts, return_exceptions=True)
         session, self._session = self._session, None
         self._clients.clear()
+        self._users.clear()
         if session is not None:
             await session.close()
 
@@ -272,6 +295,66 @@ class ApplianceHttp:
     def forget(self, name: str) -> None:
         """Drop the cached client of an appliance (its session is not logged out)."""
         self._clients.pop(name, None)
+
+    @property
+    def cached_clients(self) -> int:
+        """How many clients are cached now."""
+        return len(self._clients)
+
+    def hold(self, client: ApplianceClient) -> None:
+        """One more user of `client` (a task runner, a look at a held slot) until its
+        `release` (or `release_soon`): while any holds it, it stays cached and logged in."""
+        self._users[client] = self._users.get(client, 0) + 1
+
+    async def release(self, client: ApplianceClient) -> None:
+        """One user of `client` is done (see `hold`). Once none is left, the client leaves
+        the cache (`forget`) and its session, if any, is logged out: best effort, within
+        `LOGOUT_TIMEOUT`; never raises (a failure is logged at debug level)."""
+        if self._unheld(client):
+            await self._logout_quietly(client)
+
+    def release_soon(self, client: ApplianceClient) -> None:
+        """`release` without waiting (for a user that is being cancelled): the client
+        leaves the cache now, its logout runs in the background (`close` cancels it)."""
+        if self._unheld(client) and client.has_session:
+            task = asyncio.get_running_loop().create_task(
+                self._logout_quietly(client), name=f"logout-{client.name}")
+            self._logouts.add(task)
+            task.add_done_callback(self._logouts.discard)
+
+    @contextlib.asynccontextmanager
+    async def using(self, client: ApplianceClient) -> AsyncIterator[ApplianceClient]:
+        """`hold` the client for the block; `release` it after, whether the block returns
+        or raises (`release_soon` when it is cancelled: nothing waits on the appliance)."""
+        self.hold(client)
+        try:
+            yield client
+        except Exception:
+            await self.release(client)
+            raise
+        except BaseException:  # cancelled (the engine stopping, a lease lost)
+            self.release_soon(client)
+            raise
+        await self.release(client)
+
+    def _unheld(self, client: ApplianceClient) -> bool:
+        """Count one user of `client` less; True when none is left, the client then out of
+        the cache (unless the cache holds another client of that appliance)."""
+        users = self._users.get(client, 0) - 1
+        if users > 0:
+            self._users[client] = users
+            return False
+        self._users.pop(client, None)
+        if self._clients.get(client.name) is client:
+            del self._clients[client.name]
+        return True
+
+    async def _logout_quietly(self, client: ApplianceClient) -> None:
+        try:
+            await client.logout(request_timeout=min(LOGOUT_TIMEOUT, self.request_timeout))
+        except Exception as exc:  # the appliance's error, or this transport already closed
+            log.debug("appliance_logout_failed", appliance=client.name,
+                      error=type(exc).__name__)
 
     async def logout_all(self, *, request_timeout: float = 5.0) -> None:
         """Best effort: log out every client that holds a session; errors are ignored."""
@@ -421,6 +504,7 @@ def _os_reason(exc: BaseException) -> str:
 
 
 __all__ = [
+    "LOGOUT_TIMEOUT",
     "MAX_ANSWER_BYTES",
     "MAX_HEADERS",
     "MAX_HEADER_BYTES",

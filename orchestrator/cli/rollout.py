@@ -73,7 +73,8 @@ def add_run_command(sub: Any) -> None:
     """`run [--until-idle]`."""
     run = sub.add_parser("run", help="run the rollout engine until SIGTERM")
     run.add_argument("--until-idle", action="store_true",
-                     help="exit once no rollout is active and no task runs")
+                     help="exit once no rollout is scheduled, running or waiting for "
+                          "its window and no task runs here (a paused one does not count)")
     run.set_defaults(func=cmd_run)
 
 

@@ -276,8 +276,14 @@ class Engine:
             self.refresh()
 
     async def run(self, *, until_idle: bool = False) -> None:
-        """The engine's life: returns after `stop()` (or, with until_idle, once no rollout
-        is active and no task runs here).
+        """The engine's life: returns after `stop()` (or, with until_idle, once idle).
+
+        Idle: no rollout is SCHEDULED, RUNNING or WAITING_WINDOW (the ones this engine could
+        still work on) and no task runs here. A rollout scheduled for later or waiting for
+        its maintenance window keeps the engine running (it ticks every poll_interval, and
+        on NOTIFY, until the rollout ends), as does one whose wave soaks or awaits approval
+        (it is RUNNING). A PAUSED rollout waits for an operator, not for the engine: it
+        does not keep the engine running (its tasks running here do, until they end).
 
         The background loops (heartbeat, leases, progress, listen, loop-lag, held-slots)
         belong to one TaskGroup and run as long as the engine: each tolerates the errors
@@ -403,7 +409,10 @@ class Engine:
 
     # ------------------------------------------------------------------ ticks
     async def tick(self) -> bool:
-        """One pass over the active rollouts; returns whether any rollout is active."""
+        """One pass over the active rollouts; returns whether any rollout is active
+        (SCHEDULED, RUNNING or WAITING_WINDOW: one this engine may still work on), or may
+        be: a refresh during the tick (a NOTIFY, as the tick's own state changes send)
+        forgets the list, and the next tick, which it wakes, reads it again."""
         self.ticks += 1
         capacity = self.config.max_tasks - len(self._tasks)
         now = time.monotonic()
@@ -434,7 +443,7 @@ class Engine:
             if claimed:
                 failpoints.hit("after_claim")
             self._spawn(claimed, self._deadlines)
-        return bool(self._active)
+        return self._active is None or bool(self._active)
 
     def _inactive(self, rollout_id: int) -> list[ClaimedTask]:
         """The rollout is no longer active: leave it out of the next ticks."""

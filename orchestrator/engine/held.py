@@ -7,6 +7,10 @@ the held slots now and then (each slot at most once per `every` seconds, whichev
 takes it) and frees a slot once its appliance answers with no install task running
 (`outcome.slot_free`); the version it reports becomes the task's final version. An
 operator frees one by hand with `orchestrator appliances release NAME`.
+
+A look holds the appliance's client for its duration only (`ApplianceHttp.using`): the
+client is released after it (logged out, out of the cache) unless a task runner of this
+process uses it at the same time.
 """
 
 from __future__ import annotations
@@ -49,7 +53,9 @@ async def look(http: ApplianceHttp, slot: HeldSlot, *, seconds: float,
     version: str | None = None
     listing_read = running = services_up = False
     try:
-        async with asyncio.timeout(seconds):
+        # held for the look only: released after it (logged out unless a runner of this
+        # process uses the same client now)
+        async with http.using(client), asyncio.timeout(seconds):
             version = (await client.get_appliance(retries=0)).appliance_version
             services = await client.get_services(retries=0)
             services_up = not missing_services(

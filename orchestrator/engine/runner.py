@@ -160,7 +160,13 @@ class TaskRunner:
 
     # ------------------------------------------------------------------ entry point
     async def run(self) -> str:
-        """Run to the end; return the final state (or the state when lost)."""
+        """Run to the end; return the final state (or the state when lost).
+
+        However the run ends (a terminal state, the task lost, the deadline, a crash), its
+        appliance client is released after the task's last write (`ApplianceHttp.using`):
+        its session is logged out and it leaves the cache, unless another user in this
+        process holds it. A cancelled run (the engine stopping, the lease lost) does not
+        wait for that logout."""
         with bind_context(rollout=self.task.rollout_id, wave=self.task.wave,
                           task=self.task.id, appliance=self.task.appliance):
             try:
@@ -175,23 +181,24 @@ class TaskRunner:
             except (CredentialsError, ValueError) as exc:
                 await self._finish("FAILED", "CREDENTIALS", str(exc))
                 return self.state
-            try:
-                if self.task.reclaimed:
-                    await self._reconcile()
-                elif self.state == "DISPATCHING":
-                    await self._dispatch()
-                elif self.state == "INSTALLING":
-                    await self._monitor()
-                elif self.state == "VERIFYING":
-                    await self._verify()
-            except DeadlinePassed:
-                await self._finish(
-                    "TIMED_OUT", "TASK_TIMEOUT",
-                    f"no verified outcome within task_timeout {self.strategy.task_timeout:g} s "
-                    f"(last state {self.state})",
-                )
-            except TaskLost:
-                log.info("task_dropped", reason="owned by another worker now")
+            async with self.ctx.http.using(self.client):
+                try:
+                    if self.task.reclaimed:
+                        await self._reconcile()
+                    elif self.state == "DISPATCHING":
+                        await self._dispatch()
+                    elif self.state == "INSTALLING":
+                        await self._monitor()
+                    elif self.state == "VERIFYING":
+                        await self._verify()
+                except DeadlinePassed:
+                    await self._finish(
+                        "TIMED_OUT", "TASK_TIMEOUT",
+                        f"no verified outcome within task_timeout "
+                        f"{self.strategy.task_timeout:g} s (last state {self.state})",
+                    )
+                except TaskLost:
+                    log.info("task_dropped", reason="owned by another worker now")
             return self.state
 
     # ------------------------------------------------------------------ transitions

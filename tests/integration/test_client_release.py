@@ -1,0 +1,215 @@
+"""Appliance clients released when their task ends: after a rollout the engine caches no
+client and every appliance session it opened is logged out (the simulator's own count),
+whatever the end (succeeded, failed, dropped as lost, cancelled); a held-slot look and a
+runner on the same appliance share one client until both are done."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+import pytest
+
+from orchestrator.appliance import ApplianceClient, ApplianceHttp, ApplianceTarget
+from orchestrator.appliance.guard import guarded_client
+from orchestrator.domain.inventory import LAB_POLICY
+from orchestrator.domain.strategy import parse_strategy
+from orchestrator.engine import held
+from orchestrator.engine.runner import TaskRunner
+from orchestrator.simulator import Simulator
+from orchestrator.store.tasks import HeldSlot
+from tests.fleet import (
+    TARGET,
+    create,
+    engine,
+    fleet,
+    http_client,
+    task_by_appliance,
+    wait_until_terminal,
+)
+from tests.helpers import eventually
+from tests.integration.test_runner import (
+    NAME,
+    OWNER,
+    _claim,
+    _context,
+    _park_after,
+    _run,
+    _take_over,
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def kinds(sim: Simulator) -> dict[str, int]:
+    return dict(sim.stats(include_appliances=False)["requests_by_kind"])
+
+
+def open_sessions(sim: Simulator) -> int:
+    """Sessions the simulated appliances hold now (login adds one, logout removes it)."""
+    return sum(len(app.sessions) for app in sim.fleet.appliances)
+
+
+async def test_rollout_leaves_no_client_and_no_session(pool: asyncpg.Pool,
+                                                        db_url: str) -> None:
+    """N appliances, one of them FAILED (install_error): N logouts, none left open, and
+    the engine's client cache is empty once its runners are done."""
+    n = 6
+    async with fleet(pool, db_url, appliances=n, sites=2) as f:
+        f.sim.set_faults("sim-00003", ["install_error"])
+        rid = await create(pool)
+        http = http_client()
+        async with engine(f, http=http) as eng:
+            await wait_until_terminal(pool, rid)
+
+            async def running() -> int:
+                return len(eng.runners)
+
+            await eventually(running, lambda count: count == 0)
+            assert http.cached_clients == 0
+        states = {name: row["state"] for name, row in (await task_by_appliance(
+            pool, rid)).items()}
+        assert states.pop("sim-00003") == "FAILED"
+        assert set(states.values()) == {"SUCCEEDED"} and len(states) == n - 1
+        seen = kinds(f.sim)
+        assert seen["logout"] == n
+        assert seen["login"] >= n  # one before the install, more after the reboot
+        assert open_sessions(f.sim) == 0
+
+
+async def test_failed_task_logs_out(pool: asyncpg.Pool, db_url: str) -> None:
+    async with fleet(pool, db_url, appliances=1, sites=1) as f:
+        f.sim.set_faults(NAME, ["install_error"])
+        task = await _claim(pool, await create(pool))
+        async with http_client() as http:
+            h = _context(pool, http, OWNER)
+            try:
+                assert await _run(h, task) == "FAILED"
+                assert http.cached_clients == 0
+            finally:
+                assert h.ctx.batcher is not None
+                await h.ctx.batcher.aclose()
+        assert kinds(f.sim)["logout"] == 1 and open_sessions(f.sim) == 0
+
+
+async def test_lost_task_releases_its_client(pool: asyncpg.Pool, db_url: str) -> None:
+    """Another worker reclaimed the task before this runner's guarded write: the runner
+    (logged in to read the version) drops the task (TaskLost) and logs out."""
+    async with fleet(pool, db_url, appliances=1, sites=1) as f:
+        task = await _claim(pool, await create(pool))
+        await _take_over(pool, task)
+        async with http_client() as http:
+            h = _context(pool, http, OWNER)
+            try:
+                assert await _run(h, task) == "DISPATCHING"  # dropped: TaskLost
+                assert http.cached_clients == 0
+            finally:
+                assert h.ctx.batcher is not None
+                await h.ctx.batcher.aclose()
+        seen = kinds(f.sim)
+        assert (seen["login"], seen["logout"]) == (1, 1)
+        assert open_sessions(f.sim) == 0
+
+
+async def test_cancelled_runner_leaves_the_cache_at_once(pool: asyncpg.Pool,
+                                                         db_url: str) -> None:
+    """A runner stopped at a safe point (the engine stopping, its lease lost): its client
+    leaves the cache at once, the logout runs in the background, exactly once."""
+    async with fleet(pool, db_url, appliances=1, sites=1) as f:
+        task = await _claim(pool, await create(pool))
+        async with http_client() as http:
+            h = _context(pool, http, OWNER)
+            sleep, parked = _park_after("INSTALLING", h)
+            h.ctx.sleep = sleep
+            runner = TaskRunner(h.ctx, task, parse_strategy(task.strategy))
+            h.ctx.lease_until[task.id] = asyncio.get_running_loop().time() + 60
+            handle = asyncio.create_task(runner.run())
+            try:
+                await asyncio.wait_for(parked.wait(), 60)
+                assert http.cached_clients == 1
+                handle.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await handle
+                assert http.cached_clients == 0
+
+                async def logouts() -> int:
+                    return kinds(f.sim).get("logout", 0)
+
+                await eventually(logouts, lambda count: count == 1)
+            finally:
+                assert h.ctx.batcher is not None
+                await h.ctx.batcher.aclose()
+        assert kinds(f.sim)["logout"] == 1 and open_sessions(f.sim) == 0
+
+
+def _slot(sim: Simulator) -> HeldSlot:
+    return HeldSlot(
+        id=1, rollout_id=1, appliance_id=1, appliance=NAME, base_url=sim.base_url(NAME),
+        credentials_ref="env:APPLIANCE_SIM_CREDENTIALS", tls_ca_file=None,
+        tls_thumbprint=None, site="site-1", target_version=TARGET, finished_at=None,
+        strategy={},
+    )
+
+
+def _client_of(http: ApplianceHttp, slot: HeldSlot) -> ApplianceClient:
+    return guarded_client(http, ApplianceTarget(
+        name=slot.appliance, base_url=slot.base_url, credentials_ref=slot.credentials_ref,
+    ), LAB_POLICY)
+
+
+async def test_held_slot_look_releases_its_client(pool: asyncpg.Pool, db_url: str) -> None:
+    async with fleet(pool, db_url, appliances=1, sites=1) as f:
+        slot = _slot(f.sim)
+        async with http_client() as http:
+            assert await held.look(http, slot, seconds=10, policy=LAB_POLICY) is not None
+            assert http.cached_clients == 0
+        seen = kinds(f.sim)
+        assert (seen["login"], seen["logout"]) == (1, 1)
+        assert open_sessions(f.sim) == 0
+
+
+async def test_look_and_runner_on_one_appliance_share_the_client(pool: asyncpg.Pool,
+                                                                 db_url: str) -> None:
+    """A runner of this process holds the appliance's client when a held-slot look takes
+    it too: the look's end keeps the client and its session; the runner's end releases
+    it. One login, one logout."""
+    async with fleet(pool, db_url, appliances=1, sites=1) as f:
+        slot = _slot(f.sim)
+        async with http_client() as http:
+            client = _client_of(http, slot)
+            async with http.using(client):
+                assert await held.look(http, slot, seconds=10, policy=LAB_POLICY) is not None
+                assert http.cached_clients == 1
+                assert _client_of(http, slot) is client
+                assert kinds(f.sim).get("logout", 0) == 0 and open_sessions(f.sim) == 1
+            assert http.cached_clients == 0
+        seen = kinds(f.sim)
+        assert (seen["login"], seen["logout"]) == (1, 1)
+        assert open_sessions(f.sim) == 0
+
+
+async def test_metrics_show_the_clients_kept_now(pool: asyncpg.Pool) -> None:
+    """`orchestrator_appliance_clients_cached`: the clients (and sessions) the process keeps
+    now, one per appliance being worked on; none once each is released."""
+    from tests.fleet import http_client as make_http
+    from tests.integration.test_api_support import api_client
+
+    async def gauge(client: Any) -> float:
+        async with client.get("/metrics") as resp:
+            text = await resp.text()
+        [line] = [x for x in text.splitlines()
+                  if x.startswith("orchestrator_appliance_clients_cached ")]
+        return float(line.split()[1])
+
+    async with make_http() as http, api_client(pool, http=http) as client:
+        a, b = (http.client(ApplianceTarget(name=name, base_url=f"http://127.0.0.1:9/{name}",
+                                            credentials_ref="env:APPLIANCE_SIM_CREDENTIALS"))
+                for name in ("vr-a", "vr-b"))
+        http.hold(a)
+        http.hold(b)
+        assert await gauge(client) == 2.0
+        await http.release(a)  # no session: nothing to log out, no request
+        assert await gauge(client) == 1.0
+        await http.release(b)
+        assert await gauge(client) == 0.0

@@ -1,0 +1,175 @@
+"""Releasing appliance clients (`ApplianceHttp.hold` / `release` / `release_soon` /
+`using`): once its last user is done, a client leaves the cache and its session is logged
+out, best effort: a failed logout never raises and is logged without the session id."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from aioresponses import aioresponses
+from structlog.testing import capture_logs
+
+from orchestrator.appliance import ApplianceClient, ApplianceHttp, ApplianceTarget
+from orchestrator.appliance.client import SESSION_HEADER
+from orchestrator.appliance.http import LOGOUT_TIMEOUT
+from tests.helpers import eventually
+from tests.unit.test_appliance_client import (
+    BASE,
+    NAME,
+    SECRETS,
+    SID,
+    CompatAioresponses,
+    calls,
+    connector_error,
+    login_ok,
+    make_http,
+    sent,
+    url,
+)
+
+TARGET = ApplianceTarget(NAME, BASE)
+
+
+@pytest.fixture
+def mock() -> Iterator[aioresponses]:
+    with CompatAioresponses() as m:
+        yield m
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[ApplianceHttp]:
+    async with make_http() as h:
+        yield h
+
+
+async def logged_in(mock: aioresponses, http: ApplianceHttp) -> ApplianceClient:
+    client = http.client(TARGET)
+    login_ok(mock)
+    await client.login()
+    assert client.has_session and http.cached_clients == 1
+    return client
+
+
+def deletes(mock: aioresponses) -> int:
+    return len(calls(mock, "DELETE", "/session"))
+
+
+async def test_release_logs_out_and_forgets(mock: aioresponses, http: ApplianceHttp) -> None:
+    client = await logged_in(mock, http)
+    http.hold(client)
+    mock.delete(url("/session"), status=204)
+    await http.release(client)
+    assert not client.has_session and http.cached_clients == 0
+    [delete] = calls(mock, "DELETE", "/session")
+    assert sent(delete) == {SESSION_HEADER: SID}
+    assert delete.kwargs["timeout"].total == LOGOUT_TIMEOUT  # short, whatever the setting
+    assert http.client(TARGET) is not client  # a later user gets a fresh client
+
+
+async def test_release_without_session_sends_nothing(mock: aioresponses,
+                                                     http: ApplianceHttp) -> None:
+    client = http.client(TARGET)
+    http.hold(client)
+    await http.release(client)
+    assert http.cached_clients == 0 and deletes(mock) == 0
+
+
+@pytest.mark.parametrize(("failure", "error"), [
+    ({"exception": connector_error()}, "Unreachable"),
+    ({"status": 500}, "ServerError"),
+])
+async def test_failed_logout_never_raises_and_logs_no_session_id(
+    mock: aioresponses, http: ApplianceHttp, failure: dict[str, object], error: str
+) -> None:
+    client = await logged_in(mock, http)
+    http.hold(client)
+    mock.delete(url("/session"), **failure)  # type: ignore[arg-type]
+    with capture_logs() as logs:
+        await http.release(client)  # no exception
+    assert deletes(mock) == 1  # tried once, never retried
+    assert not client.has_session and http.cached_clients == 0
+    [entry] = [e for e in logs if e["event"] == "appliance_logout_failed"]
+    assert (entry["log_level"], entry["appliance"], entry["error"]) == ("debug", NAME, error)
+    for secret in SECRETS:
+        assert secret not in repr(entry)
+
+
+async def test_release_after_close_never_raises(mock: aioresponses) -> None:
+    http = make_http()
+    async with http:
+        client = await logged_in(mock, http)
+        http.hold(client)
+    await http.release(client)  # the transport is closed: nothing sent, nothing raised
+    assert deletes(mock) == 0 and not client.has_session
+
+
+async def test_a_client_held_twice_stays_until_its_last_user_is_done(
+    mock: aioresponses, http: ApplianceHttp
+) -> None:
+    client = await logged_in(mock, http)
+    http.hold(client)  # a task runner
+    http.hold(http.client(TARGET))  # a look at a held slot: the same client
+    await http.release(client)
+    assert client.has_session and http.client(TARGET) is client and deletes(mock) == 0
+    mock.delete(url("/session"), status=204)
+    await http.release(client)
+    assert not client.has_session and http.cached_clients == 0 and deletes(mock) == 1
+
+
+async def test_release_of_a_replaced_client_keeps_the_new_one(
+    mock: aioresponses, http: ApplianceHttp
+) -> None:
+    old = await logged_in(mock, http)
+    http.hold(old)
+    moved = ApplianceTarget(NAME, BASE, tls_thumbprint="0" * 64)  # the inventory changed
+    new = http.client(moved)
+    assert new is not old
+    mock.delete(url("/session"), status=204)
+    await http.release(old)
+    assert deletes(mock) == 1 and not old.has_session
+    assert http.cached_clients == 1 and http.client(moved) is new
+
+
+async def test_using_releases_after_an_error_before_it_propagates(
+    mock: aioresponses, http: ApplianceHttp
+) -> None:
+    client = await logged_in(mock, http)
+    mock.delete(url("/session"), status=204)
+    with pytest.raises(ZeroDivisionError):
+        async with http.using(client):
+            raise ZeroDivisionError
+    assert deletes(mock) == 1 and http.cached_clients == 0
+
+
+async def test_cancelled_user_releases_without_waiting(
+    mock: aioresponses, http: ApplianceHttp
+) -> None:
+    client = await logged_in(mock, http)
+    inside = asyncio.Event()
+
+    async def user() -> None:
+        async with http.using(client):
+            inside.set()
+            await asyncio.Event().wait()
+
+    mock.delete(url("/session"), status=204)
+    task = asyncio.create_task(user())
+    await inside.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert http.cached_clients == 0  # out of the cache at once
+    await eventually(lambda: asyncio.sleep(0, deletes(mock)), lambda n: n == 1)
+    assert not client.has_session
+
+
+async def test_close_cancels_the_background_logouts(mock: aioresponses) -> None:
+    http = make_http()
+    async with http:
+        client = await logged_in(mock, http)
+        http.hold(client)
+        http.release_soon(client)  # not started yet when the transport closes
+    assert http.cached_clients == 0 and deletes(mock) == 0
+    assert client.has_session  # never logged out: shutdown does not wait on appliances
