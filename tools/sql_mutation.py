@@ -44,7 +44,7 @@ TESTS = [
 ]
 # the statements mutated: the claim and everything that guards a task's lease and state
 # (listings such as list_tasks() only read, and are covered by the API's tests)
-STATEMENTS = ("CLAIM", "RECLAIM", "renew_leases()", "release_leases()", "GUARD_SEND",
+STATEMENTS = ("CLAIM", "RECLAIM", "RENEW_LEASES", "release_leases()", "GUARD_SEND",
               "write_progress()", "TRANSITION_MANY", "DUE_HELD_SLOTS", "RELEASE_HELD")
 SQL_WORDS = re.compile(r"\b(SELECT|UPDATE|INSERT|DELETE)\b")
 # a mutant whose SQL PostgreSQL refuses is killed trivially; counted apart in the report

@@ -458,7 +458,8 @@ class Engine:
         return strategy
 
     async def _advance(self, rollout_id: int) -> list[ClaimedTask]:
-        """One tick of one rollout, in one transaction under the rollout's lock.
+        """One tick of one rollout, in one transaction under the rollout's lock (skipped,
+        without waiting, while another engine holds it).
 
         The steps, in this order: start it when its schedule is due; wind it down when an
         operator aborted it; judge the failure policy and move the wave gate; honour the
@@ -466,7 +467,10 @@ class Engine:
         """
         now = self.clock()
         async with self.pool.acquire() as conn, conn.transaction():
-            await task_store.lock_rollout(conn, rollout_id)
+            if not await task_store.try_lock_rollout(conn, rollout_id):
+                # another engine is ticking it right now: its own tick does the work, and
+                # this engine looks again on its next tick (a NOTIFY wakes it sooner)
+                return []
             r = await rollout_store.lock_for_tick(conn, rollout_id)
             if r is None:
                 return self._inactive(rollout_id)

@@ -678,36 +678,34 @@ async def active_rollout_ids(conn: DB, states: Sequence[str]) -> list[int]:
     return [int(row["id"]) for row in rows]
 
 
+LOCK_FOR_TICK = """SELECT state, current_wave, strategy, abort_reason, schedule_at
+FROM rollouts WHERE id = $1 FOR UPDATE"""
+
+
 async def lock_for_tick(conn: DB, rollout_id: int) -> asyncpg.Record | None:
     """The rollout's row as a tick reads it (state, current_wave, strategy, abort_reason,
     schedule_at), locked FOR UPDATE until the transaction ends; None: no such rollout."""
-    row: asyncpg.Record | None = await conn.fetchrow(
-        """SELECT state, current_wave, strategy, abort_reason, schedule_at
-           FROM rollouts WHERE id = $1 FOR UPDATE""",
-        rollout_id,
-    )
+    row: asyncpg.Record | None = await conn.fetchrow(LOCK_FOR_TICK, rollout_id)
     return row
+
+
+TASK_COUNTS_BY_WAVE = """SELECT wave, state, count(*)::int AS n, max(finished_at) AS last
+FROM tasks WHERE rollout_id = $1 GROUP BY wave, state"""
+
+WAVE_GATE = """SELECT state, requires_approval, approved_at,
+       (SELECT max(number) FROM rollout_waves WHERE rollout_id = $1) AS last_wave
+FROM rollout_waves WHERE rollout_id = $1 AND number = $2"""
 
 
 async def task_counts_by_wave(conn: DB, rollout_id: int) -> list[asyncpg.Record]:
     """The rollout's tasks per (wave, state): n, and the last finished_at among them."""
-    return list(await conn.fetch(
-        """SELECT wave, state, count(*)::int AS n, max(finished_at) AS last
-           FROM tasks WHERE rollout_id = $1 GROUP BY wave, state""",
-        rollout_id,
-    ))
+    return list(await conn.fetch(TASK_COUNTS_BY_WAVE, rollout_id))
 
 
 async def wave_gate(conn: DB, rollout_id: int, number: int) -> asyncpg.Record | None:
     """One wave's gate (state, requires_approval, approved_at) and the rollout's last wave
     number (`last_wave`); None: no such wave."""
-    row: asyncpg.Record | None = await conn.fetchrow(
-        """SELECT state, requires_approval, approved_at,
-                  (SELECT max(number) FROM rollout_waves WHERE rollout_id = $1)
-                  AS last_wave
-           FROM rollout_waves WHERE rollout_id = $1 AND number = $2""",
-        rollout_id, number,
-    )
+    row: asyncpg.Record | None = await conn.fetchrow(WAVE_GATE, rollout_id, number)
     return row
 
 

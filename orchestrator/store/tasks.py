@@ -134,8 +134,10 @@ eligible AS (
         coalesce($6::int - (SELECT count(*) FROM tasks WHERE rollout_id = $1
                             AND dispatched_at > now() - interval '60 seconds'), 2147483647)))
 ),
-locked AS (
-    SELECT id FROM tasks WHERE id IN (SELECT id FROM eligible) AND state = 'PENDING'
+locked AS (  -- by primary key: the planner cannot tell how few `eligible` holds (its
+            -- LIMIT is computed), and with IN (SELECT ...) it hashes them against a scan
+            -- of every PENDING task
+    SELECT id FROM tasks WHERE id = ANY(ARRAY(SELECT id FROM eligible)) AND state = 'PENDING'
     ORDER BY id
     FOR UPDATE SKIP LOCKED
 ),
@@ -197,8 +199,17 @@ async def claim_tasks(
 
 
 async def lock_rollout(conn: DB, rollout_id: int) -> None:
-    """Transaction-scoped advisory lock serialising the ticks (gates) of one rollout."""
+    """Transaction-scoped advisory lock serialising the ticks (gates) of one rollout;
+    waits for whoever holds it. The engine's tick takes `try_lock_rollout` instead."""
     await conn.execute("SELECT pg_advisory_xact_lock(hashtext('rollout'), $1::int)", rollout_id)
+
+
+async def try_lock_rollout(conn: DB, rollout_id: int) -> bool:
+    """`lock_rollout` without waiting: False when another transaction holds it (another
+    engine is ticking the rollout right now; the caller skips it this tick, and its next
+    tick, or a NOTIFY, looks again). True: taken until the transaction ends."""
+    return bool(await conn.fetchval(
+        "SELECT pg_try_advisory_xact_lock(hashtext('rollout'), $1::int)", rollout_id))
 
 
 async def lock_claims(conn: DB) -> None:
@@ -245,6 +256,16 @@ async def reclaim_expired(
     return [_claimed(r, reclaimed=True) for r in rows]
 
 
+RENEW_LEASES = """WITH mine AS (
+       SELECT t.id FROM tasks t
+       JOIN unnest($1::bigint[], $2::uuid[]) AS u(id, token) ON u.id = t.id
+       WHERE t.lease_owner = $3 AND t.lease_token = u.token
+       ORDER BY t.id FOR UPDATE OF t)
+   UPDATE tasks SET lease_expires_at = now() + make_interval(secs => $4)
+   FROM mine WHERE tasks.id = mine.id
+   RETURNING tasks.id"""
+
+
 async def renew_leases(
     conn: DB, *, owner: str, leases: dict[int, UUID], lease_seconds: float
 ) -> set[int]:
@@ -253,17 +274,7 @@ async def renew_leases(
     if not leases:
         return set()
     ids = sorted(leases)
-    rows = await conn.fetch(
-        """WITH mine AS (
-               SELECT t.id FROM tasks t
-               JOIN unnest($1::bigint[], $2::uuid[]) AS u(id, token) ON u.id = t.id
-               WHERE t.lease_owner = $3 AND t.lease_token = u.token
-               ORDER BY t.id FOR UPDATE OF t)
-           UPDATE tasks SET lease_expires_at = now() + make_interval(secs => $4)
-           FROM mine WHERE tasks.id = mine.id
-           RETURNING tasks.id""",
-        ids, [leases[i] for i in ids], owner, lease_seconds,
-    )
+    rows = await conn.fetch(RENEW_LEASES, ids, [leases[i] for i in ids], owner, lease_seconds)
     return {int(r["id"]) for r in rows}
 
 

@@ -19,11 +19,13 @@ import asyncpg
 import pytest
 
 from orchestrator.domain.inventory import ApplianceSpec
+from orchestrator.engine.engine import Engine
 from orchestrator.store import appliances as appliance_store
 from orchestrator.store import rollouts as rollout_store
 from orchestrator.store import tasks as task_store
 from orchestrator.store.audit import Actor
 from orchestrator.store.tasks import ClaimedTask, SendVerdict, TransitionRequest
+from tests.fleet import create, fast_engine_config, fleet, http_client
 
 ACTOR = Actor(name="ops", via="cli")
 OWNER = "engine-a"
@@ -777,3 +779,51 @@ async def test_held_slots_are_looked_at_in_turn_and_released_on_evidence(
     assert held == {a1.id: (False, "9.0.1-20020"), a2.id: (False, None), a3.id: (True, None)}
     assert (await pool.fetchval("SELECT current_version FROM appliances WHERE name = 'a-2'")
             is None)
+
+
+async def test_a_tick_skips_a_rollout_another_engine_is_ticking(
+    pool: asyncpg.Pool, db_url: str
+) -> None:
+    """The tick takes the rollout's lock without waiting: while another transaction (another
+    engine's tick) holds it, the tick returns at once and claims nothing for that rollout;
+    once released, the next tick claims."""
+    async with fleet(pool, db_url, appliances=4), http_client() as client:
+        rid = await create(pool)
+        eng = Engine(pool, client, fast_engine_config(), database_url=db_url)
+        holder = await pool.acquire()
+        try:
+            tx = holder.transaction()
+            await tx.start()
+            await task_store.lock_rollout(holder, rid)
+            # a hang (a blocking lock) fails here instead of hanging the suite
+            assert await asyncio.wait_for(eng.tick(), 60) is True  # still active
+            assert eng.claimed == 0
+            assert await pool.fetchval(
+                "SELECT count(*) FROM tasks WHERE rollout_id = $1 AND state <> 'PENDING'",
+                rid) == 0
+            # the holder's lock is still there: the skip did not take it over
+            async with pool.acquire() as other, other.transaction():
+                assert not await task_store.try_lock_rollout(other, rid)
+            await tx.commit()
+            await asyncio.wait_for(eng.tick(), 60)
+            assert eng.claimed == 4
+            owners = {r["lease_owner"] for r in await pool.fetch(
+                "SELECT lease_owner FROM tasks WHERE rollout_id = $1", rid)}
+            assert owners <= {eng.owner, None} and eng.owner in owners
+        finally:
+            await pool.release(holder)
+            eng.stop()
+            await asyncio.wait_for(eng.run(), 60)  # drains the runners the tick started
+
+
+async def test_try_lock_rollout_is_per_rollout_and_per_transaction(pool: asyncpg.Pool) -> None:
+    await _fleet(pool, a=2)
+    first, second = await _rollout(pool), await _rollout(pool)
+    async with pool.acquire() as a, pool.acquire() as b:
+        async with a.transaction():
+            assert await task_store.try_lock_rollout(a, first)
+            async with b.transaction():
+                assert not await task_store.try_lock_rollout(b, first)
+                assert await task_store.try_lock_rollout(b, second)  # another rollout
+        async with b.transaction():  # a's transaction ended: its lock went with it
+            assert await task_store.try_lock_rollout(b, first)
