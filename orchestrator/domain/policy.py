@@ -9,6 +9,7 @@ and the current time.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -35,19 +36,24 @@ class Outcomes(NamedTuple):
     failed: int
 
 
-def count_outcomes(states: Iterable[TaskState]) -> Outcomes:
-    """Count executed and failed tasks among `states`.
+StateCounts = Mapping[TaskState, int]
+"""How many tasks are in each state (a `collections.Counter` of states, for instance)."""
+
+
+def count_outcomes(states: Iterable[TaskState] | StateCounts) -> Outcomes:
+    """Count executed and failed tasks among `states` (each task's state, or how many tasks
+    are in each state).
 
     Executed: terminal tasks that ran an install (SUCCEEDED, FAILED, TIMED_OUT). SKIPPED
     (already at the target) and CANCELLED (never started) tasks did not execute; pending and
     in-flight tasks have not executed yet. Failed: FAILED or TIMED_OUT.
     """
     executed = failed = 0
-    for state in states:
+    for state, n in Counter(states).items():
         if state in EXECUTED_TASK_STATES:
-            executed += 1
+            executed += n
             if state in FAILED_TASK_STATES:
-                failed += 1
+                failed += n
     return Outcomes(executed, failed)
 
 
@@ -210,7 +216,7 @@ class Gate:
 
 
 def gate_next_wave(
-    wave_task_states: Iterable[TaskState],
+    wave_task_states: Iterable[TaskState] | StateCounts,
     *,
     verdict: PolicyVerdict,
     is_last_wave: bool,
@@ -234,12 +240,12 @@ def gate_next_wave(
     """
     if verdict.tripped:
         return Gate(GateDecision.TRIPPED, verdict.reason)
-    states = list(wave_task_states)
-    unfinished = sum(1 for state in states if state not in TERMINAL_TASK_STATES)
+    states = Counter(wave_task_states)
+    unfinished = sum(n for state, n in states.items() if state not in TERMINAL_TASK_STATES)
     if unfinished:
         return Gate(
             GateDecision.WAIT_TASKS,
-            f"{unfinished} of {len(states)} tasks of the wave are not finished",
+            f"{unfinished} of {states.total()} tasks of the wave are not finished",
         )
     if is_last_wave:
         return Gate(GateDecision.DONE, f"the last wave finished; {verdict.reason}")

@@ -561,6 +561,11 @@ def next_openings(
 # --- the windows covering one appliance -------------------------------------------------
 
 
+WindowGroup = tuple[str, tuple[str, ...], str | None]
+"""Appliances that share a site, tags and a time zone: the same windows cover them and open
+for them at the same moments, so one decision serves the whole group."""
+
+
 def covering(
     specs: Iterable[WindowSpec], site: str | None, tags: Iterable[str]
 ) -> list[WindowSpec]:

@@ -22,6 +22,7 @@ import os
 import secrets
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -46,7 +47,7 @@ from orchestrator.domain.policy import (
 )
 from orchestrator.domain.states import ACTIVE_ROLLOUT_STATES, IN_FLIGHT_TASK_STATES, TaskState
 from orchestrator.domain.strategy import Strategy, parse_strategy
-from orchestrator.domain.windows import can_start_any, covering, start_deadline
+from orchestrator.domain.windows import WindowGroup, can_start_any, covering, start_deadline
 from orchestrator.engine import failpoints, held
 from orchestrator.engine.batching import TransitionBatcher
 from orchestrator.engine.pacing import InstallTimes, ProgressBuffer
@@ -158,42 +159,52 @@ class EngineConfig:
 @dataclass(slots=True)
 class _Tally:
     """A rollout's tasks as one tick sees them, from `task_counts_by_wave`'s rows
-    (wave, state, n, last finish): the waves up to `current` are the gated ones."""
+    (wave, state, n, last finish): the waves up to `current` are the gated ones. Counts,
+    never lists of tasks: a tick's cost does not grow with the rollout."""
 
     rows: list[Any]
     targeted: int
     in_flight: int
-    all_states: list[TaskState]
-    gated: list[TaskState]
+    all_states: Counter[TaskState]
+    gated: Counter[TaskState]
+    canary: Counter[TaskState]
+    pending: Counter[int]  # PENDING tasks per wave
     last_finished: datetime | None
 
     @classmethod
     def of(cls, rows: list[Any], current: int) -> _Tally:
-        targeted = sum(x["n"] for x in rows)
-        in_flight = sum(x["n"] for x in rows if x["state"] in IN_FLIGHT_TASK_STATES)
-        all_states: list[TaskState] = []
-        gated: list[TaskState] = []
+        all_states: Counter[TaskState] = Counter()
+        gated: Counter[TaskState] = Counter()
+        canary: Counter[TaskState] = Counter()
+        pending: Counter[int] = Counter()
         last_finished = None
         for x in rows:
-            states = [TaskState(x["state"])] * x["n"]
-            all_states += states
+            state = TaskState(x["state"])
+            all_states[state] += x["n"]
+            if state == TaskState.PENDING:
+                pending[x["wave"]] += x["n"]
+            if x["wave"] == 0:
+                canary[state] += x["n"]
             if x["wave"] <= current:
-                gated += states
+                gated[state] += x["n"]
                 if x["last"] and (last_finished is None or x["last"] > last_finished):
                     last_finished = x["last"]
-        return cls(rows, targeted, in_flight, all_states, gated, last_finished)
+        in_flight = sum(n for state, n in all_states.items() if state in IN_FLIGHT_TASK_STATES)
+        return cls(rows, all_states.total(), in_flight, all_states, gated, canary,
+                   pending, last_finished)
+
+    def startable(self, current: int) -> int:
+        """PENDING tasks in the waves up to `current`."""
+        return sum(n for wave, n in self.pending.items() if wave <= current)
 
 
 def _with_canary(
-    verdict: PolicyVerdict, strategy: Strategy, rows: list[Any], last_wave: int
+    verdict: PolicyVerdict, strategy: Strategy, tally: _Tally, last_wave: int
 ) -> PolicyVerdict:
     """The policy's verdict during the canary wave (wave 0): the canary's own rule may trip
     it sooner."""
-    canary = count_outcomes(
-        [TaskState(x["state"]) for x in rows if x["wave"] == 0
-         for _ in range(x["n"])])
-    canary_verdict = evaluate_canary(strategy.canary_max_failures, canary,
-                                     more_waves=last_wave > 0)
+    canary_verdict = evaluate_canary(strategy.canary_max_failures,
+                                     count_outcomes(tally.canary), more_waves=last_wave > 0)
     return canary_verdict if canary_verdict.tripped else verdict
 
 
@@ -237,9 +248,10 @@ class Engine:
         self._next_reclaim = 0.0
         self._waves: dict[tuple[int, int], tuple[asyncpg.Record | None, int]] = {}
         self._windows_exist: bool | None = None
-        # appliance id -> the last instant its maintenance window lets an install start
-        # (set by the claim of the rollout being advanced; see `_window_filter`)
-        self._deadlines: dict[int, datetime | None] = {}
+        # window groups with PENDING tasks per (rollout, wave), cached until the next refresh
+        self._groups: dict[tuple[int, int], list[WindowGroup]] = {}
+        # the last window decision's deadlines per group: when an install must have started
+        self._group_deadlines: dict[WindowGroup, datetime | None] = {}
         self.ctx = RunnerContext(
             clock=self.clock, pool=pool, http=http, owner=self.owner, progress=ProgressBuffer(),
             install_times=InstallTimes(default=self.config.install_estimate),
@@ -265,6 +277,7 @@ class Engine:
         windows exist) and tick now: something changed outside this process."""
         self._active = None
         self._waves.clear()
+        self._groups.clear()
         self._windows_exist = None
         self._wake.set()
 
@@ -434,15 +447,16 @@ class Engine:
             self._active = await rollout_store.active_rollout_ids(self.pool, ACTIVE_STATES)
             self._refresh_at = now + self.config.poll_interval
             self._waves.clear()
+            self._groups.clear()
             self._windows_exist = None
         for rollout_id in list(self._active):
             if self._stopping.is_set():
                 break
-            self._deadlines = {}
+            self._group_deadlines = {}
             claimed = await self._advance(rollout_id)
             if claimed:
                 failpoints.hit("after_claim")
-            self._spawn(claimed, self._deadlines)
+            self._spawn(claimed, self._start_by(claimed))
         return self._active is None or bool(self._active)
 
     def _inactive(self, rollout_id: int) -> list[ClaimedTask]:
@@ -492,7 +506,7 @@ class Engine:
                                       outcomes.executed, outcomes.failed)
             wave, last_wave = await self._wave_row(conn, rollout_id, current)
             if not verdict.tripped and current == 0:
-                verdict = _with_canary(verdict, strategy, tally.rows, last_wave)
+                verdict = _with_canary(verdict, strategy, tally, last_wave)
             gate = gate_next_wave(
                 tally.gated, verdict=verdict, is_last_wave=current >= last_wave,
                 finished_at=tally.last_finished, soak_seconds=strategy.soak_seconds,
@@ -505,8 +519,6 @@ class Engine:
                 return []
             current = wave_now
             allowed, waiting = await self._window_filter(conn, rollout_id, current, strategy, now)
-            if allowed is None:
-                self._deadlines = {}
             if waiting:
                 await self._wait_for_window(conn, rollout_id, state, strategy,
                                             outcomes.executed, tally.in_flight)
@@ -595,16 +607,14 @@ class Engine:
 
     async def _claim(
         self, conn: Any, rollout_id: int, current: int, strategy: Strategy, tally: _Tally,
-        allowed: list[int] | None,
+        allowed: list[WindowGroup] | None,
     ) -> list[ClaimedTask]:
         """Claim the PENDING tasks up to wave `current` that the limits let start now."""
         capacity = self.config.max_tasks - len(self._tasks)
         if capacity <= 0 or self._stopping.is_set():
             return []
         max_in_flight = resolve_max_concurrency(strategy.max_concurrency, tally.targeted)
-        startable = sum(x["n"] for x in tally.rows
-                        if x["state"] == "PENDING" and x["wave"] <= current)
-        if tally.in_flight >= max_in_flight or not startable:
+        if tally.in_flight >= max_in_flight or not tally.startable(current):
             return []  # nothing may start: spare the claim statement
         claimed = await task_store.claim_tasks(
             conn, after_overlapping=strategy.after_overlapping,
@@ -613,20 +623,27 @@ class Engine:
             max_in_flight=max_in_flight,
             per_site=strategy.per_site_concurrency,
             starts_per_minute=strategy.max_starts_per_minute, limit=capacity,
-            allowed_appliances=allowed,
+            allowed_groups=allowed,
         )
         self.claimed += len(claimed)
         return claimed
 
     async def _window_filter(
         self, conn: Any, rollout_id: int, current: int, strategy: Strategy, now: datetime
-    ) -> tuple[list[int] | None, bool]:
-        """(appliances that may start now, or None for all; whether the rollout must wait).
+    ) -> tuple[list[WindowGroup] | None, bool]:
+        """(groups of appliances that may start now, or None for all; whether the rollout
+        must wait).
 
         With windows in force, an appliance starts only while one of the windows covering
         its site or tags is open with at least the window's cutoff left, in its own time
         zone when the inventory gives one. Appliances no window covers are unrestricted.
+        The decision is made once per group of appliances sharing site, tags and time zone
+        (`WindowGroup`); the groups with PENDING tasks are read once per refresh, not per
+        tick. A group read earlier that has nothing PENDING left filters nothing; an
+        appliance whose site, tags or time zone changed since is outside every group read
+        and waits for the next refresh: never started outside its window.
         """
+        self._group_deadlines = {}
         if strategy.windows == "ignore":
             return None, False
         if self._windows_exist is None:  # cached until the next refresh
@@ -636,27 +653,39 @@ class Engine:
         specs = await window_store.all_specs(conn)
         if not specs:
             return None, False
-        rows = await task_store.startable_appliances(conn, rollout_id, current)
-        if not rows:
+        groups = self._groups.get((rollout_id, current))
+        if groups is None:
+            groups = await task_store.pending_window_groups(conn, rollout_id, current)
+            self._groups[(rollout_id, current)] = groups
+        if not groups:
             return None, False
-        verdicts: dict[tuple[str, tuple[str, ...], str | None], bool | None] = {}
-        deadlines: dict[tuple[str, tuple[str, ...], str | None], datetime | None] = {}
-        allowed: list[int] = []
-        for row in rows:
-            key = (row["site"], tuple(row["tags"]), row["timezone"])
-            if key not in verdicts:
-                mine = covering(specs, key[0], key[1])
-                verdicts[key] = can_start_any(mine, now, key[2]) if mine else None
-                ends = [d for d in (start_deadline(spec, now, key[2]) for spec in mine)
+        allowed: list[WindowGroup] = []
+        covered = False
+        for group in groups:
+            site, tags, tz = group
+            mine = covering(specs, site, tags)
+            if not mine:
+                allowed.append(group)
+                self._group_deadlines[group] = None
+                continue
+            covered = True
+            if can_start_any(mine, now, tz):
+                allowed.append(group)
+                ends = [d for d in (start_deadline(spec, now, tz) for spec in mine)
                         if d is not None]
-                deadlines[key] = max(ends) if ends else None
-            verdict = verdicts[key]
-            if verdict is None or verdict:
-                allowed.append(int(row["appliance_id"]))
-                self._deadlines[int(row["appliance_id"])] = deadlines[key]
-        if all(v is None for v in verdicts.values()):
+                self._group_deadlines[group] = max(ends) if ends else None
+        if not covered:
             return None, False  # no window covers what is left of this rollout
         return allowed, not allowed
+
+    def _start_by(self, claimed: list[ClaimedTask]) -> dict[int, datetime | None]:
+        """Appliance id -> when its install must have started (its window's cutoff), for the
+        tasks just claimed under maintenance windows."""
+        if not self._group_deadlines:
+            return {}
+        return {t.appliance_id: self._group_deadlines.get(
+                    (t.window_group[0], tuple(t.window_group[1]), t.window_group[2]))
+                for t in claimed}
 
     async def _set_rollout_state(self, conn: Any, rollout_id: int, state: str) -> None:
         await rollout_store.set_rollout_state(conn, rollout_id, state)

@@ -184,8 +184,18 @@ def _iso(value: datetime | None) -> str | None:
 _ROLLOUT_COLUMNS = """
     r.id, r.name, r.target_version, r.selector, r.strategy, r.state, r.current_wave,
     r.schedule_at, r.created_by, r.abort_reason, r.created_at, r.started_at, r.finished_at,
-    (SELECT count(*) FROM tasks t WHERE t.rollout_id = r.id) AS targeted
+    (SELECT coalesce(sum(c.n), 0) FROM (
+        SELECT n FROM task_counts WHERE rollout_id = r.id
+        UNION ALL SELECT n FROM task_count_deltas WHERE rollout_id = r.id) AS c) AS targeted
 """
+
+# A rollout's task counts per (wave, site, state) without reading its tasks: the totals
+# plus the deltas not yet folded into them (migration 0007). They survive `prune`.
+ROLLOUT_COUNTS = """SELECT wave, site, state, sum(n)::int AS n
+FROM (SELECT wave, site, state, n FROM task_counts WHERE rollout_id = $1
+      UNION ALL
+      SELECT wave, site, state, n FROM task_count_deltas WHERE rollout_id = $1) AS counted
+GROUP BY wave, site, state HAVING sum(n) > 0"""
 
 
 def _rollout(row: asyncpg.Record) -> Rollout:
@@ -689,8 +699,29 @@ async def lock_for_tick(conn: DB, rollout_id: int) -> asyncpg.Record | None:
     return row
 
 
-TASK_COUNTS_BY_WAVE = """SELECT wave, state, count(*)::int AS n, max(finished_at) AS last
-FROM tasks WHERE rollout_id = $1 GROUP BY wave, state"""
+# Folds the rollout's counter deltas into its totals (see migration 0007) and returns the
+# counts per (wave, state) as of this statement's snapshot: the totals before the fold plus
+# the deltas it folds, which is what the totals hold once it commits.
+TASK_COUNTS_BY_WAVE = """WITH folded AS (
+    DELETE FROM task_count_deltas WHERE rollout_id = $1
+    RETURNING wave, site, state, n, last_finished_at
+),
+summed AS (
+    SELECT wave, site, state, sum(n)::int AS n, max(last_finished_at) AS last
+    FROM folded GROUP BY wave, site, state
+),
+stored AS (
+    INSERT INTO task_counts AS c (rollout_id, wave, site, state, n, last_finished_at)
+    SELECT $1, wave, site, state, n, last FROM summed ORDER BY wave, site, state
+    ON CONFLICT (rollout_id, wave, site, state) DO UPDATE
+    SET n = c.n + EXCLUDED.n,
+        last_finished_at = greatest(c.last_finished_at, EXCLUDED.last_finished_at)
+)
+SELECT wave, state, sum(n)::int AS n, max(last) AS last
+FROM (SELECT wave, state, n, last_finished_at AS last FROM task_counts WHERE rollout_id = $1
+      UNION ALL
+      SELECT wave, state, n, last FROM summed) AS counted
+GROUP BY wave, state HAVING sum(n) > 0"""
 
 WAVE_GATE = """SELECT state, requires_approval, approved_at,
        (SELECT max(number) FROM rollout_waves WHERE rollout_id = $1) AS last_wave
@@ -813,11 +844,7 @@ class RolloutCounts:
 
 
 async def rollout_counts(conn: DB, rollout_id: int) -> RolloutCounts:
-    rows = await conn.fetch(
-        """SELECT wave, site, state, count(*) AS n FROM tasks WHERE rollout_id = $1
-           GROUP BY wave, site, state""",
-        rollout_id,
-    )
+    rows = await conn.fetch(ROLLOUT_COUNTS, rollout_id)
     by_state: dict[str, int] = {}
     by_wave: dict[int, dict[str, int]] = {}
     by_site: dict[str, dict[str, int]] = {}

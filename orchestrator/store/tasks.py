@@ -19,6 +19,7 @@ import asyncpg
 
 from orchestrator.domain.states import TERMINAL_TASK_STATES, TaskState, check_task_transition
 from orchestrator.domain.text import clean_json, clean_text
+from orchestrator.domain.windows import WindowGroup
 from orchestrator.store.db import DB
 
 # The columns a transition may set besides state, each with the SQL type its value is
@@ -75,6 +76,7 @@ class ClaimedTask:
     lease_token: UUID
     install_sent_at: datetime | None
     installs_sent: int
+    window_group: list[Any]  # [site, tags, timezone] of the appliance (see WindowGroup)
     reclaimed: bool
 
 
@@ -82,7 +84,8 @@ _CLAIMED_FIELDS = """
     c.id, c.rollout_id, c.appliance_id, a.name AS appliance, a.base_url, a.credentials_ref,
     a.tls_ca_file, a.tls_thumbprint, c.site, c.wave, c.state, c.attempt, c.remote_task_id,
     c.from_version, c.dispatched_at, c.accepted_at, r.target_version, r.strategy,
-    c.lease_token, c.install_sent_at, c.installs_sent
+    c.lease_token, c.install_sent_at, c.installs_sent,
+    jsonb_build_array(a.site, a.tags, a.timezone) AS window_group
 """
 
 
@@ -104,35 +107,65 @@ fleet AS (  -- room left under each site's fleet-wide capacity (every rollout to
            )::int AS room
     FROM sites s WHERE s.max_in_flight IS NOT NULL
 ),
-ranked AS (
-    SELECT t.id, t.position,
-           row_number() OVER (PARTITION BY t.site ORDER BY t.position) AS rn,
-           coalesce(f.n, 0) AS site_busy, fl.room AS site_room
-    FROM tasks t LEFT JOIN inflight f ON f.site = t.site LEFT JOIN fleet fl ON fl.site = t.site
-    WHERE t.rollout_id = $1 AND t.state = 'PENDING' AND t.wave <= $2 AND NOT t.holds_slot
-      AND (t.not_before IS NULL OR t.not_before <= now())
-      AND ($9::bigint[] IS NULL OR t.appliance_id = ANY($9::bigint[]))
-      -- one install per appliance fleet-wide: not while another task of it is busy (in
-      -- flight, or a timed-out install still holding its slot), nor (after_overlapping)
-      -- while an earlier active rollout still has it to do
-      AND NOT EXISTS (
-          SELECT 1 FROM tasks o
-          WHERE o.appliance_id = t.appliance_id AND o.id <> t.id
-            AND (o.state IN ('DISPATCHING', 'INSTALLING', 'VERIFYING') OR o.holds_slot
-                 OR ($10::boolean AND o.state = 'PENDING' AND o.rollout_id < t.rollout_id
-                     AND EXISTS (SELECT 1 FROM rollouts orr WHERE orr.id = o.rollout_id
-                                 AND orr.state IN ('SCHEDULED', 'RUNNING', 'PAUSED',
-                                                   'WAITING_WINDOW')))))
+pending_sites AS (  -- the rollout's sites with PENDING tasks in the waves up to $2, from
+                   -- its counters (migration 0007): totals, and deltas not yet folded
+    SELECT site FROM task_counts
+    WHERE rollout_id = $1 AND wave <= $2 AND state = 'PENDING' AND n > 0
+    UNION
+    SELECT site FROM task_count_deltas
+    WHERE rollout_id = $1 AND wave <= $2 AND state = 'PENDING' AND n > 0
 ),
-eligible AS (
-    SELECT id FROM ranked
-    WHERE ($3::int IS NULL OR rn + site_busy <= $3) AND (site_room IS NULL OR rn <= site_room)
-    ORDER BY position
-    LIMIT greatest(0, least(
+total_room AS (  -- how many tasks the rollout may start now: max_in_flight less its busy
+                 -- tasks, the claim's own limit, max_starts_per_minute less the last
+                 -- minute's starts
+    SELECT greatest(0, least(
         $4::int - (SELECT coalesce(sum(n), 0) FROM inflight),
         $5::int,
         coalesce($6::int - (SELECT count(*) FROM tasks WHERE rollout_id = $1
-                            AND dispatched_at > now() - interval '60 seconds'), 2147483647)))
+                            AND dispatched_at > now() - interval '60 seconds'), 2147483647)
+    ))::int AS room
+),
+site_room AS (  -- how many tasks each of those sites may start now: its per-site room and
+                -- fleet-wide room, and never more than the rollout's
+    SELECT ps.site, greatest(0, least(
+               coalesce($3::int - coalesce(f.n, 0), 2147483647),
+               coalesce(fl.room, 2147483647),
+               (SELECT room FROM total_room))) AS room
+    FROM pending_sites ps LEFT JOIN inflight f ON f.site = ps.site
+    LEFT JOIN fleet fl ON fl.site = ps.site
+),
+picked AS (  -- per site, only as many PENDING tasks as it has room for, in plan order
+    SELECT p.id, p.wave, p.position
+    FROM site_room sr CROSS JOIN LATERAL (
+        SELECT t.id, t.wave, t.position FROM tasks t
+        WHERE t.rollout_id = $1 AND t.site = sr.site AND t.state = 'PENDING'
+          AND t.wave <= $2 AND NOT t.holds_slot
+          AND (t.not_before IS NULL OR t.not_before <= now())
+          -- maintenance windows: only appliances of the groups (site, tags, time zone)
+          -- allowed to start now
+          AND ($9::jsonb IS NULL OR (
+              SELECT jsonb_build_array(a.site, a.tags, a.timezone) FROM appliances a
+              WHERE a.id = t.appliance_id) IN (SELECT jsonb_array_elements($9::jsonb)))
+          -- one install per appliance fleet-wide: not while another task of it is busy (in
+          -- flight, or a timed-out install still holding its slot), nor (after_overlapping)
+          -- while an earlier active rollout still has it to do
+          AND NOT EXISTS (
+              SELECT 1 FROM tasks o
+              WHERE o.appliance_id = t.appliance_id AND o.id <> t.id
+                AND (o.state IN ('DISPATCHING', 'INSTALLING', 'VERIFYING') OR o.holds_slot
+                     OR ($10::boolean AND o.state = 'PENDING' AND o.rollout_id < t.rollout_id
+                         AND EXISTS (SELECT 1 FROM rollouts orr WHERE orr.id = o.rollout_id
+                                     AND orr.state IN ('SCHEDULED', 'RUNNING', 'PAUSED',
+                                                       'WAITING_WINDOW')))))
+        ORDER BY t.wave, t.position  -- plan order: positions are wave-major
+        LIMIT sr.room
+    ) AS p
+    WHERE sr.room > 0
+),
+eligible AS (
+    SELECT id FROM picked
+    ORDER BY wave, position
+    LIMIT (SELECT room FROM total_room)
 ),
 locked AS (  -- by primary key: the planner cannot tell how few `eligible` holds (its
             -- LIMIT is computed), and with IN (SELECT ...) it hashes them against a scan
@@ -173,11 +206,12 @@ async def claim_tasks(
     per_site: int | None,
     starts_per_minute: int | None,
     limit: int,
-    allowed_appliances: Sequence[int] | None = None,
+    allowed_groups: Sequence[WindowGroup] | None = None,
     after_overlapping: bool = False,
 ) -> list[ClaimedTask]:
     """PENDING -> DISPATCHING for as many tasks as the limits allow (and at most `limit`),
-    among `allowed_appliances` when given (those whose maintenance window is open).
+    among the appliances of `allowed_groups` when given (groups of appliances sharing site,
+    tags and time zone whose maintenance windows let them start now).
 
     The limits: the rollout's own (`max_in_flight`, `per_site`, `starts_per_minute`), each
     site's fleet-wide capacity (table `sites`, every rollout together), and one task in
@@ -192,7 +226,8 @@ async def claim_tasks(
     rows = await conn.fetch(
         CLAIM, rollout_id, current_wave, per_site, max_in_flight, limit, starts_per_minute,
         owner, lease_seconds,
-        list(allowed_appliances) if allowed_appliances is not None else None,
+        [[site, list(tags), tz] for site, tags, tz in allowed_groups]
+        if allowed_groups is not None else None,
         after_overlapping,
     )
     return [_claimed(r, reclaimed=False) for r in rows]
@@ -362,17 +397,18 @@ async def write_progress(conn: DB, *, owner: str, progress: dict[int, int]) -> N
     )
 
 
-async def startable_appliances(
+PENDING_WINDOW_GROUPS = """SELECT DISTINCT a.site, a.tags, a.timezone FROM tasks t
+JOIN appliances a ON a.id = t.appliance_id
+WHERE t.rollout_id = $1 AND t.state = 'PENDING' AND t.wave <= $2"""
+
+
+async def pending_window_groups(
     conn: DB, rollout_id: int, current_wave: int
-) -> list[asyncpg.Record]:
-    """The PENDING tasks of the rollout up to `current_wave`: appliance_id, and the
-    appliance's site, tags and timezone (what its maintenance windows depend on)."""
-    return list(await conn.fetch(
-        """SELECT t.appliance_id, a.site, a.tags, a.timezone FROM tasks t
-           JOIN appliances a ON a.id = t.appliance_id
-           WHERE t.rollout_id = $1 AND t.state = 'PENDING' AND t.wave <= $2""",
-        rollout_id, current_wave,
-    ))
+) -> list[WindowGroup]:
+    """The groups of appliances (site, tags, time zone: what their maintenance windows
+    depend on) that have PENDING tasks in the rollout up to `current_wave`."""
+    rows = await conn.fetch(PENDING_WINDOW_GROUPS, rollout_id, current_wave)
+    return [(r["site"], tuple(r["tags"]), r["timezone"]) for r in rows]
 
 
 async def task_outcomes(conn: DB, rollout_id: int) -> list[asyncpg.Record]:

@@ -19,6 +19,7 @@ import asyncpg
 import pytest
 
 from orchestrator.domain.inventory import ApplianceSpec
+from orchestrator.domain.windows import WindowGroup
 from orchestrator.engine.engine import Engine
 from orchestrator.store import appliances as appliance_store
 from orchestrator.store import rollouts as rollout_store
@@ -56,13 +57,13 @@ async def _rollout(pool: asyncpg.Pool, names: list[str] | None = None, *,
 async def _claim_on(conn: asyncpg.Connection, rid: int, *, owner: str = OWNER,
                     max_in_flight: int = 100, per_site: int | None = None,
                     starts_per_minute: int | None = None, limit: int = 100,
-                    wave: int = 0, allowed: list[int] | None = None,
+                    wave: int = 0, allowed: list[WindowGroup] | None = None,
                     after_overlapping: bool = False) -> list[ClaimedTask]:
     async with conn.transaction():
         return await task_store.claim_tasks(
             conn, rollout_id=rid, current_wave=wave, owner=owner, lease_seconds=60,
             max_in_flight=max_in_flight, per_site=per_site,
-            starts_per_minute=starts_per_minute, limit=limit, allowed_appliances=allowed,
+            starts_per_minute=starts_per_minute, limit=limit, allowed_groups=allowed,
             after_overlapping=after_overlapping,
         )
 
@@ -250,15 +251,22 @@ async def test_held_slots_count_as_busy_everywhere(pool: asyncpg.Pool) -> None:
 
 
 async def test_claim_only_allowed_appliances(pool: asyncpg.Pool) -> None:
-    await _fleet(pool, a=4)
+    """Maintenance windows reach the claim as the groups of appliances (site, tags, time
+    zone) that may start now: only their appliances are claimed, matched on the
+    appliance's current site, tags and time zone."""
+    await _fleet(pool, a=4, b=1)
+    await pool.execute(
+        "UPDATE appliances SET tags = ARRAY['x'] WHERE name IN ('a-2', 'a-4', 'b-1')")
+    await pool.execute("UPDATE appliances SET timezone = 'Europe/Paris' WHERE name = 'a-3'")
     rid = await _rollout(pool)
-    app = {r["name"]: r["id"] for r in await pool.fetch("SELECT name, id FROM appliances")}
+    tagged: WindowGroup = ("a", ("x",), None)
     assert await _claim(pool, rid, allowed=[]) == []
-    assert _names(await _claim(pool, rid, allowed=[app["a-4"], app["a-2"]], limit=1)) == [
-        "a-2"]
-    assert _names(await _claim(pool, rid, allowed=[app["a-4"], app["a-2"]])) == ["a-4"]
+    assert _names(await _claim(pool, rid, allowed=[tagged], limit=1)) == ["a-2"]
+    assert _names(await _claim(pool, rid, allowed=[tagged, ("b", (), None)])) == ["a-4"]
+    assert _names(await _claim(pool, rid, allowed=[("a", (), "Europe/Paris")])) == ["a-3"]
     assert [s[1] for s in await _states(pool, rid)] == [
-        "PENDING", "DISPATCHING", "PENDING", "DISPATCHING"]
+        "PENDING", "DISPATCHING", "DISPATCHING", "DISPATCHING", "PENDING"]
+    assert _names(await _claim(pool, rid, allowed=[("b", ("x",), None)])) == ["b-1"]
 
 
 # added with `make mutation` (tools/sql_mutation.py): mutants of the claim that lived
