@@ -15,6 +15,13 @@ not hidden) from the rollout's start until it ends, and measures each answer.
 
     .venv/bin/python bench/api_latency.py                          # 2,000 appliances
     .venv/bin/python bench/api_latency.py --appliances 500 --rate 20   # quick
+    .venv/bin/python bench/api_latency.py --appliances 100000 --concurrency 5000 \
+        --install-seconds 20 --reboot-seconds 5 --separate-engine --tasks-page --timeout 1500
+
+`--separate-engine` runs the engine as `orchestrator run` and the API as `serve
+--no-engine` (two processes, as a large installation would); `--tasks-page` makes every
+other request `GET /api/v1/rollouts/{id}/tasks?state=INSTALLING&limit=100` (a dashboard's
+"what is installing now"), with its own p99 in `p99_ms_by_kind`.
 
 Prints one JSON object: latency percentiles (ms), requests, errors, the rollout's outcome,
 and the machine. Goal: p99 <= 50 ms.
@@ -83,8 +90,9 @@ async def wait_ready(base: str, proc: subprocess.Popen[Any], timeout: float) -> 
 
 
 async def dashboard(base: str, viewer: str, operator: str, strategy: dict[str, Any],
-                    rate: float, timeout: float) -> dict[str, Any]:
-    """Create and start the rollout (operator), then poll it (viewer) until it ends."""
+                    rate: float, timeout: float, tasks_page: bool = False) -> dict[str, Any]:
+    """Create and start the rollout (operator), then poll it (viewer) until it ends; with
+    `tasks_page`, every other request asks for the page of its installing tasks instead."""
     async with aiohttp.ClientSession(
         headers={"Authorization": f"Bearer {operator}"}
     ) as ops:
@@ -99,18 +107,20 @@ async def dashboard(base: str, viewer: str, operator: str, strategy: dict[str, A
                 raise RuntimeError(f"start: {resp.status} {await resp.text()}")
 
     latencies: list[float] = []
+    by_kind: dict[str, list[float]] = {"rollout": [], "tasks_page": []}
     errors: dict[str, int] = {}
     states: dict[str, int] = {}
     last: dict[str, Any] = {}
     connector = aiohttp.TCPConnector(limit=200)
     url = f"{base}/api/v1/rollouts/{rid}"
+    page_url = f"{url}/tasks?state=INSTALLING&limit=100"
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {viewer}"},
                                      connector=connector) as session:
 
-        async def poll() -> None:
+        async def poll(kind: str) -> None:
             started = time.perf_counter()
             try:
-                async with session.get(url) as resp:
+                async with session.get(page_url if kind == "tasks_page" else url) as resp:
                     data = await resp.json()
                     status = resp.status
             except (aiohttp.ClientError, TimeoutError) as exc:
@@ -121,8 +131,10 @@ async def dashboard(base: str, viewer: str, operator: str, strategy: dict[str, A
                 errors[str(status)] = errors.get(str(status), 0) + 1
                 return
             latencies.append(took * 1000)
-            states[data["state"]] = states.get(data["state"], 0) + 1
-            last.update(data)
+            by_kind[kind].append(took * 1000)
+            if kind == "rollout":
+                states[data["state"]] = states.get(data["state"], 0) + 1
+                last.update(data)
 
         interval = 1.0 / rate
         loop = asyncio.get_running_loop()
@@ -130,7 +142,8 @@ async def dashboard(base: str, viewer: str, operator: str, strategy: dict[str, A
         pending: set[asyncio.Task[None]] = set()
         n = 0
         while True:
-            task = asyncio.create_task(poll())
+            task = asyncio.create_task(
+                poll("tasks_page" if tasks_page and n % 2 else "rollout"))
             pending.add(task)
             task.add_done_callback(pending.discard)
             n += 1
@@ -140,7 +153,8 @@ async def dashboard(base: str, viewer: str, operator: str, strategy: dict[str, A
         await asyncio.gather(*pending)
         wall = loop.time() - t0
     return {
-        "rollout": rid, "latencies": latencies, "errors": errors, "states": states,
+        "rollout": rid, "latencies": latencies, "by_kind": by_kind, "errors": errors,
+        "states": states,
         "last": last, "wall_s": wall, "sent": n,
     }
 
@@ -192,6 +206,11 @@ def main() -> int:
     parser.add_argument("--install-seconds", type=float, default=4.0)
     parser.add_argument("--reboot-seconds", type=float, default=1.0)
     parser.add_argument("--rate", type=float, default=50.0, help="dashboard requests/s")
+    parser.add_argument("--separate-engine", action="store_true",
+                        help="the engine in its own process (`orchestrator run`), the API "
+                             "in `serve --no-engine`, as a large installation runs them")
+    parser.add_argument("--tasks-page", action="store_true",
+                        help="every other request asks for a page of the installing tasks")
     parser.add_argument("--timeout", type=float, default=300.0,
                         help="stop polling after this many seconds")
     opts = parser.parse_args()
@@ -226,8 +245,13 @@ def run(opts: argparse.Namespace, procs: Processes, db: Any, tmp: Path,
     operator = cli(env, "tokens", "create", "--name", "bench", "--role", "operator").strip()
     port = free_port()
     err_path = tmp / "serve.stderr"
+    engine = None
+    if opts.separate_engine:  # the engine in a process of its own, the API without one
+        engine = procs.popen([str(BIN / "orchestrator"), "run"], env=env, cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     with err_path.open("w") as err:
-        serve = procs.popen([str(BIN / "orchestrator"), "serve", "--port", str(port)],
+        serve = procs.popen([str(BIN / "orchestrator"), "serve", "--port", str(port),
+                             *(["--no-engine"] if opts.separate_engine else [])],
                             env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
     base = f"http://127.0.0.1:{port}"
     asyncio.run(wait_ready(base, serve, 60))
@@ -238,12 +262,14 @@ def run(opts: argparse.Namespace, procs: Processes, db: Any, tmp: Path,
     }
     sampler = ProcSampler(interval=0.5)
     sampler.watch("orchestrator_serve", serve.pid)
+    if engine is not None:
+        sampler.watch("orchestrator_run", engine.pid)
     sampler.watch("simulator", sim.proc.pid)
     if db.postmaster_pid:
         sampler.watch("postgres", db.postmaster_pid, tree=True)
     sampler.start()
     result = asyncio.run(dashboard(base, viewer, operator, strategy, opts.rate,
-                                   opts.timeout))
+                                   opts.timeout, opts.tasks_page))
     sampler.stop()
     server = asyncio.run(server_view(base))
     latencies = result["latencies"]
@@ -259,6 +285,8 @@ def run(opts: argparse.Namespace, procs: Processes, db: Any, tmp: Path,
         "p50_ms": _ms(percentile(latencies, 50)), "p90_ms": _ms(percentile(latencies, 90)),
         "p99_ms": _ms(p99), "p999_ms": _ms(percentile(latencies, 99.9)),
         "max_ms": _ms(max(latencies) if latencies else None),
+        "p99_ms_by_kind": {kind: _ms(percentile(values, 99))
+                           for kind, values in result["by_kind"].items() if values},
         "polls_by_rollout_state": result["states"],
         "rollout_state": last.get("state"), "tasks": (last.get("counts") or {}).get("by_state"),
         "server": server,

@@ -15,6 +15,7 @@ import ipaddress
 import os
 import re
 import tomllib
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -49,6 +50,27 @@ def default_data_dir(euid: int | None = None) -> Path:
     if (os.geteuid() if euid is None else euid) == 0:
         return ROOT_DATA_DIR
     return USER_DATA_DIR.expanduser()
+
+
+# prune_older_than, `orchestrator prune --older-than`: one or more <number><unit> parts,
+# units w (weeks), d (days), h (hours), m (minutes): "90d", "12h", "2w", "1d12h"
+_AGE = re.compile(r"^(?:[0-9]{1,6}[wdhm])+$")
+_AGE_UNITS = {"w": 604_800, "d": 86_400, "h": 3_600, "m": 60}
+MAX_AGE = timedelta(days=36_500)
+
+
+def parse_age(text: str) -> timedelta:
+    """`90d`, `12h`, `30m`, `2w`, `1d12h`: an age of at least one minute. Raises
+    ValueError saying what is wrong with `text` (the caller names the key or option)."""
+    value = text.strip().lower()
+    if not _AGE.match(value):
+        raise ValueError(f"{text!r} is not a duration such as 90d, 12h, 30m, 2w or 1d12h "
+                         "(units w, d, h, m)")
+    age = timedelta(seconds=sum(int(n) * _AGE_UNITS[u]
+                                for n, u in re.findall(r"([0-9]+)([wdhm])", value)))
+    if not timedelta(minutes=1) <= age <= MAX_AGE:
+        raise ValueError(f"{text!r} is out of range (1 minute to 36500 days)")
+    return age
 
 
 class SettingsError(OrchestratorError):
@@ -108,6 +130,12 @@ class Settings(BaseModel):
     # how often an appliance holding a timed-out install's slot is looked at again
     engine_held_slot_interval: float = Field(default=15.0, gt=0, le=3600)
 
+    # --- retention ------------------------------------------------------------------
+    # the engine deletes the tasks and events of rollouts that ended longer ago than this
+    # ("90d"; unset: never, `orchestrator prune` does it by hand), every prune_interval s
+    prune_older_than: str | None = None
+    prune_interval: float = Field(default=86_400.0, ge=60, le=30 * 86_400)
+
     # --- REST API -------------------------------------------------------------------
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8080, ge=1, le=65535)
@@ -142,6 +170,19 @@ class Settings(BaseModel):
         if parts.scheme not in ("postgresql", "postgres"):
             raise ValueError("must be a postgresql:// URL")
         return value
+
+    @field_validator("prune_older_than")
+    @classmethod
+    def _check_prune_older_than(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parse_age(value)
+        return value.strip().lower()
+
+    @property
+    def prune_age(self) -> timedelta | None:
+        """prune_older_than as a timedelta; None: the engine does not prune."""
+        return None if self.prune_older_than is None else parse_age(self.prune_older_than)
 
     @field_validator("api_metrics_token")
     @classmethod

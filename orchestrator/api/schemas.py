@@ -95,7 +95,8 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
         "strategy": ref("StrategyOut"), "state": {"type": "string", "enum": ROLLOUT_STATES},
         "current_wave": nullable(INT), "schedule_at": nullable(TIME), "created_by": STR,
         "abort_reason": nullable(STR), "created_at": TIME, "started_at": nullable(TIME),
-        "finished_at": nullable(TIME), "targeted": INT, "engine": ref("EngineStatus"),
+        "finished_at": nullable(TIME), "targeted": INT, "pruned_at": nullable(TIME),
+        "engine": ref("EngineStatus"),
     }),
     "EngineStatus": obj({
         "live_engines": {"type": "integer", "minimum": 0, "description": (

@@ -23,6 +23,7 @@ from orchestrator.cli import (
     config,
     demo,
     migrate,
+    prune,
     report,
     rollout,
     serve,
@@ -144,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     windows.add_command(sub)
     sites.add_command(sub)
     report.add_command(sub)
+    prune.add_command(sub)
     rollout.add_run_command(sub)
     serve.add_command(sub)
     tokens.add_command(sub)

@@ -190,6 +190,9 @@ def rollout_summary(rollout: rollout_store.Rollout, counts: rollout_store.Rollou
     ]
     if rollout.abort_reason:
         lines.append(f"  reason: {rollout.abort_reason}")
+    if rollout.pruned_at:
+        lines.append(f"  pruned on {rollout.pruned_at:%Y-%m-%d}: its tasks and events were "
+                     "deleted (orchestrator prune); the counts are its summary")
     for w in counts.waves:
         lines.append(f"  wave {w['number']}: {wave_line(w, counts.by_wave.get(w['number'], {}))}")
     return "\n".join(lines)

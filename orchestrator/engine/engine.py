@@ -25,7 +25,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -48,7 +48,7 @@ from orchestrator.domain.policy import (
 from orchestrator.domain.states import ACTIVE_ROLLOUT_STATES, IN_FLIGHT_TASK_STATES, TaskState
 from orchestrator.domain.strategy import Strategy, parse_strategy
 from orchestrator.domain.windows import WindowGroup, can_start_any, covering, start_deadline
-from orchestrator.engine import failpoints, held
+from orchestrator.engine import failpoints, held, retention
 from orchestrator.engine.batching import TransitionBatcher
 from orchestrator.engine.pacing import InstallTimes, ProgressBuffer
 from orchestrator.engine.runner import RunnerContext, TaskRunner
@@ -136,6 +136,12 @@ class EngineConfig:
     active_runners: int = 200
     # how often each slot held by a timed-out install is looked at (engine/held.py)
     held_slot_interval: float = _setting_default("engine_held_slot_interval")
+    # retention (engine/retention.py): every prune_interval seconds, delete the tasks and
+    # events of the rollouts that ended longer ago than prune_older_than (None: never)
+    prune_older_than: timedelta | None = None
+    prune_interval: float = _setting_default("prune_interval")
+    # seconds before the first prune (None: a random moment within the first minute)
+    prune_first_delay: float | None = None
     # where credentials may be read and sent: checked again before every client is built
     # (strict by default; `orchestrator.inventory.target_policy(settings)`)
     target_policy: TargetPolicy = field(default_factory=TargetPolicy)
@@ -150,6 +156,8 @@ class EngineConfig:
             "shutdown_deadline": settings.engine_shutdown_deadline,
             "max_tasks": settings.engine_max_tasks,
             "held_slot_interval": settings.engine_held_slot_interval,
+            "prune_older_than": settings.prune_age,
+            "prune_interval": settings.prune_interval,
             "target_policy": target_policy(settings),
         }
         values.update(overrides)
@@ -319,6 +327,11 @@ class Engine:
             loops["listen"] = self._listen_loop
         loops["loop-lag"] = self._loop_lag_monitor
         loops["held-slots"] = self._held_loop
+        if self.config.prune_older_than is not None:
+            loops["retention"] = functools.partial(
+                retention.retention_loop, self.pool, self.config.prune_older_than,
+                owner=self.owner, interval=self.config.prune_interval,
+                first_delay=self.config.prune_first_delay, clock=self.clock)
         error: Exception | None = None
         async with asyncio.TaskGroup() as group:
             background = [group.create_task(self._supervise(name, loop), name=name)

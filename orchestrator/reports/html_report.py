@@ -201,6 +201,8 @@ def _summary(report: RolloutReport) -> str:
         facts.append(("forecast completion (ETA)", e(fmt_time(report.eta))))
     if r.abort_reason:
         facts.append(("reason", e(r.abort_reason)))
+    if r.pruned_note:
+        facts.append(("pruned", e(r.pruned_note)))
     facts.append(("created by", e(r.created_by) + f' <span class="muted">at '
                   f'{e(fmt_time(r.created_at))}</span>'))
     strategy = r.strategy

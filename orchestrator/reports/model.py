@@ -139,6 +139,18 @@ class RolloutInfo:
     finished_at: datetime | None
     selector: dict[str, Any]
     strategy: dict[str, Any]
+    # when `orchestrator prune` deleted its tasks and events (None: never): its counts then
+    # come from its summary rows, and what needs the tasks (per-appliance rows, versions,
+    # durations, failures, what is left to retry, the timeline) is empty
+    pruned_at: datetime | None = None
+
+    @property
+    def pruned_note(self) -> str | None:
+        if self.pruned_at is None:
+            return None
+        return (f"pruned on {self.pruned_at:%Y-%m-%d}: the tasks and events of this rollout "
+                "were deleted (orchestrator prune); the counts are its summary, the "
+                "per-appliance rows, versions, durations, failures and timeline are gone")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -147,7 +159,8 @@ class RolloutInfo:
             "created_by": self.created_by, "abort_reason": self.abort_reason,
             "created_at": _iso(self.created_at), "started_at": _iso(self.started_at),
             "finished_at": _iso(self.finished_at), "selector": self.selector,
-            "strategy": self.strategy,
+            "strategy": self.strategy, "pruned_at": _iso(self.pruned_at),
+            "pruned": self.pruned_note,
         }
 
 
@@ -371,7 +384,9 @@ async def _summary(
     conn: DB, rollout_id: int, r: asyncpg.Record, strategy: Mapping[str, Any]
 ) -> Summary:
     """The summary section: outcomes, span, versions before and after, windows used."""
-    counts = Outcomes.from_row(await report_store.summary_counts(conn, rollout_id))
+    pruned = r["pruned_at"] is not None
+    counts = Outcomes.from_row(await report_store.summary_counts(conn, rollout_id,
+                                                                 pruned=pruned))
     version_rows = await report_store.version_rows(conn, rollout_id)
     windows: tuple[WindowUsed, ...] = ()
     if _windows_mode(strategy) != "ignore":
@@ -480,17 +495,18 @@ async def build_report(
         current_wave=r["current_wave"], created_by=r["created_by"],
         abort_reason=r["abort_reason"], created_at=r["created_at"],
         started_at=r["started_at"], finished_at=r["finished_at"],
-        selector=_object(r["selector"]), strategy=strategy,
+        selector=_object(r["selector"]), strategy=strategy, pruned_at=r["pruned_at"],
     )
+    pruned = r["pruned_at"] is not None
     summary = await _summary(conn, rollout_id, r, strategy)
     waves = tuple(
         WaveRow(w["number"], w["planned_size"], w["state"], w["requires_approval"],
                 w["approved_by"], Outcomes.from_row(w), Span(w["started_at"], w["finished_at"]))
-        for w in await report_store.wave_rows(conn, rollout_id)
+        for w in await report_store.wave_rows(conn, rollout_id, pruned=pruned)
     )
     sites = tuple(
         SiteRow(s["site"], Outcomes.from_row(s), Span(s["started_at"], s["finished_at"]))
-        for s in await report_store.site_rows(conn, rollout_id)
+        for s in await report_store.site_rows(conn, rollout_id, pruned=pruned)
     )
     duration_rows = await report_store.duration_rows(conn, rollout_id)
     durations = Durations(_stats(duration_rows, "install"), _stats(duration_rows, "reboot"),

@@ -49,7 +49,8 @@ _COUNTS = """
 
 ROLLOUT = """
 SELECT r.id, r.name, r.target_version, r.selector, r.strategy, r.state, r.current_wave,
-       r.created_by, r.abort_reason, r.created_at, r.started_at, r.finished_at, now() AS now
+       r.created_by, r.abort_reason, r.created_at, r.started_at, r.finished_at, r.pruned_at,
+       now() AS now
 FROM rollouts r WHERE r.id = $1
 """
 
@@ -195,6 +196,55 @@ FROM d WHERE delta <> 0
 GROUP BY 1, 2 ORDER BY 1, 2
 """
 
+# A pruned rollout (rollouts.pruned_at, `orchestrator prune`) has no tasks and no events any
+# more: its counts come from its summary rows instead, task_counts plus the deltas not folded
+# into them yet (migration 0007). Per (wave, site, state): n, and the last finished_at.
+_PRUNED_COUNTED = """
+WITH c AS (
+    SELECT wave, site, state, sum(n)::bigint AS n, max(last_finished_at) AS last
+    FROM (SELECT wave, site, state, n, last_finished_at FROM task_counts
+          WHERE rollout_id = $1
+          UNION ALL
+          SELECT wave, site, state, n, last_finished_at FROM task_count_deltas
+          WHERE rollout_id = $1) AS counted
+    GROUP BY wave, site, state HAVING sum(n) <> 0)
+"""
+_PRUNED_COUNTS = """
+    coalesce(sum(c.n), 0) AS targeted,
+    coalesce(sum(c.n) FILTER (WHERE c.state = 'SUCCEEDED'), 0) AS succeeded,
+    coalesce(sum(c.n) FILTER (WHERE c.state = 'FAILED'), 0) AS failed,
+    coalesce(sum(c.n) FILTER (WHERE c.state = 'TIMED_OUT'), 0) AS timed_out,
+    coalesce(sum(c.n) FILTER (WHERE c.state = 'SKIPPED'), 0) AS skipped,
+    coalesce(sum(c.n) FILTER (WHERE c.state = 'CANCELLED'), 0) AS cancelled,
+    coalesce(sum(c.n) FILTER (WHERE c.state = 'PENDING'), 0) AS pending,
+    coalesce(sum(c.n) FILTER (WHERE c.state IN ('DISPATCHING', 'INSTALLING', 'VERIFYING')),
+             0) AS in_flight,
+    {start} AS started_at,
+    CASE WHEN coalesce(sum(c.n), 0) > 0
+              AND coalesce(sum(c.n) FILTER (WHERE c.state NOT IN
+                  ('SUCCEEDED', 'FAILED', 'TIMED_OUT', 'SKIPPED', 'CANCELLED')), 0) = 0
+         THEN max(c.last) END AS finished_at
+"""
+
+# the first dispatch is gone with the tasks: a wave's start is its row's started_at
+_NO_START = "NULL::timestamptz"
+PRUNED_SUMMARY = f"{_PRUNED_COUNTED} SELECT {_PRUNED_COUNTS.format(start=_NO_START)} FROM c"
+
+PRUNED_WAVES = f"""{_PRUNED_COUNTED}
+SELECT w.number, w.planned_size, w.state, w.requires_approval, w.approved_by,
+       {_PRUNED_COUNTS.format(start="w.started_at")}
+FROM rollout_waves w LEFT JOIN c ON c.wave = w.number
+WHERE w.rollout_id = $1
+GROUP BY w.number, w.planned_size, w.state, w.requires_approval, w.approved_by,
+         w.started_at
+ORDER BY w.number
+"""
+
+PRUNED_SITES = f"""{_PRUNED_COUNTED}
+SELECT c.site, {_PRUNED_COUNTS.format(start=_NO_START)}
+FROM c GROUP BY c.site ORDER BY c.site COLLATE "C"
+"""
+
 APPLIANCE_ROWS = """
 SELECT a.name, t.site, t.wave, t.from_version, t.final_version, t.state AS outcome,
        t.error_code, t.error_message, t.dispatched_at AS started_at, t.finished_at,
@@ -209,18 +259,19 @@ async def rollout_row(conn: DB, rollout_id: int) -> asyncpg.Record | None:
     return await conn.fetchrow(ROLLOUT, rollout_id)
 
 
-async def summary_counts(conn: DB, rollout_id: int) -> asyncpg.Record:
-    row = await conn.fetchrow(SUMMARY, rollout_id)
+async def summary_counts(conn: DB, rollout_id: int, *, pruned: bool = False) -> asyncpg.Record:
+    """The rollout's outcome counts; `pruned`: from its summary rows (its tasks are gone)."""
+    row = await conn.fetchrow(PRUNED_SUMMARY if pruned else SUMMARY, rollout_id)
     assert row is not None  # an aggregate without GROUP BY returns one row
     return row
 
 
-async def wave_rows(conn: DB, rollout_id: int) -> list[asyncpg.Record]:
-    return await conn.fetch(WAVES, rollout_id)
+async def wave_rows(conn: DB, rollout_id: int, *, pruned: bool = False) -> list[asyncpg.Record]:
+    return await conn.fetch(PRUNED_WAVES if pruned else WAVES, rollout_id)
 
 
-async def site_rows(conn: DB, rollout_id: int) -> list[asyncpg.Record]:
-    return await conn.fetch(SITES, rollout_id)
+async def site_rows(conn: DB, rollout_id: int, *, pruned: bool = False) -> list[asyncpg.Record]:
+    return await conn.fetch(PRUNED_SITES if pruned else SITES, rollout_id)
 
 
 async def version_rows(conn: DB, rollout_id: int) -> list[asyncpg.Record]:

@@ -87,6 +87,8 @@ class Rollout:
     started_at: datetime | None
     finished_at: datetime | None
     targeted: int
+    # when `orchestrator prune` deleted its tasks and events (its counts remain)
+    pruned_at: datetime | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -104,6 +106,7 @@ class Rollout:
             "started_at": _iso(self.started_at),
             "finished_at": _iso(self.finished_at),
             "targeted": self.targeted,
+            "pruned_at": _iso(self.pruned_at),
         }
 
 
@@ -184,6 +187,7 @@ def _iso(value: datetime | None) -> str | None:
 _ROLLOUT_COLUMNS = """
     r.id, r.name, r.target_version, r.selector, r.strategy, r.state, r.current_wave,
     r.schedule_at, r.created_by, r.abort_reason, r.created_at, r.started_at, r.finished_at,
+    r.pruned_at,
     (SELECT coalesce(sum(c.n), 0) FROM (
         SELECT n FROM task_counts WHERE rollout_id = r.id
         UNION ALL SELECT n FROM task_count_deltas WHERE rollout_id = r.id) AS c) AS targeted
@@ -206,7 +210,7 @@ def _rollout(row: asyncpg.Record) -> Rollout:
         schedule_at=row["schedule_at"], created_by=row["created_by"],
         abort_reason=row["abort_reason"], created_at=row["created_at"],
         started_at=row["started_at"], finished_at=row["finished_at"],
-        targeted=int(row["targeted"]),
+        targeted=int(row["targeted"]), pruned_at=row["pruned_at"],
     )
 
 
@@ -604,6 +608,12 @@ async def retry_failed(pool: asyncpg.Pool, rollout_id: int, actor: Actor) -> Ope
     async with pool.acquire() as conn, conn.transaction():
         rollout = await _get(conn, rollout_id, lock=True)
         check_operation("retry-failed", rollout.state)
+        pruned = await conn.fetchval("SELECT pruned_at FROM rollouts WHERE id = $1",
+                                     rollout_id)
+        if pruned is not None:
+            raise RolloutError(
+                f"cannot retry rollout {rollout_id}: it was pruned on {pruned:%Y-%m-%d} "
+                "(orchestrator prune deleted its tasks); create a new rollout instead")
         await _check_overlap(
             conn, rollout.strategy,
             await _appliances_of(conn, rollout_id, RETRYABLE_STATES), rollout_id,

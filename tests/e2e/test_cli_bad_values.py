@@ -79,6 +79,7 @@ CASES = [
     case("sites", "set-limit", "nowhere", "3", names=("'nowhere'",)),
     case("report", "999999", names=("999999",)),
     case("report", "1", "--format", "pdf", names=("'pdf'",)),
+    case("prune", "--older-than", "5x", names=("'5x'",)),
     case("tokens", "revoke", "nope", names=("'nope'",)),
     case("tokens", "create", "--name", "x", "--role", "root", names=("'root'",)),
     case("simulate", "--appliances", "2", "--fault-appliance", "sim-00009=hang", "--port", "0",
