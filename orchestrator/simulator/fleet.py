@@ -153,10 +153,10 @@ class Appliance:
     """The state of one simulated appliance (kept small: 10,000 of them are cheap)."""
 
     __slots__ = (
-        "answer_lost", "booted_at", "faults", "index", "install", "install_times",
-        "installs_accepted", "name", "next_event", "ready_at", "reboot_end", "reboot_start",
-        "rebooted", "reconfigure", "repository", "rng", "sessions", "site", "succeeded",
-        "tasks", "version",
+        "answer_lost", "booted_at", "faults", "index", "install", "install_ends",
+        "install_times", "installs_accepted", "name", "next_event", "ready_at", "reboot_end",
+        "reboot_start", "rebooted", "reconfigure", "repository", "rng", "sessions", "site",
+        "succeeded", "tasks", "version",
     )
 
     def __init__(self, index: int, name: str, site: str, version: str,
@@ -178,6 +178,10 @@ class Appliance:
         self.reconfigure = False
         self.installs_accepted = 0
         self.install_times: list[float] = []
+        # epoch seconds at which each accepted install stops counting as in flight (its
+        # reboot and services start included): [install_times[i], install_ends[i]) is
+        # the i-th install's interval in `in_flight`
+        self.install_ends: list[float] = []
         self.succeeded: set[str] = set()
         self.repository: dict[str, Any] | None = None
         self.rng: random.Random | None = None
@@ -494,6 +498,7 @@ class Fleet:
             self.duplicate_installs += 1
         app.installs_accepted += 1
         app.install_times.append(self.epoch(now))
+        app.install_ends.append(self.epoch(ins.end))
         task = Task(KIND_INSTALL, now, install=ins)
         self._add_task(app, task)
         if SPARSE_ACCEPT in app.faults:
@@ -679,6 +684,7 @@ class Fleet:
         for app in self.appliances:
             app.installs_accepted = 0
             app.install_times = []
+            app.install_ends = []
         self._reset_counters()
 
     def appliance_stats(self, app: Appliance, now: float) -> dict[str, Any]:
@@ -688,6 +694,7 @@ class Fleet:
             "phase": self.phase(app, now),
             "installs_accepted": app.installs_accepted,
             "install_times": list(app.install_times),
+            "install_ends": list(app.install_ends),
             "faults": sorted(app.faults),
         }
 
