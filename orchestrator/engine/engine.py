@@ -134,6 +134,10 @@ class EngineConfig:
     # runners in a phase of several appliance requests at once (RunnerContext.gate); the
     # database writes that end such a phase are made outside it
     active_runners: int = 200
+    # at most this many tasks per claim statement: a rollout with more free slots is claimed
+    # for again at once, in a new transaction, so that no claim holds the fleet-wide claim
+    # lock (and every other rollout's claim) for long, however many slots free at once
+    claim_batch: int = 200
     # how often each slot held by a timed-out install is looked at (engine/held.py)
     held_slot_interval: float = _setting_default("engine_held_slot_interval")
     # retention (engine/retention.py): every prune_interval seconds, delete the tasks and
@@ -249,6 +253,7 @@ class Engine:
         self.max_loop_lag = 0.0
         self.loop_lag_observers: list[Callable[[float], None]] = []
         self.claimed = 0
+        self._served: dict[int, int] = {}  # rollout id -> the last tick it claimed in
         self.reclaimed = 0
         # what the ticks cache between refreshes (every poll_interval, or on NOTIFY)
         self._active: list[int] | None = None
@@ -462,20 +467,29 @@ class Engine:
             self._waves.clear()
             self._groups.clear()
             self._windows_exist = None
-        for rollout_id in list(self._active):
+        # the rollout this engine served longest ago claims first: rollouts that share a
+        # site with a fleet-wide capacity take turns at its free slots, instead of the
+        # lowest id taking every slot that frees and the others finishing on a long tail
+        for rollout_id in sorted(self._active, key=lambda r: (self._served.get(r, 0), r)):
             if self._stopping.is_set():
                 break
-            self._group_deadlines = {}
-            claimed = await self._advance(rollout_id)
-            if claimed:
-                failpoints.hit("after_claim")
-            self._spawn(claimed, self._start_by(claimed))
+            while True:
+                self._group_deadlines = {}
+                claimed = await self._advance(rollout_id)
+                if claimed:
+                    self._served[rollout_id] = self.ticks
+                    failpoints.hit("after_claim")
+                self._spawn(claimed, self._start_by(claimed))
+                if not claimed or len(claimed) < self.config.claim_batch \
+                        or self._stopping.is_set():
+                    break  # a full batch: the rollout may have more free slots
         return self._active is None or bool(self._active)
 
     def _inactive(self, rollout_id: int) -> list[ClaimedTask]:
         """The rollout is no longer active: leave it out of the next ticks."""
         if self._active is not None and rollout_id in self._active:
             self._active.remove(rollout_id)
+        self._served.pop(rollout_id, None)
         return []
 
     def _strategy(self, rollout_id: int, raw: dict[str, Any]) -> Strategy:
@@ -635,7 +649,8 @@ class Engine:
             lease_seconds=self.config.lease_seconds,
             max_in_flight=max_in_flight,
             per_site=strategy.per_site_concurrency,
-            starts_per_minute=strategy.max_starts_per_minute, limit=capacity,
+            starts_per_minute=strategy.max_starts_per_minute,
+            limit=min(capacity, self.config.claim_batch),
             allowed_groups=allowed,
         )
         self.claimed += len(claimed)

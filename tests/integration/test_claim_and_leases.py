@@ -835,3 +835,25 @@ async def test_try_lock_rollout_is_per_rollout_and_per_transaction(pool: asyncpg
                 assert await task_store.try_lock_rollout(b, second)  # another rollout
         async with b.transaction():  # a's transaction ended: its lock went with it
             assert await task_store.try_lock_rollout(b, first)
+
+
+async def test_a_tick_claims_free_slots_in_bounded_batches(
+    pool: asyncpg.Pool, db_url: str
+) -> None:
+    """`claim_batch`: no claim statement takes more than that many tasks (so none holds the
+    fleet-wide claim lock for long), yet one tick fills every free slot, claiming again at
+    once after each full batch."""
+    async with fleet(pool, db_url, appliances=5), http_client() as client:
+        rid = await create(pool, {"max_concurrency": 5})
+        eng = Engine(pool, client, fast_engine_config(claim_batch=2), database_url=db_url)
+        try:
+            await asyncio.wait_for(eng.tick(), 60)
+            assert eng.claimed == 5  # one tick: batches of 2, 2 and 1
+            claims = [r["n"] for r in await pool.fetch(
+                """SELECT count(*) AS n FROM task_events
+                   WHERE rollout_id = $1 AND to_state = 'DISPATCHING'
+                   GROUP BY at ORDER BY at""", rid)]
+            assert claims == [2, 2, 1]
+        finally:
+            eng.stop()
+            await asyncio.wait_for(eng.run(), 60)

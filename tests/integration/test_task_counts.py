@@ -1,4 +1,6 @@
-"""A rollout's task counts (migration 0007: deltas appended by a trigger on every statement
+"""How the engine keeps a rollout's work small and fair at scale.
+
+A rollout's task counts (migration 0007: deltas appended by a trigger on every statement
 that writes tasks, folded into totals by the tick) agree with counting the tasks
 themselves: through a real rollout with failures and a retry, and under concurrent writers,
 rolled-back transactions and folds in between."""
@@ -13,6 +15,7 @@ from typing import Any
 import asyncpg
 
 from orchestrator.store import rollouts as rollout_store
+from orchestrator.store import sites as site_store
 from tests.fleet import ACTOR, create, engine, fleet, wait_until_terminal
 
 STATES = ("PENDING", "DISPATCHING", "INSTALLING", "VERIFYING", "SUCCEEDED", "FAILED",
@@ -148,3 +151,25 @@ async def test_counts_stay_exact_under_concurrent_writers_and_folds(
         kept_last = max((r["last"] for r in rows if r["wave"] == 0 and r["last"]),
                         default=None)
         assert last is None or (kept_last is not None and kept_last >= last)
+
+
+async def test_rollouts_sharing_a_capped_site_take_turns(pool: asyncpg.Pool, db_url: str) -> None:
+    """Two rollouts over one site with a fleet-wide capacity of 1: each slot that frees goes
+    to the rollout served longest ago, so they alternate (A B A B) instead of the older
+    rollout taking every slot first (A A B B) and the other finishing on a tail."""
+    async with fleet(pool, db_url, appliances=4, sites=1) as f:
+        await site_store.set_site_limit(pool, "site-01", 1, ACTOR)
+        first = await create(pool, {"order": "name"},
+                             selector={"names": ["sim-00001", "sim-00002"]})
+        second = await create(pool, {"order": "name"},
+                              selector={"names": ["sim-00003", "sim-00004"]})
+        async with engine(f):
+            await wait_until_terminal(pool, first)
+            await wait_until_terminal(pool, second)
+        order = [r["rollout_id"] for r in await pool.fetch(
+            """SELECT rollout_id FROM tasks WHERE rollout_id = ANY($1::bigint[])
+               ORDER BY dispatched_at""", [first, second])]
+        assert order == [first, second, first, second]
+        stats = f.sim.stats()
+        assert stats["max_in_flight_by_site"]["site-01"] == 1
+        assert stats["duplicate_installs"] == 0 and stats["installs_accepted"] == 4
