@@ -52,6 +52,7 @@ from common import (
     ProcSampler,
     cli,
     database,
+    fetch,
     free_port,
     machine,
     orchestrator_env,
@@ -293,11 +294,27 @@ def run(opts: argparse.Namespace, procs: Processes, db: Any, tmp: Path,
         "cpu_s": sampler.totals(),
         "goal": {"p99_ms": GOAL_P99_MS},
         "goal_met": p99 is not None and p99 <= GOAL_P99_MS and not result["errors"],
+        "db_top_statements_by_time": top_statements(db),
         "database": db.kind, "bench_wall_s": round(time.monotonic() - bench_started, 1),
         "machine": machine(),
     }
     print(json.dumps(report))
     return 0 if report["goal_met"] and last.get("state") == "SUCCEEDED" else 1
+
+
+def top_statements(db: Any, n: int = 8) -> list[dict[str, Any]] | None:
+    """The statements that took the database's time during the run (pg_stat_statements,
+    all processes: engine, API, bench), the most first; None without the extension."""
+    if not db.stat_statements:
+        return None
+    rows = fetch(db.url, """
+        SELECT calls, total_exec_time, mean_exec_time, query
+        FROM bench_stats.pg_stat_statements
+        WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+        ORDER BY total_exec_time DESC LIMIT $1""", n)
+    return [{"total_s": round(float(r["total_exec_time"]) / 1000, 1), "calls": int(r["calls"]),
+             "mean_ms": round(float(r["mean_exec_time"]), 2),
+             "query": " ".join(r["query"].split())[:200]} for r in rows]
 
 
 def _ms(value: float | None) -> float | None:

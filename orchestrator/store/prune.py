@@ -90,7 +90,7 @@ FOR SHARE
 # `id = ANY(ARRAY(...))`: the chunk's ids are collected first (through the index by rollout)
 # and deleted by primary key; with `id IN (...)` the planner may prefer a hash join that
 # reads the whole table for a large chunk. The ORDER BY follows the index by rollout
-# (task_events_rollout_idx, tasks_rollout_state_idx): without it, for a rollout that is
+# (task_events_rollout_idx, tasks_rollout_state_id_idx): without it, for a rollout that is
 # most of the table, the planner reads the table from its start until it has a chunk, past
 # the dead rows of every earlier chunk.
 DELETE_EVENTS = """
@@ -116,7 +116,7 @@ SELECT count(*) FROM gone
 # The prune of a rollout is finished once no task of it is left, committed or not (a
 # concurrent prune's chunk not committed yet still shows its rows: the rollout is marked
 # by whichever prune deletes the last ones). The scalar subquery in index order reads one
-# entry of tasks_rollout_state_idx, whatever the planner thinks of the rollout's size.
+# entry of tasks_rollout_state_id_idx, whatever the planner thinks of the rollout's size.
 MARK_FINISHED = """
 UPDATE rollouts SET prune_finished_at = now()
 WHERE id = $1 AND pruned_at IS NOT NULL AND prune_finished_at IS NULL

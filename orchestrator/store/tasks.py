@@ -479,6 +479,18 @@ class TaskRow:
         return out
 
 
+_TASK_PAGE = """SELECT t.id, a.name AS appliance, t.site, t.wave, t.state, t.attempt,
+       t.progress, t.from_version, t.final_version, t.error_code, t.error_message,
+       t.reconfigure_required, t.dispatched_at, t.finished_at
+FROM tasks t JOIN appliances a ON a.id = t.appliance_id
+WHERE t.rollout_id = $1 AND {state}
+  AND ($3::text IS NULL OR t.site = $3) AND ($4::int IS NULL OR t.wave = $4)
+  AND t.id > $5
+ORDER BY t.id LIMIT $6"""
+TASK_PAGE = _TASK_PAGE.format(state="($2::text[] IS NULL OR t.state = ANY($2))")
+TASK_PAGE_ONE_STATE = _TASK_PAGE.format(state="t.state = $2::text")
+
+
 async def list_tasks(
     conn: DB,
     rollout_id: int,
@@ -489,17 +501,15 @@ async def list_tasks(
     after_id: int = 0,
     limit: int = 100,
 ) -> list[TaskRow]:
-    rows = await conn.fetch(
-        """SELECT t.id, a.name AS appliance, t.site, t.wave, t.state, t.attempt, t.progress,
-                  t.from_version, t.final_version, t.error_code, t.error_message,
-                  t.reconfigure_required, t.dispatched_at, t.finished_at
-           FROM tasks t JOIN appliances a ON a.id = t.appliance_id
-           WHERE t.rollout_id = $1 AND ($2::text[] IS NULL OR t.state = ANY($2))
-             AND ($3::text IS NULL OR t.site = $3) AND ($4::int IS NULL OR t.wave = $4)
-             AND t.id > $5
-           ORDER BY t.id LIMIT $6""",
-        rollout_id, list(states) if states else None, site, wave, after_id, limit,
-    )
+    if states is not None and len(states) == 1:
+        # one state (a dashboard's "what is installing now"): read in id order through
+        # (rollout_id, state, id) from the cursor on, only the page; with `= ANY(...)` the
+        # planner read every task in that state (5,000 in flight) and sorted them, per page
+        rows = await conn.fetch(TASK_PAGE_ONE_STATE, rollout_id, states[0], site, wave,
+                                after_id, limit)
+    else:
+        rows = await conn.fetch(TASK_PAGE, rollout_id, list(states) if states else None,
+                                site, wave, after_id, limit)
     return [TaskRow(**dict(r)) for r in rows]
 
 

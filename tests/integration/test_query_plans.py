@@ -249,3 +249,21 @@ async def test_claim_reads_as_many_pending_tasks_as_it_may_start(pool: asyncpg.P
     assert pending_reads, "the claim no longer reads PENDING tasks per site"
     assert claimed == room
     assert sum(pending_reads) <= SITES * room, pending_reads
+
+
+
+async def test_a_page_of_tasks_in_one_state(pool: asyncpg.Pool) -> None:
+    """A dashboard's "what is installing now" (`GET .../tasks?state=INSTALLING`), the
+    statement of its own (equality on the state, so that (rollout_id, state, id) can give
+    the page in id order from the cursor on: bench/api_latency.py): pages in id order,
+    only that state, the cursor continuing where the last page ended."""
+    async with pool.acquire() as conn:
+        big, _ = await _populate(conn)
+        first = await task_store.list_tasks(conn, big, states=["INSTALLING"], limit=50)
+        second = await task_store.list_tasks(conn, big, states=["INSTALLING"], limit=50,
+                                             after_id=first[-1].id)
+        every = await conn.fetch(
+            """SELECT id FROM tasks WHERE rollout_id = $1 AND state = 'INSTALLING'
+               ORDER BY id LIMIT 100""", big)
+    assert [p.id for p in first + second] == [r["id"] for r in every]
+    assert {p.state for p in first + second} == {"INSTALLING"}
