@@ -35,7 +35,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -530,3 +530,20 @@ def temp_dir(prefix: str) -> Path:
 
 def remove(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+def run_bench(name: str, run: Callable[..., int], opts: Any) -> int:
+    """Run `run(opts, procs, db, tmp, bench_started, load_start)` with its processes, a
+    database `bench_<name>` and a temporary directory, all removed at the end (also on
+    Ctrl-C: one JSON line says so, exit 130)."""
+    bench_started = time.monotonic()
+    load_start = [round(x, 2) for x in os.getloadavg()]
+    tmp = temp_dir(f"orch-bench-{name}-")
+    try:
+        with Processes() as procs, database(f"bench_{name}", tmp) as db:
+            return run(opts, procs, db, tmp, bench_started, load_start)
+    except KeyboardInterrupt:
+        print(json.dumps({"error": "interrupted"}))
+        return 130
+    finally:
+        remove(tmp)

@@ -67,15 +67,13 @@ from common import (
     Processes,
     ProcSampler,
     cli,
-    database,
     fetch,
     git_state,
     machine,
     orchestrator_env,
-    remove,
     rollout_outcome,
+    run_bench,
     start_simulator,
-    temp_dir,
     wait_child,
 )
 from rollout import ideal_seconds
@@ -250,18 +248,7 @@ def main() -> int:
                         help="an orchestrator setting for the engines (repeatable)")
     parser.add_argument("--timeout", type=float, default=3600.0,
                         help="the engines are stopped this many seconds after the start")
-    opts = parser.parse_args()
-    bench_started = time.monotonic()
-    load_start = [round(x, 2) for x in os.getloadavg()]
-    tmp = temp_dir("orch-bench-multi-")
-    try:
-        with Processes() as procs, database("bench_multi", tmp) as db:
-            return run(opts, procs, db, tmp, bench_started, load_start)
-    except KeyboardInterrupt:
-        print(json.dumps({"error": "interrupted"}))
-        return 130
-    finally:
-        remove(tmp)
+    return run_bench("multi", run, parser.parse_args())
 
 
 def other_cpu(sampler: ProcSampler) -> dict[str, float]:

@@ -52,16 +52,14 @@ from common import (
     StatementCounter,
     cli,
     create_rollout,
-    database,
     fetch,
     git_state,
     machine,
     orchestrator_env,
     proc_children,
-    remove,
     rollout_outcome,
+    run_bench,
     start_simulator,
-    temp_dir,
     wait_child,
 )
 
@@ -342,18 +340,7 @@ def main() -> int:
     parser.add_argument("--uvloop", action="store_true",
                         help="what-if: run the engine on uvloop's event loop (uvloop must be "
                              "importable by the engine, e.g. on PYTHONPATH)")
-    opts = parser.parse_args()
-    bench_started = time.monotonic()
-    load_start = [round(x, 2) for x in os.getloadavg()]
-    tmp = temp_dir("orch-bench-rollout-")
-    try:
-        with Processes() as procs, database("bench_rollout", tmp) as db:
-            return run(opts, procs, db, tmp, bench_started, load_start)
-    except KeyboardInterrupt:
-        print(json.dumps({"error": "interrupted"}))
-        return 130
-    finally:
-        remove(tmp)
+    return run_bench("rollout", run, parser.parse_args())
 
 
 def run(opts: argparse.Namespace, procs: Processes, db: Any, tmp: Path,
