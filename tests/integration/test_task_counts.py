@@ -163,7 +163,11 @@ async def test_rollouts_sharing_a_capped_site_take_turns(pool: asyncpg.Pool, db_
                              selector={"names": ["sim-00001", "sim-00002"]})
         second = await create(pool, {"order": "name"},
                               selector={"names": ["sim-00003", "sim-00004"]})
-        async with engine(f):
+        # ticks only when a task's end has committed (its runner's end, its NOTIFY), never
+        # on the poll timer: a tick that ran while an install's end was committing could
+        # see the site full when serving the first rollout and free when serving the next
+        # (a race between two statements, not the order this test is about)
+        async with engine(f, poll_interval=30.0):
             await wait_until_terminal(pool, first)
             await wait_until_terminal(pool, second)
         order = [r["rollout_id"] for r in await pool.fetch(
