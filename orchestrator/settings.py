@@ -130,6 +130,26 @@ class Settings(BaseModel):
     # how often an appliance holding a timed-out install's slot is looked at again
     engine_held_slot_interval: float = Field(default=15.0, gt=0, le=3600)
 
+    # --- webhooks (engine/notifier.py) ------------------------------------------------
+    # seconds between two looks for deliveries due when none was sent; requests in flight
+    # at once per engine; a request's connect and total timeouts (and the lease of a
+    # delivery being sent); attempts and age
+    # (seconds since the event) after which a retryable answer fails the delivery; the
+    # exponential back-off with jitter between attempts (base and cap, seconds); at most
+    # one task.failed batch per webhook every webhook_batch_seconds
+    webhook_poll_interval: float = Field(default=1.0, gt=0, le=300)
+    webhook_concurrency: int = Field(default=8, ge=1, le=1000)
+    webhook_connect_timeout: float = Field(default=5.0, gt=0, le=300)
+    webhook_request_timeout: float = Field(default=10.0, gt=0, le=300)
+    # seconds a claimed delivery stays with its engine; then (the engine died) another
+    # engine sends it again: longer than a request
+    webhook_lease_seconds: float = Field(default=60.0, ge=2, le=3600)
+    webhook_max_attempts: int = Field(default=10, ge=1, le=1000)
+    webhook_max_age: float = Field(default=86_400.0, ge=60, le=30 * 86_400)
+    webhook_backoff_base: float = Field(default=2.0, gt=0, le=3600)
+    webhook_backoff_cap: float = Field(default=300.0, gt=0, le=86_400)
+    webhook_batch_seconds: float = Field(default=30.0, ge=0, le=86_400)
+
     # --- retention ------------------------------------------------------------------
     # the engine deletes the tasks and events of rollouts that ended longer ago than this
     # ("90d"; unset: never, `orchestrator prune` does it by hand), every prune_interval s
@@ -272,6 +292,24 @@ class Settings(BaseModel):
             )
         return self
 
+    @field_validator("webhook_lease_seconds")
+    @classmethod
+    def _check_webhook_lease(cls, value: float, info: ValidationInfo) -> float:
+        timeout = info.data.get("webhook_request_timeout")
+        if timeout is not None and value < timeout + 1:
+            raise ValueError(f"must be at least webhook_request_timeout + 1 s "
+                             f"({timeout + 1:g}): a lease must outlast its request")
+        return value
+
+    @field_validator("webhook_backoff_cap")
+    @classmethod
+    def _check_webhook_backoff(cls, value: float, info: ValidationInfo) -> float:
+        base = info.data.get("webhook_backoff_base")
+        if base is not None and value < base:
+            raise ValueError(f"is smaller than webhook_backoff_base ({base:g}): the back-off "
+                             "between two webhook attempts grows from the base to the cap")
+        return value
+
     @field_validator("data_dir")
     @classmethod
     def _expand_data_dir(cls, value: Path) -> Path:
@@ -389,3 +427,9 @@ def load_settings(
             shown = MASK
         msg = str(err["msg"]).removeprefix("Value error, ")
         raise SettingsError(f"{key} (from {where}): {msg}; got {shown!r}") from None
+
+
+def setting_default(name: str) -> Any:
+    """The default of setting `name`: the configurations built from the settings
+    (EngineConfig, NotifierConfig) take it as their own field's default (one definition)."""
+    return Settings.model_fields[name].default

@@ -18,6 +18,7 @@ from orchestrator.api import (
     sites,
     tasks,
     tokens,
+    webhooks,
     windows,
 )
 from orchestrator.api.headers import security_headers
@@ -37,6 +38,7 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
     *tokens.OPERATIONS,
     *windows.OPERATIONS,
     *sites.OPERATIONS,
+    *webhooks.OPERATIONS,
     *health.OPERATIONS,
     *openapi.OPERATIONS,
 )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Final, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Final, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -33,6 +33,7 @@ from orchestrator.domain.strategy import (
     StrategyKey,
     parse_size,
 )
+from orchestrator.store.webhooks import EVENT_TYPES
 
 # Blanks Python's str.strip() removes, and U+FEFF: none may open or close a text value.
 _EDGE = (r"[^\x00-\x20\x7f-\x9f\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
@@ -337,6 +338,70 @@ class SiteLimit(Body):
     example: ClassVar[dict[str, Any]] = {"max_in_flight": 8}
 
 
+# ------------------------------------------------------------------ webhooks
+# A webhook's name (store.webhooks.check_name); `deliveries` is refused as one because
+# /api/v1/webhooks/deliveries lists the deliveries.
+WEBHOOK_NAME: Final = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+RESERVED_WEBHOOK_NAMES: Final = frozenset({"deliveries"})
+PATTERN_HINTS[WEBHOOK_NAME] = ("must be 1-63 letters, digits, '.', '_' or '-', starting with "
+                               "a letter or digit")
+EventType = Literal[
+    "rollout.started", "rollout.scheduled", "wave.started", "wave.finished",
+    "approval.required", "rollout.paused", "rollout.resumed", "policy.tripped",
+    "window.closed", "rollout.finished", "task.failed", "ping",
+]
+if get_args(EventType) != EVENT_TYPES:  # pragma: no cover - caught by any import
+    raise AssertionError("api.models.EventType must list store.webhooks.EVENT_TYPES")
+
+
+class WebhookCreate(Body):
+    """A webhook: where the events go, which ones, and how they are signed. Same rules as
+    `orchestrator webhooks add`."""
+
+    name: Annotated[str, Field(pattern=WEBHOOK_NAME, max_length=63, json_schema_extra={
+        "not": {"enum": sorted(RESERVED_WEBHOOK_NAMES)}}, description="Unique name.")]
+    url: Annotated[str, Field(pattern=URL, max_length=2048, description=(
+        "Where the events are POSTed: an http:// or https:// URL with a host and no "
+        "user:password@ (sign the requests with `secret_ref` instead)."))]
+    events: Annotated[list[EventType], Field(
+        min_length=1, max_length=len(EVENT_TYPES), json_schema_extra={"uniqueItems": True},
+        description="Only these event types; left out or null: every event.")] | None = None
+    rollout_id: Annotated[int, Field(ge=1, le=INT64[1], description=(
+        "Only this rollout's events; left out or null: every rollout."))] | None = None
+    site: Annotated[str, Field(min_length=1, max_length=200, pattern=TEXT, description=(
+        "Only events about this site; left out or null: every site."))] | None = None
+    secret_ref: Annotated[str, Field(pattern=CREDENTIALS_REF, description=(
+        "Where the signing secret lives: env:VARIABLE or file:/path, under the same rules "
+        "as an appliance's credentials_ref (`appliance_credentials_env_prefix`, "
+        "`appliance_secrets_dir`); never the secret itself. Left out or null: unsigned."
+    ))] | None = None
+    format: Literal["json", "slack"] = Field(default="json", description=(
+        "json: the event as documented in docs/notifications.md; slack: "
+        "{\"text\": ...} for Slack and Mattermost incoming webhooks."))
+    not_null: ClassVar[frozenset[str]] = frozenset({"format"})
+    example: ClassVar[dict[str, Any]] = {
+        "name": "ops-chat", "url": "https://hooks.example.net/services/T0/B0",
+        "events": ["approval.required", "policy.tripped", "rollout.finished"],
+        "secret_ref": "env:APPLIANCE_WEBHOOK_SECRET", "format": "json",
+    }
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value in RESERVED_WEBHOOK_NAMES:
+            raise ValueError(f"{value!r} is reserved (/api/v1/webhooks/{value} lists the "
+                             "deliveries); choose another name")
+        return value
+
+    @field_validator("events")
+    @classmethod
+    def _distinct(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) != len(value):
+            repeated = sorted({e for e in value if value.count(e) > 1})
+            raise ValueError(f"lists {', '.join(repeated)} more than once")
+        return value
+
+
 # ------------------------------------------------------------------ tokens
 class TokenCreate(Body):
     name: Annotated[str, Field(pattern=TOKEN_NAME, max_length=100)]
@@ -352,5 +417,5 @@ class TokenCreate(Body):
 
 BODY_MODELS: Final[tuple[type[Body], ...]] = (
     ApplianceCreate, AppliancePatch, Selector, StrategyBody, PlanRequest, RolloutCreate,
-    TokenCreate, WindowCreate, WindowPatch, SiteLimit,
+    TokenCreate, WindowCreate, WindowPatch, SiteLimit, WebhookCreate,
 )

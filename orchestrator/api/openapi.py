@@ -26,6 +26,7 @@ TAGS: Final = (
     ("maintenance windows", "When installs may start: viewer reads, admin writes."),
     ("sites", "Fleet-wide capacity per site, all rollouts together: viewer reads, admin "
               "writes."),
+    ("webhooks", "Notifications: webhooks and their deliveries (admin)."),
     ("tasks", "What happened to each appliance of a rollout."),
     ("events", "Server-sent events of a rollout's progress."),
     ("audit", "Who did what."),
@@ -39,8 +40,8 @@ REST API of the fleet update orchestrator.
 
 Authentication: `Authorization: Bearer <token>`. Tokens are created with
 `orchestrator tokens create --name N --role R` or `POST /api/v1/tokens`; roles are
-`viewer` (read), `operator` (also rollout actions) and `admin` (also inventory and
-tokens). A token may expire (`expires_in`); a revoked one may work for up to
+`viewer` (read), `operator` (also rollout actions) and `admin` (also inventory, tokens
+and webhooks). A token may expire (`expires_in`); a revoked one may work for up to
 `api_token_cache_seconds` (5 s) more. Too many failed authentications from one client
 address in a minute: 429 with `Retry-After`. Errors are `application/problem+json`
 (RFC 9457) naming the offending field and value. Lists are paginated with `limit` and an

@@ -6,6 +6,7 @@ from typing import Any, Final
 
 from orchestrator.domain.states import RolloutState, TaskState, WaveState
 from orchestrator.domain.strategy import STRATEGY_TABLE, StrategyKey
+from orchestrator.store.webhooks import DELIVERY_STATES, EVENT_TYPES, FORMATS
 
 ROLLOUT_STATES: Final = [str(s) for s in RolloutState]
 TASK_STATES: Final = [str(s) for s in TaskState]
@@ -211,6 +212,51 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
             "When the limit was last set or cleared; null: never.")}),
     }, description="A site: every site of the inventory, and any with a limit set."),
     "SiteList": obj({"items": {"type": "array", "items": ref("Site")}}),
+    "Webhook": obj({
+        "name": STR,
+        "url": {"type": "string", "description": (
+            "Where the events are POSTed, without its query string (which may hold a "
+            "token): `?...` stands for it.")},
+        "events": nullable({"type": "array", "items": {"type": "string",
+                                                       "enum": list(EVENT_TYPES)},
+                            "description": "The event types it receives; null: every one."}),
+        "rollout_id": nullable({**INT, "description": "Only this rollout's events; null: "
+                                                     "every rollout."}),
+        "site": nullable({**STR, "description": "Only events about this site; null: every "
+                                               "site."}),
+        "secret_ref": nullable({**STR, "description": (
+            "Where the signing secret lives (env:NAME or file:PATH), never the secret; "
+            "null: the requests are not signed.")}),
+        "signed": {"type": "boolean"},
+        "format": {"type": "string", "enum": list(FORMATS)},
+        "created_by": STR, "created_at": TIME,
+        "deliveries": obj({k: {"type": "integer", "minimum": 0}
+                           for k in ("pending", "delivered", "failed")},
+                          description="Its deliveries by state."),
+    }, description="A webhook (admin only)."),
+    "WebhookList": obj({"items": {"type": "array", "items": ref("Webhook")}}),
+    "WebhookDelivery": obj({
+        "id": INT, "webhook": STR,
+        "event_id": {**INT, "description": (
+            "The event's id, the same on every attempt and redelivery: the "
+            "X-Orchestrator-Event-Id header of its request (a task.failed batch's request "
+            "carries its first event's).")},
+        "event_type": {"type": "string", "enum": list(EVENT_TYPES)},
+        "rollout_id": nullable(INT),
+        "state": {"type": "string", "enum": list(DELIVERY_STATES), "description": (
+            "pending: to be sent (or being sent); delivered; failed: given up on (it can "
+            "be redelivered).")},
+        "attempts": {"type": "integer", "minimum": 0},
+        "next_attempt_at": nullable({**TIME, "description": (
+            "When a pending delivery is due; null once it is delivered or failed.")}),
+        "last_status": nullable({**INT, "description": "The receiver's last HTTP status."}),
+        "last_error": nullable(STR), "created_at": TIME,
+        "delivered_at": nullable(TIME), "failed_at": nullable(TIME),
+        "batch_id": nullable({**INT, "description": (
+            "task.failed deliveries sent together in one request share the id of the "
+            "batch's first delivery.")}),
+    }, description="One event sent (or to be sent) to one webhook."),
+    "WebhookDeliveryList": obj({"items": {"type": "array", "items": ref("WebhookDelivery")}}),
     "TaskEvent": obj({
         "id": INT, "task_id": INT, "appliance": STR, "site": STR, "wave": INT,
         "from_state": nullable(STR), "to_state": STR, "at": TIME,

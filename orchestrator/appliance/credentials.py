@@ -12,6 +12,9 @@ A `TargetPolicy` (from the settings) limits what a reference may read: environme
 variables with its prefix (`APPLIANCE_` by default) and regular files whose real path
 (symbolic links and `..` resolved) lies inside its secrets directory. `env:ORCHESTRATOR_*`
 (the settings, the database URL among them) is refused with or without a policy.
+
+`resolve_secret` reads a webhook's signing secret by the same rules: the variable's value
+or the file's first line, whole (no `username:password`).
 """
 
 from __future__ import annotations
@@ -81,34 +84,66 @@ def resolve_credentials(
             )
         return default
     ref = ref.strip()
+    first = _first_line(ref, environ=environ, policy=policy, label="credentials reference",
+                        serves="appliance credentials")
+    return parse_credentials(first, source=f"credentials reference {ref!r}")
+
+
+def resolve_secret(
+    ref: str,
+    *,
+    environ: Mapping[str, str] | None = None,
+    policy: TargetPolicy | None = None,
+) -> str:
+    """The secret an `env:VAR` or `file:/path` reference names (a webhook's signing
+    secret): the variable's value or the file's first line, stripped, with the same rules
+    as `resolve_credentials` (the policy, `env:ORCHESTRATOR_*` refused, a regular file
+    inside the secrets directory) but no `username:password` to parse. Raises
+    CredentialsError naming the reference, never the secret."""
+    if not ref or not ref.strip():
+        raise CredentialsError("no secret reference (secret_ref)")
+    return _first_line(ref.strip(), environ=environ, policy=policy, label="secret reference",
+                       serves="secrets")
+
+
+def _first_line(
+    ref: str,
+    *,
+    environ: Mapping[str, str] | None,
+    policy: TargetPolicy | None,
+    label: str,
+    serves: str,
+) -> str:
+    """The stripped value (env:) or first line (file:) a reference names, checked as the
+    module docstring says; `label` and `serves` word the errors."""
     scheme, sep, rest = ref.partition(":")
     if not sep or not rest:
         raise CredentialsError(
-            f"credentials reference {ref!r}: expected 'env:VARIABLE' or 'file:/path'"
+            f"{label} {ref!r}: expected 'env:VARIABLE' or 'file:/path'"
         )
     if scheme == "env" and rest.upper().startswith(FORBIDDEN_ENV_PREFIX):
         raise CredentialsError(
-            f"credentials reference {ref!r}: the orchestrator's own settings "
-            f"({FORBIDDEN_ENV_PREFIX}*) never serve as appliance credentials"
+            f"{label} {ref!r}: the orchestrator's own settings "
+            f"({FORBIDDEN_ENV_PREFIX}*) never serve as {serves}"
         )
     if policy is not None:
         reason = credentials_ref_refusal(ref, policy)
         if reason:
-            raise CredentialsError(f"credentials reference {ref!r} {reason}")
+            raise CredentialsError(f"{label} {ref!r} {reason}")
         if scheme == "file":
-            return _read_secret_file(ref, rest, policy)
+            return _read_secret_file(ref, rest, policy, label)
     if scheme == "env":
         env = os.environ if environ is None else environ
         value = env.get(rest)
         if value is None:
             raise CredentialsError(
-                f"credentials reference {ref!r}: environment variable {rest} is not set"
+                f"{label} {ref!r}: environment variable {rest} is not set"
             )
         if not value.strip():
             raise CredentialsError(
-                f"credentials reference {ref!r}: environment variable {rest} is empty"
+                f"{label} {ref!r}: environment variable {rest} is empty"
             )
-        return parse_credentials(value.strip(), source=f"credentials reference {ref!r}")
+        return value.strip()
     if scheme == "file":
         path = Path(rest).expanduser()
         try:
@@ -117,37 +152,37 @@ def resolve_credentials(
         except OSError as exc:
             reason = exc.strerror or type(exc).__name__
             raise CredentialsError(
-                f"credentials reference {ref!r}: cannot read {path}: {reason}"
+                f"{label} {ref!r}: cannot read {path}: {reason}"
             ) from None
         except UnicodeDecodeError:
             raise CredentialsError(
-                f"credentials reference {ref!r}: {path} is not UTF-8 text"
+                f"{label} {ref!r}: {path} is not UTF-8 text"
             ) from None
         first = first.strip()
         if not first:
-            raise CredentialsError(f"credentials reference {ref!r}: the first line is empty")
-        return parse_credentials(first, source=f"credentials reference {ref!r}")
+            raise CredentialsError(f"{label} {ref!r}: the first line is empty")
+        return first
     raise CredentialsError(
-        f"credentials reference {ref!r}: unknown scheme {scheme!r} (use 'env:' or 'file:')"
+        f"{label} {ref!r}: unknown scheme {scheme!r} (use 'env:' or 'file:')"
     )
 
 
-def _read_secret_file(ref: str, rest: str, policy: TargetPolicy) -> Credentials:
-    """The credentials of a file reference the policy allows lexically: its real path must
+def _read_secret_file(ref: str, rest: str, policy: TargetPolicy, label: str) -> str:
+    """The first line of a file reference the policy allows lexically: its real path must
     also be inside the (real) secrets directory, and it must be a regular file."""
     assert policy.secrets_dir is not None
     real_dir = os.path.realpath(policy.secrets_dir)
     real = os.path.realpath(rest)
     if not path_inside(real, real_dir):
         raise CredentialsError(
-            f"credentials reference {ref!r}: the file resolves (through a symbolic link) "
+            f"{label} {ref!r}: the file resolves (through a symbolic link) "
             f"outside {policy.secrets_dir}; {policy.allowed_refs()}"
         )
     try:
         fd = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | os.O_NONBLOCK)
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
-        raise CredentialsError(f"credentials reference {ref!r}: cannot read it: {reason}") \
+        raise CredentialsError(f"{label} {ref!r}: cannot read it: {reason}") \
             from None
     try:
         regular = stat.S_ISREG(os.fstat(fd).st_mode)
@@ -157,17 +192,20 @@ def _read_secret_file(ref: str, rest: str, policy: TargetPolicy) -> Credentials:
     finally:
         os.close(fd)
     if not regular:
-        raise CredentialsError(f"credentials reference {ref!r}: not a regular file")
+        raise CredentialsError(f"{label} {ref!r}: not a regular file")
     if len(data) > _MAX_LINE:
         raise CredentialsError(
-            f"credentials reference {ref!r}: the first line is longer than {_MAX_LINE} bytes")
+            f"{label} {ref!r}: the first line is longer than {_MAX_LINE} bytes")
     try:
         first = data.decode("utf-8").strip()
     except UnicodeDecodeError:
-        raise CredentialsError(f"credentials reference {ref!r}: not UTF-8 text") from None
+        raise CredentialsError(f"{label} {ref!r}: not UTF-8 text") from None
     if not first:
-        raise CredentialsError(f"credentials reference {ref!r}: the first line is empty")
-    return parse_credentials(first, source=f"credentials reference {ref!r}")
+        raise CredentialsError(f"{label} {ref!r}: the first line is empty")
+    return first
 
 
-__all__ = ["Credentials", "CredentialsError", "parse_credentials", "resolve_credentials"]
+__all__ = [
+    "Credentials", "CredentialsError", "parse_credentials", "resolve_credentials",
+    "resolve_secret",
+]

@@ -30,6 +30,7 @@ from orchestrator.cli import (
     simulator,
     sites,
     tokens,
+    webhooks,
     windows,
 )
 from orchestrator.cli.common import (
@@ -53,6 +54,7 @@ from orchestrator.store.db import DB_ERRORS
 from orchestrator.store.embedded import EmbeddedPostgresError
 from orchestrator.store.rollouts import RolloutError
 from orchestrator.store.sites import SiteError
+from orchestrator.store.webhooks import WebhookError
 from orchestrator.store.windows import WindowStoreError
 
 
@@ -149,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     rollout.add_run_command(sub)
     serve.add_command(sub)
     tokens.add_command(sub)
+    webhooks.add_command(sub)
     simulator.add_command(sub)
     demo.add_command(sub)
     return parser
@@ -239,6 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except WindowStoreError as exc:
         _fail(str(exc))
     except SiteError as exc:
+        _fail(str(exc))
+    except WebhookError as exc:
         _fail(str(exc))
     except (SimulatorConfigError, FaultProfileError) as exc:
         _fail(str(exc), EXIT_USAGE)

@@ -31,6 +31,7 @@ from orchestrator.domain.inventory import TargetPolicy
 from orchestrator.domain.states import TERMINAL_TASK_STATES
 from orchestrator.domain.strategy import parse_strategy
 from orchestrator.engine.engine import Engine, EngineConfig
+from orchestrator.engine.notifier import Notifier, NotifierConfig
 from orchestrator.inventory import read_inventory, target_policy
 from orchestrator.logs import configure_logging
 from orchestrator.reports import write_reports
@@ -38,7 +39,7 @@ from orchestrator.settings import Settings
 from orchestrator.simulator import FaultProfile, Simulator, SimulatorConfig, run_simulator
 from orchestrator.simulator.faults import FAULTS
 from orchestrator.store import appliances as appliance_store
-from orchestrator.store import migrations
+from orchestrator.store import migrations, webhooks
 from orchestrator.store import rollouts as rollout_store
 from orchestrator.store import tasks as task_store
 from orchestrator.store.audit import Actor
@@ -80,6 +81,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report-dir", metavar="DIR", default="reports",
                    help="where the rollout's reports (JSON, CSV, HTML) are written "
                         "(default %(default)s)")
+    p.add_argument("--webhook-url", metavar="URL",
+                   help="deliver the demo rollout's events (docs/notifications.md) to this "
+                        "http(s) URL, unsigned; the demo waits up to 15 s after the rollout "
+                        "for the last ones")
+    p.add_argument("--webhook-format", choices=("json", "slack"), default="json",
+                   help="the webhook's format (default %(default)s)")
     p.add_argument("--json", action="store_true",
                    help="print only the summary, as one JSON object")
     p.add_argument("--verbose", action="store_true",
@@ -117,6 +124,11 @@ def check_arguments(args: argparse.Namespace) -> None:
     if args.canary_fault and args.canary_fault not in FAULTS:
         raise UsageError(f"--canary-fault {args.canary_fault!r}: unknown fault (known: "
                          f"{', '.join(FAULTS)})")
+    if args.webhook_url is not None:
+        try:
+            webhooks.check_url(args.webhook_url)
+        except webhooks.WebhookError as exc:
+            raise UsageError(f"--webhook-url: {exc.message.removeprefix('url: ')}") from None
     if not args.database_name.replace("_", "").isalnum():
         raise UsageError(f"--database-name {args.database_name!r}: letters, digits and '_' "
                          "only")
@@ -223,14 +235,37 @@ async def run_demo(settings: Settings, args: argparse.Namespace, server_url: str
             f"{sim.url} (fault profile {profile.name!r})")
         total = await _import_fleet(pool, sim, policy)
         say(f"imported {total} appliances into the database")
+        if args.webhook_url:
+            await webhooks.add_webhook(pool, name="demo", url=args.webhook_url, actor=ACTOR,
+                                       format=args.webhook_format)
+            say(f"webhook 'demo': the rollout's events go to {args.webhook_url}")
         rollout_id = await _start_demo_rollout(pool, sim, args, strategy, say)
         await _run_engine(pool, url, settings, config, policy, args, rollout_id)
         result = await _result(pool, sim, args, strategy, rollout_id, started)
+        if args.webhook_url:
+            result["webhook"] = await _drain_webhook(pool, settings)
     if args.json:
         print(json.dumps(result))
     else:
         print_summary(result)
     return 0
+
+
+async def _drain_webhook(pool: asyncpg.Pool, settings: Settings,
+                         within: float = 15.0) -> dict[str, int]:
+    """Deliver what the engine left pending (its last events) for up to `within` seconds:
+    the demo's deliveries per state."""
+    notifier = Notifier(pool, owner="demo", config=NotifierConfig.from_settings(settings))
+    deadline = time.monotonic() + within
+    try:
+        while time.monotonic() < deadline:
+            if not await webhooks.any_pending(pool):
+                break
+            if not await notifier.deliver_once():
+                await asyncio.sleep(0.2)
+    finally:
+        await notifier.aclose()
+    return await webhooks.delivery_states(pool)
 
 
 async def _import_fleet(pool: asyncpg.Pool, sim: Simulator, policy: TargetPolicy) -> int:
@@ -345,6 +380,9 @@ def print_summary(r: dict[str, Any]) -> None:
         f"{r['duplicate_installs']} duplicates, {r['truth_mismatches']} outcomes that "
         "disagree with the appliances",
     ]
+    if "webhook" in r:
+        lines.append("  webhook:          " + ", ".join(
+            f"{n} {state}" for state, n in sorted(r["webhook"].items())))
     for fmt, path in r.get("reports", {}).items():
         lines.append(f"  report ({fmt}):".ljust(20) + path)
     print("\n".join(lines))

@@ -47,16 +47,26 @@ from orchestrator.domain.policy import (
 )
 from orchestrator.domain.states import ACTIVE_ROLLOUT_STATES, IN_FLIGHT_TASK_STATES, TaskState
 from orchestrator.domain.strategy import Strategy, parse_strategy
-from orchestrator.domain.windows import WindowGroup, can_start_any, covering, start_deadline
+from orchestrator.domain.windows import (
+    WindowError,
+    WindowGroup,
+    can_start_any,
+    covering,
+    next_start_any,
+    start_deadline,
+)
 from orchestrator.engine import failpoints, held, retention
 from orchestrator.engine.batching import TransitionBatcher
+from orchestrator.engine.notifier import Notifier, NotifierConfig
 from orchestrator.engine.pacing import InstallTimes, ProgressBuffer
 from orchestrator.engine.runner import RunnerContext, TaskRunner
 from orchestrator.inventory import target_policy
 from orchestrator.logs import get_logger
+from orchestrator.settings import setting_default
 from orchestrator.store import engines as engine_store
 from orchestrator.store import rollouts as rollout_store
 from orchestrator.store import tasks as task_store
+from orchestrator.store import webhooks
 from orchestrator.store import windows as window_store
 from orchestrator.store.db import DB_TRANSIENT
 from orchestrator.store.rollouts import NOTIFY_CHANNEL
@@ -102,22 +112,16 @@ class EngineFailure(OrchestratorError, RuntimeError):
         self.error = error
 
 
-def _setting_default(name: str) -> Any:
-    """The default of setting `name`: the engine's defaults are the settings' own."""
-    from orchestrator.settings import Settings
-
-    return Settings.model_fields[name].default
-
 
 @dataclass
 class EngineConfig:
     """How one engine runs. `from_settings` builds it from the settings (`engine_*`); the
     fields that are settings default to the settings' defaults (one definition)."""
 
-    lease_seconds: float = _setting_default("engine_lease_seconds")
-    poll_interval: float = _setting_default("engine_poll_interval")
-    shutdown_deadline: float = _setting_default("engine_shutdown_deadline")
-    max_tasks: int = _setting_default("engine_max_tasks")
+    lease_seconds: float = setting_default("engine_lease_seconds")
+    poll_interval: float = setting_default("engine_poll_interval")
+    shutdown_deadline: float = setting_default("engine_shutdown_deadline")
+    max_tasks: int = setting_default("engine_max_tasks")
     progress_interval: float = 2.0
     batch_delay: float = 0.05
     install_estimate: float = 60.0
@@ -139,16 +143,19 @@ class EngineConfig:
     # lock (and every other rollout's claim) for long, however many slots free at once
     claim_batch: int = 200
     # how often each slot held by a timed-out install is looked at (engine/held.py)
-    held_slot_interval: float = _setting_default("engine_held_slot_interval")
+    held_slot_interval: float = setting_default("engine_held_slot_interval")
     # retention (engine/retention.py): every prune_interval seconds, delete the tasks and
     # events of the rollouts that ended longer ago than prune_older_than (None: never)
     prune_older_than: timedelta | None = None
-    prune_interval: float = _setting_default("prune_interval")
+    prune_interval: float = setting_default("prune_interval")
     # seconds before the first prune (None: a random moment within the first minute)
     prune_first_delay: float | None = None
     # where credentials may be read and sent: checked again before every client is built
     # (strict by default; `orchestrator.inventory.target_policy(settings)`)
     target_policy: TargetPolicy = field(default_factory=TargetPolicy)
+    # webhook deliveries (engine/notifier.py): settings webhook_*; None: this engine
+    # delivers none (another replica, or a later run, does)
+    notifier: NotifierConfig | None = field(default_factory=NotifierConfig)
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> EngineConfig:
@@ -163,6 +170,7 @@ class EngineConfig:
             "prune_older_than": settings.prune_age,
             "prune_interval": settings.prune_interval,
             "target_policy": target_policy(settings),
+            "notifier": NotifierConfig.from_settings(settings),
         }
         values.update(overrides)
         return cls(**values)
@@ -249,6 +257,7 @@ class Engine:
         self._failure: tuple[str, str] | None = None
         self._closing = False  # run() is cancelling its background loops itself
         self._strategies: dict[int, Strategy] = {}
+        self._notifier: Notifier | None = None  # while run() runs with one
         self.ticks = 0
         self.max_loop_lag = 0.0
         self.loop_lag_observers: list[Callable[[float], None]] = []
@@ -296,6 +305,8 @@ class Engine:
 
     def _on_notify(self, *args: Any) -> None:
         payload = args[3] if len(args) > 3 else ""
+        if self._notifier is not None:
+            self._notifier.wake()  # a change may have written events: send them now
         if isinstance(payload, str) and payload.startswith("task:"):
             self._wake.set()  # a task ended somewhere: capacity may have freed
         else:
@@ -332,19 +343,29 @@ class Engine:
             loops["listen"] = self._listen_loop
         loops["loop-lag"] = self._loop_lag_monitor
         loops["held-slots"] = self._held_loop
+        notifier: Notifier | None = None
+        if self.config.notifier is not None:
+            notifier = Notifier(self.pool, owner=self.owner, config=self.config.notifier)
+            loops["notifier"] = notifier.run
+        self._notifier = notifier
         if self.config.prune_older_than is not None:
             loops["retention"] = functools.partial(
                 retention.retention_loop, self.pool, self.config.prune_older_than,
                 owner=self.owner, interval=self.config.prune_interval,
                 first_delay=self.config.prune_first_delay, clock=self.clock)
         error: Exception | None = None
-        async with asyncio.TaskGroup() as group:
-            background = [group.create_task(self._supervise(name, loop), name=name)
-                          for name, loop in loops.items()]
-            try:
-                await self._run_ticks(background, until_idle=until_idle)
-            except Exception as exc:  # raised as it is, not wrapped in an ExceptionGroup
-                error = exc
+        try:
+            async with asyncio.TaskGroup() as group:
+                background = [group.create_task(self._supervise(name, loop), name=name)
+                              for name, loop in loops.items()]
+                try:
+                    await self._run_ticks(background, until_idle=until_idle)
+                except Exception as exc:  # raised as it is, not in an ExceptionGroup
+                    error = exc
+        finally:
+            self._notifier = None
+            if notifier is not None:
+                await notifier.aclose()
         if error is not None:
             raise error
         if self._failure is not None:
@@ -565,7 +586,7 @@ class Engine:
             return r["state"], int(r["current_wave"] or 0)
         if r["schedule_at"] is not None and r["schedule_at"] > now:
             return None
-        await rollout_store.begin_running(conn, rollout_id)
+        await rollout_store.begin_running(conn, rollout_id, reason="schedule reached")
         log.info("rollout_started", rollout=rollout_id, reason="schedule reached")
         return "RUNNING", 0
 
@@ -607,6 +628,11 @@ class Engine:
                 await self._set_wave(conn, rollout_id, current, wanted)
                 log.info("wave_gate", rollout=rollout_id, wave=current, gate=str(decision),
                          reason=gate.reason)
+                if wanted == "AWAITING_APPROVAL":
+                    await webhooks.emit(conn, "approval.required", rollout_id, {
+                        "wave": current, "next_wave": current + 1, "reason": gate.reason,
+                        "counts": await rollout_store.outcome_counts(conn, rollout_id),
+                        "approve": f"orchestrator rollout approve {rollout_id}"})
             return None
         if decision == GateDecision.OPEN:
             await self._set_wave(conn, rollout_id, current, "SUCCEEDED")
@@ -627,10 +653,42 @@ class Engine:
                 conn, rollout_id, "the maintenance window ended (cancel-pending)"
             )
             log.info("window_ended_pending_cancelled", rollout=rollout_id, tasks=n)
+            await self._window_closed(conn, rollout_id, started, cancelled=n)
             self.wake()
             return
         if state != "WAITING_WINDOW" and in_flight == 0:
             await self._set_rollout_state(conn, rollout_id, "WAITING_WINDOW")
+            await self._window_closed(conn, rollout_id, started, cancelled=0)
+
+    async def _next_opening(self, conn: Any, rollout_id: int) -> datetime | None:
+        """The earliest moment one of the rollout's window groups with PENDING tasks may
+        start again (None: none known)."""
+        specs = await window_store.all_specs(conn)
+        groups = await task_store.pending_window_groups(conn, rollout_id, 2_147_483_647)
+        now = self.clock()
+        best: datetime | None = None
+        for site, tags, tz in groups:
+            mine = covering(specs, site, tags)
+            if not mine:
+                continue
+            try:
+                moment = next_start_any(mine, now, tz)
+            except (WindowError, ValueError):
+                continue
+            best = moment if best is None or moment < best else best
+        return best
+
+    async def _window_closed(self, conn: Any, rollout_id: int, started: bool,
+                             cancelled: int) -> None:
+        """The window.closed notification: what is left, and the next opening."""
+        if not await webhooks.wanted(conn):
+            return
+        counts = await rollout_store.outcome_counts(conn, rollout_id)
+        opening = await self._next_opening(conn, rollout_id)
+        await webhooks.emit(conn, "window.closed", rollout_id, {
+            "started": started, "pending": counts.get("PENDING", 0), "cancelled": cancelled,
+            "counts": counts,
+            "next_opening": opening.isoformat() if opening is not None else None})
 
     async def _claim(
         self, conn: Any, rollout_id: int, current: int, strategy: Strategy, tally: _Tally,
@@ -729,8 +787,13 @@ class Engine:
         cancelled = await rollout_store.cancel_pending_tasks(
             conn, rollout_id, f"failure policy tripped: {reason}"
         )
-        await self._set_wave(conn, rollout_id, wave, "FAILED")
         await rollout_store.record_trip(conn, rollout_id, f"failure policy tripped: {reason}")
+        if await webhooks.wanted(conn):
+            await webhooks.emit(conn, "policy.tripped", rollout_id, {
+                "wave": wave, "reason": reason, "cancelled": cancelled, "in_flight": in_flight,
+                "counts": await rollout_store.outcome_counts(conn, rollout_id),
+                "failed": await task_store.failed_appliances(conn, rollout_id, limit=100)})
+        await self._set_wave(conn, rollout_id, wave, "FAILED")
         log.warning("failure_policy_tripped", rollout=rollout_id, wave=wave, reason=reason,
                     cancelled=cancelled, in_flight=in_flight)
         if in_flight == 0:

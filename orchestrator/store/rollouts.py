@@ -29,6 +29,7 @@ from orchestrator.domain.states import (
     check_operation,
 )
 from orchestrator.domain.strategy import Strategy, parse_strategy
+from orchestrator.store import webhooks
 from orchestrator.store.audit import Actor, record_audit
 from orchestrator.store.db import DB
 from orchestrator.store.overlap import (
@@ -443,8 +444,10 @@ async def start_rollout(
                 rollout_id,
             )
             message = f"rollout {rollout_id} is scheduled to start at {_iso(rollout.schedule_at)}"
+            await webhooks.emit(conn, "rollout.scheduled", rollout_id, {
+                "schedule_at": _iso(rollout.schedule_at), "by": actor.name})
         else:
-            await begin_running(conn, rollout_id)
+            await begin_running(conn, rollout_id, reason=f"started by {actor.name}")
             message = f"rollout {rollout_id} started"
         await record_audit(conn, actor, "rollout.start", "rollout", rollout_id,
                            {"schedule_at": _iso(schedule_at)} if schedule_at else {})
@@ -460,8 +463,9 @@ async def _appliances_of(conn: DB, rollout_id: int, states: Sequence[str]) -> li
     return [int(r["appliance_id"]) for r in rows]
 
 
-async def begin_running(conn: DB, rollout_id: int) -> None:
-    """DRAFT/SCHEDULED -> RUNNING with the first wave open (also used by the scheduler)."""
+async def begin_running(conn: DB, rollout_id: int, *, reason: str = "started") -> None:
+    """DRAFT/SCHEDULED -> RUNNING with the first wave open (also used by the scheduler);
+    `reason` goes into the rollout.started notification."""
     await conn.execute(
         """UPDATE rollouts SET state = 'RUNNING', current_wave = 0,
                   started_at = coalesce(started_at, now()), updated_at = now()
@@ -473,6 +477,13 @@ async def begin_running(conn: DB, rollout_id: int) -> None:
            WHERE rollout_id = $1 AND number = 0 AND state = 'PENDING'""",
         rollout_id,
     )
+    if await webhooks.wanted(conn):
+        waves = await conn.fetchval(
+            "SELECT count(*) FROM rollout_waves WHERE rollout_id = $1", rollout_id)
+        await webhooks.emit(conn, "rollout.started", rollout_id, {
+            "reason": reason, "waves": int(waves),
+            "appliances": sum((await outcome_counts(conn, rollout_id)).values())})
+        await _wave_event(conn, "wave.started", rollout_id, 0)
 
 
 async def pause_rollout(pool: asyncpg.Pool, rollout_id: int, actor: Actor) -> OperationResult:
@@ -485,6 +496,8 @@ async def pause_rollout(pool: asyncpg.Pool, rollout_id: int, actor: Actor) -> Op
         in_flight = await _in_flight(conn, rollout_id)
         await record_audit(conn, actor, "rollout.pause", "rollout", rollout_id,
                            {"from_state": str(rollout.state)})
+        await webhooks.emit(conn, "rollout.paused", rollout_id, {
+            "by": actor.name, "from_state": str(rollout.state), "in_flight": in_flight})
         await _notify(conn, rollout_id)
         return OperationResult(
             await _get(conn, rollout_id),
@@ -499,13 +512,14 @@ async def resume_rollout(pool: asyncpg.Pool, rollout_id: int, actor: Actor) -> O
         rollout = await _get(conn, rollout_id, lock=True)
         check_operation("resume", rollout.state)
         if rollout.started_at is None:
-            await begin_running(conn, rollout_id)
+            await begin_running(conn, rollout_id, reason=f"resumed by {actor.name}")
         else:
             await conn.execute(
                 "UPDATE rollouts SET state = 'RUNNING', updated_at = now() WHERE id = $1",
                 rollout_id,
             )
         await record_audit(conn, actor, "rollout.resume", "rollout", rollout_id, {})
+        await webhooks.emit(conn, "rollout.resumed", rollout_id, {"by": actor.name})
         await _notify(conn, rollout_id)
         return OperationResult(await _get(conn, rollout_id), f"rollout {rollout_id} resumed")
 
@@ -562,6 +576,8 @@ async def cancel_rollout(pool: asyncpg.Pool, rollout_id: int, actor: Actor) -> O
         )
         await record_audit(conn, actor, "rollout.cancel", "rollout", rollout_id,
                            {"cancelled_tasks": cancelled, "in_flight": in_flight})
+        await _finished_event(conn, rollout_id, "CANCELLED", f"cancelled by {actor.name}",
+                              in_flight=in_flight)
         await _notify(conn, rollout_id)
         message = f"rollout {rollout_id} cancelled: {cancelled} task(s) will not start"
         if in_flight:
@@ -776,6 +792,7 @@ async def open_wave(conn: DB, rollout_id: int, number: int) -> None:
            WHERE rollout_id = $1 AND number = $2""",
         rollout_id, number,
     )
+    await _wave_event(conn, "wave.started", rollout_id, number)
 
 
 async def set_rollout_state(conn: DB, rollout_id: int, state: str) -> None:
@@ -798,16 +815,71 @@ async def set_wave_state(conn: DB, rollout_id: int, number: int, state: str) -> 
            WHERE rollout_id = $1 AND number = $2""",
         rollout_id, number, state, finished,
     )
+    if state in ("SUCCEEDED", "FAILED"):
+        await _wave_event(conn, "wave.finished", rollout_id, number, state=state)
 
 
 async def finish_rollout(conn: DB, rollout_id: int, state: str) -> None:
-    """The rollout ends in `state` (a terminal one), then notify the engines."""
+    """The rollout ends in `state` (a terminal one), then notify the engines (and the
+    webhooks: rollout.finished)."""
     await conn.execute(
         """UPDATE rollouts SET state = $2, finished_at = now(), updated_at = now()
            WHERE id = $1""",
         rollout_id, state,
     )
     await _notify(conn, rollout_id)
+    reason = await conn.fetchval("SELECT abort_reason FROM rollouts WHERE id = $1", rollout_id)
+    await _finished_event(conn, rollout_id, state, reason)
+
+
+# ------------------------------------------------------------------ notifications
+# The events of docs/notifications.md that the rollout's own transitions cause, written to
+# the outbox (store/webhooks.py) in the transaction of the transition, and only when some
+# webhook exists.
+_COUNTS = """SELECT state, sum(n)::int AS n FROM (
+    SELECT state, n FROM task_counts WHERE rollout_id = $1 AND ($2::int IS NULL OR wave = $2)
+    UNION ALL
+    SELECT state, n FROM task_count_deltas
+    WHERE rollout_id = $1 AND ($2::int IS NULL OR wave = $2)) c
+GROUP BY state HAVING sum(n) <> 0 ORDER BY state"""
+
+
+async def outcome_counts(conn: DB, rollout_id: int, wave: int | None = None) -> dict[str, int]:
+    """Tasks per state of the rollout (or of one wave), from its counters (migration 0007),
+    exact at this statement's snapshot."""
+    return {r["state"]: int(r["n"]) for r in await conn.fetch(_COUNTS, rollout_id, wave)}
+
+
+async def _wave_event(conn: DB, event_type: str, rollout_id: int, number: int,
+                      *, state: str | None = None) -> None:
+    if not await webhooks.wanted(conn):
+        return
+    wave = await conn.fetchrow(
+        """SELECT planned_size, requires_approval, (SELECT max(number) FROM rollout_waves
+                  WHERE rollout_id = $1) AS last_wave
+           FROM rollout_waves WHERE rollout_id = $1 AND number = $2""", rollout_id, number)
+    data: dict[str, Any] = {
+        "wave": number, "last_wave": wave["last_wave"] if wave else None,
+        "size": wave["planned_size"] if wave else None,
+    }
+    if state is None:
+        data["requires_approval_after"] = bool(wave and wave["requires_approval"])
+    else:
+        data["state"] = state
+        data["counts"] = await outcome_counts(conn, rollout_id, number)
+    await webhooks.emit(conn, event_type, rollout_id, data)
+
+
+async def _finished_event(conn: DB, rollout_id: int, state: str, reason: str | None,
+                          *, in_flight: int = 0) -> None:
+    if not await webhooks.wanted(conn):
+        return
+    base = f"/api/v1/rollouts/{rollout_id}/report"
+    await webhooks.emit(conn, "rollout.finished", rollout_id, {
+        "state": state, "reason": reason, "counts": await outcome_counts(conn, rollout_id),
+        "in_flight": in_flight,
+        "reports": {fmt: f"{base}?format={fmt}" for fmt in ("json", "csv", "html")},
+    })
 
 
 # ------------------------------------------------------------------ small look-ups

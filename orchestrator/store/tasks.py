@@ -301,16 +301,27 @@ RENEW_LEASES = """WITH mine AS (
    RETURNING tasks.id"""
 
 
+# At most this many leases per renewal statement: a statement locks its rows until it ends,
+# and the runners' own writes to those tasks (transitions, the guarded install send) wait
+# for it. 5,000 leases in one statement held their rows 1.85 s on average in the
+# 100,000-appliance run (docs/benchmarks.md); 500 hold them a tenth of that.
+RENEW_CHUNK: Final = 500
+
+
 async def renew_leases(
     conn: DB, *, owner: str, leases: dict[int, UUID], lease_seconds: float
 ) -> set[int]:
-    """Extend the leases held (task id -> lease token) in one statement, rows locked in id
-    order; return the ids still held (a reclaim by another worker changed the others')."""
-    if not leases:
-        return set()
+    """Extend the leases held (task id -> lease token), RENEW_CHUNK per statement (each its
+    own transaction unless the caller is in one), rows locked in id order; return the ids
+    still held (a reclaim by another worker changed the others')."""
     ids = sorted(leases)
-    rows = await conn.fetch(RENEW_LEASES, ids, [leases[i] for i in ids], owner, lease_seconds)
-    return {int(r["id"]) for r in rows}
+    kept: set[int] = set()
+    for start in range(0, len(ids), RENEW_CHUNK):
+        chunk = ids[start:start + RENEW_CHUNK]
+        rows = await conn.fetch(RENEW_LEASES, chunk, [leases[i] for i in chunk], owner,
+                                lease_seconds)
+        kept.update(int(r["id"]) for r in rows)
+    return kept
 
 
 async def release_leases(conn: DB, *, owner: str, leases: dict[int, UUID]) -> int:
@@ -409,6 +420,18 @@ async def pending_window_groups(
     depend on) that have PENDING tasks in the rollout up to `current_wave`."""
     rows = await conn.fetch(PENDING_WINDOW_GROUPS, rollout_id, current_wave)
     return [(r["site"], tuple(r["tags"]), r["timezone"]) for r in rows]
+
+
+async def failed_appliances(conn: DB, rollout_id: int, *, limit: int) -> list[dict[str, Any]]:
+    """The rollout's failed and timed-out tasks (the most recent `limit`, newest first): the
+    appliance, its site, the task's state and error, for a notification."""
+    rows = await conn.fetch(
+        """SELECT a.name AS appliance, t.site, t.wave, t.state, t.error_code,
+                  t.error_message AS message
+           FROM tasks t JOIN appliances a ON a.id = t.appliance_id
+           WHERE t.rollout_id = $1 AND t.state IN ('FAILED', 'TIMED_OUT')
+           ORDER BY t.finished_at DESC NULLS LAST, t.id DESC LIMIT $2""", rollout_id, limit)
+    return [dict(r) for r in rows]
 
 
 async def task_outcomes(conn: DB, rollout_id: int) -> list[asyncpg.Record]:
@@ -575,7 +598,8 @@ t AS (
     FROM w AS u
     WHERE tasks.id = u.id AND tasks.state = u.f AND tasks.lease_owner = $2
       AND tasks.lease_token = u.tok
-    RETURNING tasks.id, tasks.rollout_id, tasks.appliance_id, u.f, u.es AS s, u.via,
+    RETURNING tasks.id, tasks.rollout_id, tasks.appliance_id, tasks.site, tasks.wave,
+              tasks.error_code, tasks.error_message, u.f, u.es AS s, u.via,
               CASE WHEN u.es <> u.s THEN u.d || jsonb_build_object(
                   'reason', 'never sent: the rollout was cancelled or its failure policy '
                             'tripped') ELSE u.d END AS d,
@@ -593,6 +617,18 @@ ev AS (
 seen AS (
     UPDATE appliances a SET current_version = t.final_version, last_seen_at = now()
     FROM t WHERE a.id = t.appliance_id AND t.final_version IS NOT NULL
+),
+failed AS (  -- notifications (migration 0010): a task.failed event per failure, in this
+             -- transaction, when some webhook exists (the fan-out trigger picks its
+             -- receivers)
+    INSERT INTO outbox_events (type, rollout_id, sites, data)
+    SELECT 'task.failed', t.rollout_id, ARRAY[t.site], jsonb_build_object(
+               'task_id', t.id, 'appliance', a.name, 'site', t.site, 'wave', t.wave,
+               'state', t.s, 'error_code', t.error_code, 'message', t.error_message)
+    FROM t JOIN appliances a ON a.id = t.appliance_id
+    WHERE t.s IN ('FAILED', 'TIMED_OUT') AND t.f <> t.s
+      AND EXISTS (SELECT 1 FROM webhooks)
+    ORDER BY t.id
 )
 SELECT t.id, CASE WHEN t.term THEN pg_notify('orchestrator', 'task:' || t.rollout_id) END
 FROM t

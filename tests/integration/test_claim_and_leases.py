@@ -500,7 +500,12 @@ async def test_reclaim_skips_rows_locked_by_another_transaction(pool: asyncpg.Po
 
 
 # ---------------------------------------------------------------------------- renewal
-async def test_renewal_keeps_only_the_leases_whose_token_matches(pool: asyncpg.Pool) -> None:
+@pytest.mark.parametrize("chunk", [task_store.RENEW_CHUNK, 1])
+async def test_renewal_keeps_only_the_leases_whose_token_matches(
+    pool: asyncpg.Pool, chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Also when the renewal goes in several statements (chunk 1: one per lease)."""
+    monkeypatch.setattr(task_store, "RENEW_CHUNK", chunk)
     await _fleet(pool, a=4)
     rid = await _rollout(pool)
     a1, a2, a3, a4 = await _claim(pool, rid)
