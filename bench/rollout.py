@@ -32,9 +32,11 @@ import os
 import random
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -272,6 +274,41 @@ def profile_summary(path: Path, top: int = 25) -> dict[str, Any]:
     }
 
 
+@contextlib.contextmanager
+def never_answering_receiver() -> Any:
+    """A webhook receiver on 127.0.0.1 that accepts every connection and never answers
+    (a thread holding the sockets open): its URL."""
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                held.append(server.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}/hook"
+    finally:
+        stop.set()
+        thread.join(2)
+        for conn in held:
+            conn.close()
+        server.close()
+
+
+def webhook_deliveries(db_url: str) -> dict[str, Any]:
+    """What the notifier did with the hanging receiver's deliveries."""
+    rows = fetch(db_url, """SELECT state, count(*) AS n, max(attempts) AS attempts
+                            FROM webhook_deliveries GROUP BY state""")
+    return {"receiver": "accepts connections, never answers",
+            "deliveries": {r["state"]: int(r["n"]) for r in rows},
+            "max_attempts": max((int(r["attempts"]) for r in rows), default=0)}
+
+
 def start_when_listening(env: dict[str, str], db_url: str, rollout_id: int,
                          engine: subprocess.Popen[Any], deadline: float) -> float:
     """Wait until the engine process LISTENs for operator actions, then start the rollout
@@ -337,6 +374,10 @@ def main() -> int:
     parser.add_argument("--cold-start", action="store_true",
                         help="start the engine after the rollout (its start-up counts in "
                              "wall_s) instead of before it")
+    parser.add_argument("--hanging-webhook", action="store_true",
+                        help="register a webhook for every event whose receiver accepts "
+                             "connections and never answers (compare wall_s with a run "
+                             "without: a dead receiver must not slow the rollout)")
     parser.add_argument("--uvloop", action="store_true",
                         help="what-if: run the engine on uvloop's event loop (uvloop must be "
                              "importable by the engine, e.g. on PYTHONPATH)")
@@ -363,6 +404,10 @@ def run(opts: argparse.Namespace, procs: Processes, db: Any, tmp: Path,
     env = orchestrator_env(db.url, **settings)
     cli(env, "migrate")
     cli(env, "appliances", "import", str(sim.inventory))
+    hanging = contextlib.ExitStack()
+    if opts.hanging_webhook:
+        url = hanging.enter_context(never_answering_receiver())
+        cli(env, "webhooks", "add", "--name", "hanging", "--url", url)
     waves: list[Any] = [w if w.endswith("%") else int(w) for w in opts.waves.split(",")]
     strategy = {
         "waves": waves, "max_concurrency": opts.concurrency,
@@ -408,7 +453,8 @@ def run(opts: argparse.Namespace, procs: Processes, db: Any, tmp: Path,
     if not opts.cold_start:
         engine_ready_s = start_when_listening(env, db.url, rollout_id, engine, started + 120)
         on_poll = stop_when_ended(db.url, rollout_id, engine_pid)
-    result: ChildResult = wait_child(engine, started + opts.timeout, started, on_poll)
+    with hanging:
+        result: ChildResult = wait_child(engine, started + opts.timeout, started, on_poll)
     sampler.stop()
     statements = counter.after()
     stats = sim.stats()
@@ -484,6 +530,7 @@ def run(opts: argparse.Namespace, procs: Processes, db: Any, tmp: Path,
         "timing": task_timing(db.url, rollout_id, opts.concurrency,
                               0.1 + opts.install_seconds + opts.reboot_seconds
                               + opts.services_starting_seconds),
+        "webhook": webhook_deliveries(db.url) if opts.hanging_webhook else None,
         "engine_exit_code": result.returncode,
         "engine_timed_out": result.timed_out,
         "engine_error_lines": len(errors),
