@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -19,6 +20,7 @@ from orchestrator.domain.notifications import verify
 from orchestrator.engine.notifier import NotifierConfig
 from orchestrator.store import rollouts as rollout_store
 from orchestrator.store import webhooks
+from orchestrator.store import windows as window_store
 from tests.fleet import ACTOR, create, engine, fleet, wait_for_state, wait_until_terminal
 from tests.webhook_receiver import Received, Receiver, receiver
 
@@ -166,3 +168,76 @@ async def test_a_failed_delivery_is_redelivered_with_the_same_event_id(
         assert first.event_id == second.event_id and first.json["type"] == "rollout.finished"
         assert (await webhooks.get_delivery(pool, failed.id)).state == "delivered"
         await wait_for_state(pool, rid, ("SUCCEEDED",))
+
+
+async def test_a_closed_window_says_what_is_left_and_when_it_opens(
+    pool: asyncpg.Pool, db_url: str
+) -> None:
+    """The rollout starts while its maintenance window is closed: window.closed names the
+    appliances left and the next opening (in the engine's time), and the rollout goes on
+    when the window opens."""
+    async with receiver() as rx, fleet(pool, db_url, appliances=3, sites=1) as f:
+        await webhooks.add_webhook(pool, name="ops", url=rx.url, actor=ACTOR)
+        await window_store.create_window(pool, {
+            "name": "every-minute", "cron": "* * * * *", "duration": 20, "cutoff": 2,
+            "timezone": "UTC", "sites": ["site-01"],
+        }, ACTOR)
+        # the engine's clock is shifted so that the window (open 20 s from every minute's
+        # start) is closed at the start and opens ~3 s later; durations stay real
+        real = datetime.now(UTC)
+        opening = real.replace(second=0, microsecond=0) + timedelta(minutes=1)
+        offset = opening - real - timedelta(seconds=3)
+        rid = await create(pool, {})
+        async with engine(f, clock=lambda: datetime.now(UTC) + offset,
+                          notifier=notifier_config()):
+            assert (await wait_until_terminal(pool, rid, timeout=45)).state == "SUCCEEDED"
+            await rx.wait_for(_finished(rid))
+    events = _events(rx, rid)
+    assert [e["type"] for e in events] == [
+        "rollout.started", "wave.started", "window.closed", "wave.finished",
+        "rollout.finished"]
+    closed = events[2]["data"]
+    assert closed["started"] is False and closed["pending"] == 3
+    assert datetime.fromisoformat(closed["next_opening"]) == opening
+
+
+async def test_operator_actions_write_their_events_with_the_change(
+    pool: asyncpg.Pool, db_url: str
+) -> None:
+    """Start, pause, resume, a scheduled start and a cancel each write their event in the
+    transaction of the change (no engine runs: the outbox is the record); with no webhook,
+    nothing is written at all."""
+    async with fleet(pool, db_url, appliances=4, sites=2):
+        quiet = await create(pool, {})
+        await rollout_store.pause_rollout(pool, quiet, ACTOR)
+        await rollout_store.cancel_rollout(pool, quiet, ACTOR)
+        assert await pool.fetchval("SELECT count(*) FROM outbox_events") == 0
+        await webhooks.add_webhook(pool, name="ops", url="http://127.0.0.1:9/hook",
+                                   actor=ACTOR, site="site-02")
+        await webhooks.add_webhook(pool, name="elsewhere", url="http://127.0.0.1:9/hook",
+                                   actor=ACTOR, site="site-03")
+        rid = await create(pool, {}, selector={"names": ["sim-00001", "sim-00002"]})
+        await rollout_store.pause_rollout(pool, rid, ACTOR)
+        await rollout_store.resume_rollout(pool, rid, ACTOR)
+        later = await create(pool, {}, start=False,
+                             selector={"names": ["sim-00003", "sim-00004"]})
+        await rollout_store.start_rollout(pool, later, ACTOR,
+                                          schedule_at=datetime.now(UTC) + timedelta(hours=1))
+        await rollout_store.cancel_rollout(pool, later, ACTOR)
+        rows = await pool.fetch(
+            """SELECT e.rollout_id, e.type, e.sites, e.data, d.id IS NOT NULL AS queued
+               FROM outbox_events e LEFT JOIN webhook_deliveries d ON d.event_id = e.id
+               ORDER BY e.id""")
+    assert [(r["rollout_id"], r["type"]) for r in rows] == [
+        (rid, "rollout.started"), (rid, "wave.started"), (rid, "rollout.paused"),
+        (rid, "rollout.resumed"), (later, "rollout.scheduled"), (later, "rollout.finished")]
+    paused = rows[2]["data"]
+    assert paused["by"] == ACTOR.name and paused["from_state"] == "RUNNING"
+    assert rows[5]["data"]["state"] == "CANCELLED"
+    assert rows[5]["data"]["counts"] == {"CANCELLED": 2}
+    # each rollout has an appliance at site-01 and one at site-02 (sites alternate): its
+    # events concern both, so the webhook of site-02 gets every one, that of site-03 none
+    assert all(r["sites"] == ["site-01", "site-02"] for r in rows)
+    assert all(r["queued"] for r in rows)
+    assert (await webhooks.get_webhook(pool, "ops")).pending == 6
+    assert (await webhooks.get_webhook(pool, "elsewhere")).pending == 0
