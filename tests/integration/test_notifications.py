@@ -22,6 +22,7 @@ from orchestrator.store import rollouts as rollout_store
 from orchestrator.store import webhooks
 from orchestrator.store import windows as window_store
 from tests.fleet import ACTOR, create, engine, fleet, wait_for_state, wait_until_terminal
+from tests.helpers import eventually
 from tests.webhook_receiver import Received, Receiver, receiver
 
 SECRET = "s3cret-for-the-test"
@@ -86,6 +87,9 @@ async def test_gate_trip_and_finish_send_exactly_the_documented_events(
             assert (await wait_until_terminal(pool, tripped)).state == "FAILED"
             await rx.wait_for(_finished(gated))
             await rx.wait_for(_finished(tripped))
+            # the last answer reached the notifier: it records it a moment later
+            await eventually(lambda: webhooks.delivery_states(pool),
+                             lambda states: states == {"delivered": 13})
 
         got = [(e["type"], e["data"].get("wave")) for e in _events(rx, gated)]
         assert got == [
@@ -158,12 +162,17 @@ async def test_a_failed_delivery_is_redelivered_with_the_same_event_id(
         async with engine(f, notifier=notifier_config()):
             await wait_until_terminal(pool, rid)
             await rx.wait_for(lambda rx: len(rx.requests) == 1)
-            [failed] = await webhooks.list_deliveries(pool, state="failed")
+            # the answer reached the notifier; it records the failure a moment later
+            failures = await eventually(
+                lambda: webhooks.list_deliveries(pool, state="failed"), bool)
+            [failed] = failures
             assert (failed.event_type, failed.last_status, failed.attempts) == (
                 "rollout.finished", 410, 1)
             again = await webhooks.redeliver(pool, failed.id, ACTOR)
             assert again.state == "pending"
             await rx.wait_for(lambda rx: len(rx.delivered) == 1)
+            await eventually(lambda: webhooks.get_delivery(pool, failed.id),
+                             lambda d: d.state == "delivered")
         first, second = rx.requests
         assert first.event_id == second.event_id and first.json["type"] == "rollout.finished"
         assert (await webhooks.get_delivery(pool, failed.id)).state == "delivered"
