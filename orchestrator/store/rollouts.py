@@ -828,8 +828,7 @@ async def finish_rollout(conn: DB, rollout_id: int, state: str) -> None:
         rollout_id, state,
     )
     await _notify(conn, rollout_id)
-    reason = await conn.fetchval("SELECT abort_reason FROM rollouts WHERE id = $1", rollout_id)
-    await _finished_event(conn, rollout_id, state, reason)
+    await _finished_event(conn, rollout_id, state, None)
 
 
 # ------------------------------------------------------------------ notifications
@@ -872,8 +871,13 @@ async def _wave_event(conn: DB, event_type: str, rollout_id: int, number: int,
 
 async def _finished_event(conn: DB, rollout_id: int, state: str, reason: str | None,
                           *, in_flight: int = 0) -> None:
+    """rollout.finished; `reason` None: the rollout's abort_reason (read only when some
+    webhook exists)."""
     if not await webhooks.wanted(conn):
         return
+    if reason is None:
+        reason = await conn.fetchval("SELECT abort_reason FROM rollouts WHERE id = $1",
+                                     rollout_id)
     base = f"/api/v1/rollouts/{rollout_id}/report"
     await webhooks.emit(conn, "rollout.finished", rollout_id, {
         "state": state, "reason": reason, "counts": await outcome_counts(conn, rollout_id),
