@@ -19,6 +19,7 @@ import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -245,10 +246,16 @@ async def test_503_twice_then_200_keeps_the_event_id(pool: asyncpg.Pool,
     receiver.plan("/ops", 503, 503, 200)
     event_id = await emit(pool, "rollout.finished", {"state": "SUCCEEDED"})
     async with Notifier(pool, owner="n1", config=config()) as notifier:
+        before = await pool.fetchval("SELECT clock_timestamp()")
         assert await notifier.deliver_once() == 1
+        after = await pool.fetchval("SELECT clock_timestamp()")
         [row] = await deliveries(pool)
         assert (row["state"], row["attempts"], row["last_status"]) == ("pending", 1, 503)
-        assert 0 <= row["due_in"] <= 0.2 + 0.05  # the back-off, at most the cap
+        # the back-off (full jitter: anywhere from 0 to the cap) starts from the answer;
+        # it is measured against the clock before and after the attempt, not against "now"
+        # (a jitter of 10 ms would already be over by the time it is read)
+        due = await pool.fetchval("SELECT next_attempt_at FROM webhook_deliveries")
+        assert before <= due <= after + timedelta(seconds=0.2)
         for _ in range(2):
             await make_due(pool)
             assert await notifier.deliver_once() == 1
