@@ -141,7 +141,7 @@ class EngineConfig:
     # at most this many tasks per claim statement: a rollout with more free slots is claimed
     # for again at once, in a new transaction, so that no claim holds the fleet-wide claim
     # lock (and every other rollout's claim) for long, however many slots free at once
-    claim_batch: int = 200
+    claim_batch: int = 100
     # how often each slot held by a timed-out install is looked at (engine/held.py)
     held_slot_interval: float = setting_default("engine_held_slot_interval")
     # retention (engine/retention.py): every prune_interval seconds, delete the tasks and

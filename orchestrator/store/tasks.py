@@ -94,16 +94,33 @@ def _claimed(row: asyncpg.Record, reclaimed: bool) -> ClaimedTask:
 
 
 CLAIM = f"""
-WITH inflight AS (  -- this rollout's busy tasks (in flight or holding a slot), per site
-    SELECT site, count(*)::int AS n FROM tasks
-    WHERE rollout_id = $1 AND (state IN ('DISPATCHING', 'INSTALLING', 'VERIFYING') OR holds_slot)
-    GROUP BY site
+WITH inflight AS (  -- this rollout's busy tasks per site: in flight, from its counters
+                   -- (migration 0007: totals plus deltas not yet folded), and the few
+                   -- holding a slot after a timeout (their own index)
+    SELECT site, sum(n)::int AS n FROM (
+        SELECT site, n FROM task_counts
+        WHERE rollout_id = $1 AND state IN ('DISPATCHING', 'INSTALLING', 'VERIFYING')
+        UNION ALL
+        SELECT site, n FROM task_count_deltas
+        WHERE rollout_id = $1 AND state IN ('DISPATCHING', 'INSTALLING', 'VERIFYING')
+        UNION ALL
+        SELECT site, 1 FROM tasks WHERE holds_slot AND rollout_id = $1
+    ) AS busy GROUP BY site
 ),
-fleet AS (  -- room left under each site's fleet-wide capacity (every rollout together)
+fleet AS (  -- room left under each site's fleet-wide capacity (every rollout together),
+           -- from the same counters (migration 0011 indexes the non-zero in-flight ones)
     SELECT s.name AS site, s.max_in_flight - (
-               SELECT count(*) FROM tasks o
-               WHERE o.site = s.name
-                 AND (o.state IN ('DISPATCHING', 'INSTALLING', 'VERIFYING') OR o.holds_slot)
+               SELECT coalesce(sum(n), 0) FROM (
+                   SELECT n FROM task_counts c
+                   WHERE c.site = s.name AND c.n <> 0
+                     AND c.state IN ('DISPATCHING', 'INSTALLING', 'VERIFYING')
+                   UNION ALL
+                   SELECT n FROM task_count_deltas d
+                   WHERE d.site = s.name
+                     AND d.state IN ('DISPATCHING', 'INSTALLING', 'VERIFYING')
+                   UNION ALL
+                   SELECT 1 FROM tasks o WHERE o.holds_slot AND o.site = s.name
+               ) AS busy
            )::int AS room
     FROM sites s WHERE s.max_in_flight IS NOT NULL
 ),
