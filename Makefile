@@ -10,7 +10,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.install-stamp
 
-.PHONY: install test lint unit demo bench clean mutation
+.PHONY: install test lint unit demo demo-serve bench clean mutation
 
 install: $(STAMP)
 
@@ -31,12 +31,12 @@ lint: install
 # CI): each a couple of points below the figure measured when it was set (see the README).
 COV_FLOORS ?= domain=96 engine=87 store=90
 
-# The HTML report test opens a report in headless Chromium: installed here when missing and
-# we may (root with apt-get); otherwise that one test is skipped and says why.
+# The browser tests (the HTML report, /api/docs) run headless Chromium: installed here when
+# missing and we may (root with apt-get); otherwise they are skipped and say why.
 test: lint
 	-@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
 		&& (apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 \
-		&& apt-get install -y -q chromium >/dev/null 2>&1)) || echo "chromium not installed: the HTML report browser tests will be skipped (they fail when CI or REQUIRE_CHROMIUM is set)"; }
+		&& apt-get install -y -q chromium >/dev/null 2>&1)) || echo "chromium not installed: the browser tests will be skipped (they fail when CI or REQUIRE_CHROMIUM is set)"; }
 	$(BIN)/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist $(TEST_DIST) --cov --cov-report= $(PYTEST_ARGS)
 	@# pytest-cov has combined the workers' data into .coverage: one floor per package
 	@for f in $(COV_FLOORS); do pkg=$${f%%=*}; floor=$${f#*=}; \
@@ -59,6 +59,10 @@ mutation: install
 
 demo: install
 	$(BIN)/orchestrator demo $(DEMO_ARGS)
+
+# the demo, then its fleet, API (http://127.0.0.1:8080/api/docs) and engine until Ctrl-C
+demo-serve: install
+	$(BIN)/orchestrator demo --serve $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .coverage .coverage.*

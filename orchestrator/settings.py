@@ -91,6 +91,10 @@ class Settings(BaseModel):
 
     # --- database -----------------------------------------------------------------
     database_url: str | None = None
+    # the database on that server (or on the embedded one) when not the URL's own (the
+    # embedded server's default is `orchestrator`): e.g. orchestrator_demo, the database
+    # `orchestrator demo` fills, to look at the demo's rollout afterwards
+    database_name: str | None = None
     db_pool_min_size: int = Field(default=2, ge=0, le=100)
     db_pool_max_size: int = Field(default=10, ge=1, le=500)
     db_command_timeout: float = Field(default=30.0, gt=0, le=3600)
@@ -189,6 +193,16 @@ class Settings(BaseModel):
         parts = urlsplit(value)
         if parts.scheme not in ("postgresql", "postgres"):
             raise ValueError("must be a postgresql:// URL")
+        return value
+
+    @field_validator("database_name")
+    @classmethod
+    def _check_database_name(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", value):
+            raise ValueError("letters, digits and '_' only, not starting with a digit, "
+                             "at most 63 characters")
         return value
 
     @field_validator("prune_older_than")

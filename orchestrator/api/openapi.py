@@ -1,13 +1,18 @@
-"""The OpenAPI 3.1 document, written from the operations the app routes, and `/api/docs`,
-a page rendered on the server from that document (no script, no CDN: works offline)."""
+"""The OpenAPI 3.1 document, written from the operations the app routes; `/api/docs`, the
+interactive documentation (Swagger UI, its files served from the `swagger-ui-py` wheel:
+works offline, bearer-token "Try it out"); and `/api/reference`, the same document as a
+page rendered on the server (no script at all), with the problem types that every error's
+`type` links to."""
 
 from __future__ import annotations
 
 import functools
 import html
+import importlib.util
 import json
 import re
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, Final
 
 from aiohttp import web
@@ -19,6 +24,7 @@ from orchestrator.api.problems import CONTENT_TYPE as PROBLEM_TYPE
 from orchestrator.api.problems import STATUS_SLUGS, TYPES
 from orchestrator.api.routing import Call, Operation, Resp, json_response
 from orchestrator.api.schemas import SCHEMAS, ref
+from orchestrator.api.validation import Param
 
 TAGS: Final = (
     ("appliances", "The inventory: viewer reads, admin writes."),
@@ -32,7 +38,7 @@ TAGS: Final = (
     ("audit", "Who did what."),
     ("tokens", "API tokens (admin)."),
     ("health", "Liveness, readiness and metrics (no token)."),
-    ("docs", "This document and its page (no token)."),
+    ("docs", "This document and its pages (no token)."),
 )
 
 DESCRIPTION: Final = """\
@@ -153,9 +159,73 @@ async def openapi_json(call: Call) -> web.StreamResponse:
     return json_response(call.request.app[DOCUMENT])
 
 
-async def docs_page(call: Call) -> web.StreamResponse:
+async def reference_page(call: Call) -> web.StreamResponse:
     return web.Response(text=_render_page(json.dumps(call.request.app[DOCUMENT])),
                         content_type="text/html", charset="utf-8")
+
+
+# ------------------------------------------------------------------ Swagger UI
+# The files /api/docs loads: Swagger UI's own (from the swagger-ui-py wheel, which ships
+# Swagger UI 5, the first to read OpenAPI 3.1) and the page's script (api/static/docs.js).
+ASSETS: Final[dict[str, str]] = {
+    "swagger-ui-bundle.js": "text/javascript",
+    "swagger-ui.css": "text/css",
+    "favicon-32x32.png": "image/png",
+    "docs.js": "text/javascript",
+}
+ASSET_CACHE_SECONDS: Final = 3600
+
+# Swagger UI needs scripts of its own origin and inline style attributes (React sets
+# them); everything else stays as strict as the other pages (headers.py).
+DOCS_POLICY: Final = (
+    "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; font-src 'self' data:; connect-src 'self'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+DOCS_PAGE: Final = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>Fleet update orchestrator API</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" type="image/png" href="/api/docs/assets/favicon-32x32.png">
+<link rel="stylesheet" href="/api/docs/assets/swagger-ui.css">
+</head><body>
+<noscript>This page needs JavaScript: <a href="/api/reference">/api/reference</a> is the same
+document without it.</noscript>
+<div id="swagger-ui"></div>
+<script src="/api/docs/assets/swagger-ui-bundle.js"></script>
+<script src="/api/docs/assets/docs.js"></script>
+</body></html>
+"""
+
+
+def _swagger_ui_dir() -> Path:
+    """Swagger UI's files in the installed swagger-ui-py wheel (found without importing
+    the package, whose import pulls in its template engine)."""
+    spec = importlib.util.find_spec("swagger_ui")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("swagger-ui-py is not installed (a dependency of orchestrator: "
+                           "`make install` installs it)")
+    return Path(next(iter(spec.submodule_search_locations))) / "static"
+
+
+@functools.cache
+def _asset(name: str) -> bytes:
+    if name == "docs.js":
+        return (Path(__file__).parent / "static" / "docs.js").read_bytes()
+    return (_swagger_ui_dir() / name).read_bytes()
+
+
+async def docs_page(call: Call) -> web.StreamResponse:
+    response = web.Response(text=DOCS_PAGE, content_type="text/html", charset="utf-8")
+    response.headers["Content-Security-Policy"] = DOCS_POLICY
+    return response
+
+
+async def docs_asset(call: Call) -> web.StreamResponse:
+    name = call.params["name"]
+    return web.Response(body=_asset(name), content_type=ASSETS[name],
+                        headers={"Cache-Control": f"public, max-age={ASSET_CACHE_SECONDS}"})
 
 
 OPERATIONS: Final = (
@@ -163,8 +233,23 @@ OPERATIONS: Final = (
               "This OpenAPI 3.1 document", "docs", None,
               responses={200: Resp("The document.", {"type": "object"})},
               uses_database=False),
-    Operation("GET", "/api/docs", docs_page, "docs", "The API's documentation page",
-              "docs", None,
+    Operation("GET", "/api/docs", docs_page, "docs",
+              "The interactive documentation (Swagger UI)", "docs", None,
+              responses={200: Resp("An HTML page that loads Swagger UI over this document.",
+                                   {"type": "string"}, media_type="text/html")},
+              uses_database=False),
+    Operation("GET", "/api/docs/assets/{name}", docs_asset, "docsAsset",
+              "A file of the interactive documentation", "docs", None,
+              params=(Param("name", "path", enum=tuple(ASSETS),
+                            description="Swagger UI's script, style sheet and icon, and the "
+                                        "page's own script."),),
+              responses={200: Resp("The file.", {"type": "string"},
+                                   media_type="text/javascript",
+                                   extra_media=(("text/css", {"type": "string"}),
+                                                ("image/png", {"type": "string"})))},
+              uses_database=False),
+    Operation("GET", "/api/reference", reference_page, "reference",
+              "This document as a page without script, with the problem types", "docs", None,
               responses={200: Resp("An HTML page rendered from the document.",
                                    {"type": "string"}, media_type="text/html")},
               uses_database=False),

@@ -1,6 +1,6 @@
 """Errors as `application/problem+json` (RFC 9457), and the middleware that guarantees them.
 
-Every error response carries `type` (a link to its explanation on `/api/docs`), `title`,
+Every error response carries `type` (a link to its explanation on `/api/reference`), `title`,
 `status` and a `detail` that names the offending field and value; validation errors add
 `errors`, one item per problem (`field`, `message`, and `line` for inventory rows). An
 unexpected exception is logged with an id and answered with a generic 500 problem that
@@ -25,9 +25,9 @@ from orchestrator.store.db import DB_UNAVAILABLE
 log = get_logger("orchestrator.api")
 
 CONTENT_TYPE: Final = "application/problem+json"
-DOCS_PATH: Final = "/api/docs"
+DOCS_PATH: Final = "/api/reference"
 
-# slug -> (title, what it means); the docs page lists them under #problem-<slug>
+# slug -> (title, what it means); /api/reference lists them under #problem-<slug>
 TYPES: Final[dict[str, tuple[str, str]]] = {
     "bad-request": ("Bad request", "A query, path or header parameter, or the body's JSON "
                     "syntax, is invalid; `detail` and `errors` name it."),

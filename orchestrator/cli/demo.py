@@ -14,13 +14,13 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import shutil
 import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
@@ -43,10 +43,18 @@ from orchestrator.store import migrations, webhooks
 from orchestrator.store import rollouts as rollout_store
 from orchestrator.store import tasks as task_store
 from orchestrator.store.audit import Actor
-from orchestrator.store.db import connect, create_pool, database_url, recreate_database
+from orchestrator.store.db import (
+    connect,
+    create_pool,
+    database_of,
+    database_url,
+    recreate_database,
+    with_database,
+)
 
 DEMO_DATABASE = "orchestrator_demo"
 TARGET = "9.0.1-20020"
+NEXT_VERSION = "9.0.2-20030"  # what the fleet also offers with --serve
 ACTOR = Actor(name="demo", via="cli")
 
 
@@ -87,6 +95,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "for the last ones")
     p.add_argument("--webhook-format", choices=("json", "slack"), default="json",
                    help="the webhook's format (default %(default)s)")
+    p.add_argument("--serve", action="store_true",
+                   help="after the rollout, keep the simulated fleet and serve the API (with "
+                        "its interactive docs) and the engine on the demo's database until "
+                        f"Ctrl-C: create a second rollout (e.g. to {NEXT_VERSION}) and watch it")
+    p.add_argument("--port", type=int, default=None,
+                   help="with --serve: the API's port (default: the api_port setting, 8080)")
     p.add_argument("--json", action="store_true",
                    help="print only the summary, as one JSON object")
     p.add_argument("--verbose", action="store_true",
@@ -114,6 +128,8 @@ def demo_config(args: argparse.Namespace) -> SimulatorConfig:
         install_seconds=args.install_seconds, install_jitter=0.3,
         reboot_seconds=args.reboot_seconds, services_starting_seconds=0.5,
         profile=profile, duplicate_install="accept",  # count, do not refuse, a 2nd install
+        # with --serve, a second version to roll out after the demo's
+        available_versions=(TARGET, NEXT_VERSION) if args.serve else (TARGET,),
     )
 
 
@@ -132,6 +148,10 @@ def check_arguments(args: argparse.Namespace) -> None:
     if not args.database_name.replace("_", "").isalnum():
         raise UsageError(f"--database-name {args.database_name!r}: letters, digits and '_' "
                          "only")
+    if args.port is not None and not 1 <= args.port <= 65535:
+        raise UsageError(f"--port {args.port}: not a port number (1-65535)")
+    if args.port is not None and not args.serve:
+        raise UsageError("--port: only with --serve")
 
 
 def demo_strategy(args: argparse.Namespace) -> dict[str, Any]:
@@ -156,8 +176,7 @@ async def demo_database(server_url: str, name: str) -> AsyncIterator[str]:
     admin = await asyncpg.connect(server_url)
     try:
         await recreate_database(admin, name)
-        parts = urlsplit(server_url)
-        url = urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, ""))
+        url = with_database(server_url, name)
     except asyncpg.InsufficientPrivilegeError:
         url = server_url
     finally:
@@ -242,13 +261,51 @@ async def run_demo(settings: Settings, args: argparse.Namespace, server_url: str
         rollout_id = await _start_demo_rollout(pool, sim, args, strategy, say)
         await _run_engine(pool, url, settings, config, policy, args, rollout_id)
         result = await _result(pool, sim, args, strategy, rollout_id, started)
+        result["explore"] = explore_commands(
+            database_of(url), database_of(server_url), rollout_id,
+            docs_url=f"http://{settings.api_host}:{settings.api_port}/api/docs")
         if args.webhook_url:
             result["webhook"] = await _drain_webhook(pool, settings)
+        if args.serve:
+            return await _serve_demo(pool, url, server_url, settings, config, args, result)
     if args.json:
         print(json.dumps(result))
     else:
         print_summary(result)
     return 0
+
+
+async def _serve_demo(pool: asyncpg.Pool, url: str, server_url: str, settings: Settings,
+                      config: SimulatorConfig, args: argparse.Namespace,
+                      result: dict[str, Any]) -> int:
+    """--serve: the summary, then the API and the engine over the demo's database (the
+    simulated fleet still answering) until Ctrl-C or SIGTERM."""
+    from orchestrator.cli.serve import serve
+
+    host, port = settings.api_host, args.port or settings.api_port
+    exe, database = program(), database_of(url)
+    env = f"ORCHESTRATOR_DATABASE_NAME={database} " if database != database_of(server_url) \
+        else ""
+    result["serving"] = f"http://{host}:{port}"
+    # this process serves: the command that would serve again is left out
+    result["explore"] = [c for c in result["explore"] if not c.startswith(f"{exe} serve")]
+    if args.json:
+        print(json.dumps(result), flush=True)
+    else:
+        print_summary(result)
+        print("\n".join([
+            "",
+            f"Serving the demo at http://{host}:{port} (Ctrl-C stops it; the simulated fleet "
+            "keeps answering, and its appliances also offer " + NEXT_VERSION + "):",
+            f"  interactive API docs: http://{host}:{port}/api/docs",
+            f"  a token (another terminal): {env}{exe} tokens create --name explorer "
+            "--role admin",
+            f"  a second rollout:           {env}{exe} rollout create --name second "
+            f"--version {NEXT_VERSION} --max-concurrency 20 --start",
+            f"  watch it:                   {env}{exe} rollout watch 2",
+        ]), flush=True)
+    return await serve(pool, settings, host=host, port=port, database_url=url,
+                       environ=sim_credentials(config))
 
 
 async def _drain_webhook(pool: asyncpg.Pool, settings: Settings,
@@ -302,14 +359,18 @@ async def _start_demo_rollout(
     return rollout.id
 
 
+def sim_credentials(config: SimulatorConfig) -> dict[str, str]:
+    """What the demo's `env:` credential references read (never the process environment)."""
+    return {"APPLIANCE_SIM_CREDENTIALS": f"{config.username}:{config.password}"}
+
+
 async def _run_engine(
     pool: asyncpg.Pool, url: str, settings: Settings, config: SimulatorConfig,
     policy: TargetPolicy, args: argparse.Namespace, rollout_id: int,
 ) -> None:
     """Run an engine until no rollout is active, with a progress line unless --json."""
     http = ApplianceHttp(settings, request_timeout=4.0, connect_timeout=1.0, retries=1,
-                         environ={"APPLIANCE_SIM_CREDENTIALS":
-                                  f"{config.username}:{config.password}"})
+                         environ=sim_credentials(config))
     async with http:
         engine = Engine(pool, http, EngineConfig.from_settings(
             settings, poll_interval=1.0, install_estimate=args.install_seconds,
@@ -385,7 +446,43 @@ def print_summary(r: dict[str, Any]) -> None:
             f"{n} {state}" for state, n in sorted(r["webhook"].items())))
     for fmt, path in r.get("reports", {}).items():
         lines.append(f"  report ({fmt}):".ljust(20) + path)
+    if r.get("explore"):
+        lines += ["", "Look at it again (the demo's database stays until the next demo):"]
+        lines += [f"  {command}" for command in r["explore"]]
     print("\n".join(lines))
+
+
+def program() -> str:
+    """How the user reaches this program from where they are: `.venv/bin/orchestrator`
+    after `make demo`, `orchestrator` when it is on PATH."""
+    argv0 = Path(sys.argv[0])
+    if argv0.name != "orchestrator":
+        return "orchestrator"
+    on_path = shutil.which("orchestrator")
+    if on_path and Path(on_path).resolve() == argv0.resolve():
+        return "orchestrator"
+    try:
+        return str(argv0.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(argv0.resolve())
+
+
+def explore_commands(database: str, server_database: str, rollout_id: int, *,
+                     docs_url: str) -> list[str]:
+    """Commands that work as printed after the demo: they name the demo's database (when it
+    is not the one the settings name already) through ORCHESTRATOR_DATABASE_NAME. A token
+    is never printed here: `tokens create` prints one, once, when the user asks."""
+    exe = program()
+    lines = []
+    if database != server_database:
+        lines.append(f"export ORCHESTRATOR_DATABASE_NAME={database}")
+    lines += [
+        f"{exe} rollout show {rollout_id}",
+        f"{exe} report {rollout_id} --format html -o rollout-{rollout_id}.html",
+        f"{exe} tokens create --name explorer --role admin   # prints a token, once",
+        f"{exe} serve   # {docs_url}: paste the token under Authorize",
+    ]
+    return lines
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
@@ -395,7 +492,9 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
         else "error"
     configure_logging(settings.log_format, level)
     check_arguments(args)
-    with database_url(settings) as server_url:
+    # the server's own database to administer from (database_name may name the demo's,
+    # which the demo drops and creates again)
+    with database_url(settings.model_copy(update={"database_name": None})) as server_url:
         return asyncio.run(run_demo(settings, args, server_url))
 
 

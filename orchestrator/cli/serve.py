@@ -9,6 +9,7 @@ import gc
 import signal
 import ssl
 import sys
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -138,6 +139,7 @@ async def serve(
     database_url: str | None = None,
     stop: asyncio.Event | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> int:
     """Run the API and/or the engine until SIGTERM/SIGINT (or `stop`); both stop cleanly
     and at once: the API stops listening and ends its event streams while the engine
@@ -159,7 +161,7 @@ async def serve(
             engine: Engine | None = None
             http: ApplianceHttp | None = None
             if with_engine:
-                http = await stack.enter_async_context(ApplianceHttp(settings))
+                http = await stack.enter_async_context(ApplianceHttp(settings, environ=environ))
                 engine = Engine(pool, http, EngineConfig.from_settings(settings),
                                 database_url=database_url)
             server: LoopServer | ThreadServer | None = None

@@ -15,6 +15,7 @@ import contextvars
 import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 from asyncpg.pool import PoolAcquireContext, PoolConnectionProxy
@@ -28,18 +29,32 @@ DB = asyncpg.Connection | asyncpg.Pool | PoolConnectionProxy
 
 @contextlib.contextmanager
 def database_url(settings: Settings, announce: Any = None) -> Iterator[str]:
-    """Yield the URL to use: `database_url`, or the embedded server started for this block."""
+    """Yield the URL to use: `database_url`, or the embedded server started for this block;
+    with `database_name`, that database on the same server."""
     if settings.database_url:
-        yield settings.database_url
+        yield with_database(settings.database_url, settings.database_name)
         return
     from orchestrator.store.embedded import EmbeddedPostgres
 
     server = EmbeddedPostgres(settings.data_dir, announce=announce)
     url = server.start()
     try:
-        yield url
+        yield with_database(url, settings.database_name)
     finally:
         server.release()
+
+
+def with_database(url: str, name: str | None) -> str:
+    """`url` with its database replaced by `name` (None: unchanged)."""
+    if not name:
+        return url
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, ""))
+
+
+def database_of(url: str) -> str:
+    """The database name a URL names."""
+    return urlsplit(url).path.lstrip("/")
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:

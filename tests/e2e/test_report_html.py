@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
 import subprocess
 import uuid
 from html.parser import HTMLParser
@@ -25,42 +23,9 @@ import asyncpg
 import pytest
 
 from orchestrator.reports import write_reports
+from tests.browser import CHROMIUM, chromium  # noqa: F401 (the fixture)
 from tests.fleet import create, engine, fleet, wait_until_terminal
 from tests.helpers import cli_env, drop_database, run_cli
-
-CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-
-
-def find_chromium() -> str | None:
-    if os.access("/usr/bin/chromium", os.X_OK):
-        return "/usr/bin/chromium"
-    for name in CHROMIUM_NAMES:
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
-
-
-CHROMIUM = find_chromium()
-
-
-def chromium_required() -> bool:
-    """True under CI (or when asked): a missing Chromium is then a failure, not a skip."""
-    return any(os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
-               for name in ("CI", "REQUIRE_CHROMIUM"))
-
-
-@pytest.fixture
-def chromium() -> str:
-    if CHROMIUM is None:
-        reason = ("no Chromium installed (looked for /usr/bin/chromium and "
-                  f"{', '.join(CHROMIUM_NAMES)} on PATH); `apt-get install -y chromium` "
-                  "enables this test")
-        if chromium_required():
-            pytest.fail(f"{reason}; required under CI (CI / REQUIRE_CHROMIUM is set)")
-        pytest.skip(reason)
-    return CHROMIUM
-
 
 needs_chromium = pytest.mark.usefixtures("chromium")
 

@@ -202,7 +202,7 @@ async def test_validation_problems_name_the_field_and_value(pool: asyncpg.Pool) 
             got, problem = await api.call(method, url, template, **kwargs)
             assert got == status, (url, kwargs, problem)
             assert needle in problem["detail"], (url, problem)
-            assert problem["type"].startswith("/api/docs#problem-")
+            assert problem["type"].startswith("/api/reference#problem-")
         # not routed at all: problem+json too, 405 keeps Allow
         async with client.get("/api/v1/nothing", headers=auth(tokens["admin"])) as resp:
             assert resp.status == 404
@@ -340,7 +340,7 @@ async def test_health_ready_metrics_and_docs(pool: asyncpg.Pool) -> None:
                      "orchestrator_claim_latency_seconds",
                      "orchestrator_event_loop_lag_seconds", "orchestrator_api_requests_total"):
             assert f"# TYPE {name}" in text or f"\n{name}" in text, name
-        async with client.get("/api/docs") as resp:
+        async with client.get("/api/reference") as resp:
             page = await resp.text()
             assert resp.status == 200 and resp.content_type == "text/html"
         # offline: nothing is loaded from anywhere, links stay on this server

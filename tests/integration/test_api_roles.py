@@ -28,6 +28,8 @@ TABLE: list[tuple[str, str, str, dict[str, Any], int]] = [
     ("metrics", "GET", "/metrics", {}, 200),
     ("openapi", "GET", "/api/v1/openapi.json", {}, 200),
     ("docs", "GET", "/api/docs", {}, 200),
+    ("docsAsset", "GET", "/api/docs/assets/docs.js", {}, 200),
+    ("reference", "GET", "/api/reference", {}, 200),
     ("importAppliances", "POST", "/api/v1/appliances:import",
      {"data": CSV, "headers": {"Content-Type": "text/csv"}}, 200),
     ("listAppliances", "GET", "/api/v1/appliances?site=ams", {}, 200),

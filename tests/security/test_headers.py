@@ -40,7 +40,7 @@ def check_html(html: str, policy: str) -> None:
 async def test_docs_page_and_report_have_a_strict_csp(pool: asyncpg.Pool) -> None:
     _, admin = await token_store.create_token(pool, "admin", "admin")
     async with api_client(pool) as client:
-        async with client.get("/api/docs") as resp:
+        async with client.get("/api/reference") as resp:
             assert resp.status == 200 and resp.content_type == "text/html"
             assert resp.headers["X-Content-Type-Options"] == "nosniff"
             assert resp.headers["Referrer-Policy"] == "no-referrer"
@@ -67,3 +67,43 @@ async def test_docs_page_and_report_have_a_strict_csp(pool: asyncpg.Pool) -> Non
                 await resp.read()
                 assert resp.headers.get("X-Content-Type-Options") == "nosniff", url
                 assert "Content-Security-Policy" not in resp.headers, url
+
+
+async def test_interactive_docs_load_only_files_of_their_own_origin(pool: asyncpg.Pool) -> None:
+    """/api/docs (Swagger UI): scripts only from the orchestrator itself (no inline script,
+    no eval, nothing from a CDN); every file the page names is served, with its type."""
+    async with api_client(pool) as client:
+        async with client.get("/api/docs") as resp:
+            assert resp.status == 200 and resp.content_type == "text/html"
+            page = await resp.text()
+            policy = resp.headers["Content-Security-Policy"]
+        directives = dict(d.strip().split(" ", 1) for d in policy.split(";"))
+        assert directives["default-src"] == "'none'"
+        assert directives["script-src"] == "'self'"
+        assert directives["connect-src"] == "'self'"
+        assert directives["frame-ancestors"] == "'none'"
+        assert "unsafe-eval" not in policy
+        assert "unsafe-inline" not in directives["script-src"]
+        # every script is a file: none inline, no handler attribute, nothing off-site
+        scripts = re.findall(r"<script([^>]*)>(.*?)</script>", page, re.S)
+        assert scripts and all(body.strip() == "" for _, body in scripts)
+        assert not re.search(r"\son[a-z]+\s*=", page, re.I)
+        urls = re.findall(r'(?:src|href)="([^"]+)"', page)
+        assert urls and all(u.startswith("/api/") for u in urls), urls
+        types = {".js": "text/javascript", ".css": "text/css", ".png": "image/png"}
+        for url in (u for u in urls if u.startswith("/api/docs/assets/")):
+            async with client.get(url) as resp:
+                body = await resp.read()
+                assert resp.status == 200, url
+                assert resp.content_type == types[url[url.rindex("."):]], url
+                assert resp.headers["X-Content-Type-Options"] == "nosniff"
+                assert len(body) > 500, url
+        # the page's own script: the document of this server, and no token kept anywhere
+        async with client.get("/api/docs/assets/docs.js") as resp:
+            script = await resp.text()
+        assert 'url: "/api/v1/openapi.json"' in script
+        assert "persistAuthorization: false" in script and "validatorUrl: null" in script
+        async with client.get("/api/docs/assets/..%2Fdocs.js") as resp:
+            assert resp.status in (400, 404)
+        async with client.get("/api/docs/assets/swagger-ui.js.map") as resp:
+            assert resp.status in (400, 404)  # only the files the page needs

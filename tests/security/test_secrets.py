@@ -119,6 +119,7 @@ async def test_no_secret_in_logs_api_reports_or_database(db_url: str, fmt: str) 
                     fresh = (await resp.json())["token"]  # its one showing: not scanned
                 gets = [
                     "/healthz", "/readyz", "/metrics", "/api/v1/openapi.json", "/api/docs",
+                    "/api/reference", "/api/docs/assets/docs.js",
                     "/api/v1/appliances?limit=500", f"/api/v1/appliances/{names[0]}",
                     "/api/v1/rollouts", f"/api/v1/rollouts/{rollout_id}?forecast=true",
                     f"/api/v1/rollouts/{rollout_id}/tasks?limit=500",

@@ -49,6 +49,8 @@ def test_config_path_from_environment(tmp_path: Path) -> None:
         ({"ORCHESTRATOR_API_PORT": "70000"}, "api_port (from ORCHESTRATOR_API_PORT)"),
         ({"ORCHESTRATOR_DB_POOL_MAX_SIZE": "many"}, "db_pool_max_size"),
         ({"ORCHESTRATOR_DATABASE_URL": "mysql://x/y"}, "database_url"),
+        ({"ORCHESTRATOR_DATABASE_NAME": "demo; DROP"}, "database_name"),
+        ({"ORCHESTRATOR_DATABASE_NAME": "1st"}, "database_name"),
         ({"ORCHESTRATOR_NO_SUCH_THING": "1"}, "ORCHESTRATOR_NO_SUCH_THING: unknown setting"),
         ({"ORCHESTRATOR_DB_POOL_MIN_SIZE": "50", "ORCHESTRATOR_DB_POOL_MAX_SIZE": "5"},
          "db_pool_min_size (50) is larger than db_pool_max_size (5)"),
@@ -135,3 +137,19 @@ def test_the_engine_runs_with_the_settings_it_was_given() -> None:
             defaults.max_tasks, defaults.held_slot_interval) == (
         plain.lease_seconds, plain.poll_interval, plain.shutdown_deadline, plain.max_tasks,
         plain.held_slot_interval)
+
+
+def test_database_name_replaces_the_database_of_the_url() -> None:
+    """`database_name` names another database on the same server; the URL's credentials,
+    host, port and options stay (the demo's printed commands use it)."""
+    from orchestrator.store.db import database_of, database_url
+
+    s = load_settings(None, environ={
+        "ORCHESTRATOR_DATABASE_URL": "postgresql://u:pw@db.example:5433/prod?sslmode=require",
+        "ORCHESTRATOR_DATABASE_NAME": "orchestrator_demo"})
+    with database_url(s) as url:
+        assert url == "postgresql://u:pw@db.example:5433/orchestrator_demo?sslmode=require"
+        assert database_of(url) == "orchestrator_demo"
+    plain = load_settings(None, environ={"ORCHESTRATOR_DATABASE_URL": "postgresql://h/prod"})
+    with database_url(plain) as url:
+        assert url == "postgresql://h/prod"
