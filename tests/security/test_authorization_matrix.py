@@ -25,9 +25,10 @@ from orchestrator.store import tokens as token_store
 from orchestrator.store.audit import Actor
 from tests.integration.test_api_support import auth, tokens_by_role
 
-# public by design: liveness, readiness, the document and its page, and /metrics (while
-# no metrics token is configured: the default)
-PUBLIC = {"healthz", "readyz", "openapi", "docs", "metrics"}
+# public by design: liveness, readiness, the document, its two pages (Swagger UI with its
+# files, and the reference page), and /metrics (while no metrics token is configured: the
+# default)
+PUBLIC = {"healthz", "readyz", "openapi", "docs", "docsAsset", "reference", "metrics"}
 ROLES = token_store.ROLES  # lowest first
 CSV = ("name,base_url,site,tags\n"
        "vr-1,https://vr-1.example.net/api,ams,prod\n"
@@ -69,6 +70,8 @@ def fill(path: str, op: dict[str, Any], values: dict[str, str]) -> str:
         name = match.group(1)
         (param,) = [p for p in op.get("parameters", [])
                     if p["in"] == "path" and p["name"] == name]
+        if "enum" in param["schema"]:  # a fixed set of values (the docs' files)
+            return str(param["schema"]["enum"][0])
         return values["integer" if param["schema"].get("type") == "integer" else name]
     return re.sub(r"\{([^}]+)\}", value, path)
 
