@@ -44,12 +44,26 @@ NAME: Final = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$"
 TOKEN_NAME: Final = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,99}$"  # noqa: S105 - a pattern
 URL: Final = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\x00-\x20\x7f-\x9f]+$"
 TIMEZONE: Final = r"^[A-Za-z][A-Za-z0-9_+/-]{0,63}$"
+# documented as the TimeZone component (api/schemas.py: the zones this server knows);
+# api/openapi.py turns the marker into its $ref (pydantic resolves a $ref given here
+# against its own definitions only)
+TIMEZONE_REF: Final = {"type": "string", "x-component": "TimeZone"}
 CREDENTIALS_REF: Final = r"^(env:[A-Za-z_][A-Za-z0-9_]{0,127}|file:/[^\x00-\x20\x7f-\x9f]{0,1023})$"
 PATH: Final = r"^/[^\x00-\x20\x7f-\x9f]{0,1023}$"
 THUMBPRINT: Final = r"^[0-9A-Fa-f]{2}(:?[0-9A-Fa-f]{2}){31}$"
 TAG: Final = f"^{_EDGE}([^\\x00-\\x1f\\x7f-\\x9f;]*{_EDGE})?$"
-PERCENT: Final = r"^[0-9]{1,3}(\.[0-9]{1,6})?%$"
-DATETIME: Final = (r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3])"
+# percentages: at most 100, at most 6 decimals; PERCENT admits 0 (max_failures: "0%"),
+# POSITIVE_PERCENT does not (wave sizes): a pattern each, so that the document says exactly
+# what is accepted (the domain's parse_size agrees)
+_UNDER_100: Final = r"[0-9]{1,2}(\.[0-9]{1,6})?"
+_NONZERO_DECIMALS: Final = (r"([1-9][0-9]{0,5}|0[1-9][0-9]{0,4}|00[1-9][0-9]{0,3}"
+                            r"|000[1-9][0-9]{0,2}|0000[1-9][0-9]?|00000[1-9])")
+PERCENT: Final = rf"^(100(\.0{{1,6}})?|{_UNDER_100})%$"
+POSITIVE_PERCENT: Final = (rf"^(100(\.0{{1,6}})?|0?[1-9](\.[0-9]{{1,6}})?"
+                           rf"|[1-9][0-9](\.[0-9]{{1,6}})?|0{{1,2}}\.{_NONZERO_DECIMALS})%$")
+# years 0001-9999 (Python's and so the server's range; year 0000 is RFC 3339 but no time)
+DATETIME: Final = (r"^([1-9][0-9]{3}|0[1-9][0-9]{2}|00[1-9][0-9]|000[1-9])"
+                   r"-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3])"
                    r":[0-5][0-9]:[0-5][0-9](\.[0-9]{1,6})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$")
 VERSION: Final = r"^[A-Za-z0-9][A-Za-z0-9._+~-]{0,99}$"
 EXPIRY: Final = r"^([0-9]{1,6}[wdhms]){1,5}$"
@@ -66,7 +80,9 @@ PATTERN_HINTS: Final = {
     PATH: "must be an absolute path without blanks",
     THUMBPRINT: "must be a SHA-256 thumbprint: 64 hex digits, colons between pairs allowed",
     TAG: "must be text without ';', control characters or leading/trailing blanks",
-    PERCENT: "must be a percentage such as \"10%\" or \"2.5%\"",
+    PERCENT: "must be a percentage from 0 to 100 such as \"10%\" or \"2.5%\"",
+    POSITIVE_PERCENT: "must be a percentage above 0, at most 100, such as \"10%\" or "
+                      "\"2.5%\"",
     DATETIME: "must be an RFC 3339 time with a zone, e.g. 2026-12-01T22:00:00+01:00",
     VERSION: "must be a version: letters, digits, '.', '_', '+', '~' or '-'",
     EXPIRY: "must be a duration such as 30d, 12h, 90m or 1d12h (units w, d, h, m, s)",
@@ -118,25 +134,26 @@ def _size_check(min_count: int, zero_percent: bool) -> Callable[[Any], int | str
             raise ValueError(f"{value!r} is not a count or a percentage string")
         if isinstance(value, int) and value > MAX_COUNT:
             raise ValueError(f"{value} is larger than {MAX_COUNT}")
-        if isinstance(value, str) and re.fullmatch(PERCENT, value) is None:
-            raise ValueError(f"{value!r} {PATTERN_HINTS[PERCENT]}")
+        pattern = PERCENT if zero_percent else POSITIVE_PERCENT
+        if isinstance(value, str) and re.fullmatch(pattern, value) is None:
+            raise ValueError(f"{value!r} {PATTERN_HINTS[pattern]}")
         parse_size(value, min_count=min_count, zero_percent=zero_percent)  # ValueError
         return value
 
     return check
 
 
-def _size_schema(min_count: int) -> dict[str, Any]:
+def _size_schema(min_count: int, zero_percent: bool) -> dict[str, Any]:
     return {"oneOf": [
         {"type": "integer", "minimum": min_count, "maximum": MAX_COUNT},
-        {"type": "string", "pattern": PERCENT},
+        {"type": "string", "pattern": PERCENT if zero_percent else POSITIVE_PERCENT},
     ], "description": "A count, or a percentage of the targeted appliances such as \"10%\"."}
 
 
 def _size_type(min_count: int, zero_percent: bool) -> Any:
     """A count >= min_count (at most MAX_COUNT) or a percentage string."""
     return Annotated[int | str, PlainValidator(_size_check(min_count, zero_percent)),
-                     WithJsonSchema(_size_schema(min_count))]
+                     WithJsonSchema(_size_schema(min_count, zero_percent))]
 
 
 Service = Annotated[str, Field(min_length=1, max_length=100,
@@ -162,7 +179,7 @@ class ApplianceCreate(Body):
         "The whole API prefix, e.g. https://vr01.example.net/api/rest/configure/v1"))]
     site: Text
     tags: Annotated[list[Tag], Field(max_length=100)] = []
-    timezone: Annotated[str, Field(pattern=TIMEZONE)] | None = None
+    timezone: Annotated[str, Field(pattern=TIMEZONE), WithJsonSchema(TIMEZONE_REF)] | None = None
     credentials_ref: Annotated[str, Field(pattern=CREDENTIALS_REF, description=(
         "Where the username:password secret lives: env:VARIABLE or file:/path"))] | None = None
     tls_ca_file: Annotated[str, Field(pattern=PATH)] | None = None
@@ -182,7 +199,7 @@ class AppliancePatch(Body):
     base_url: Annotated[str, Field(pattern=URL, max_length=2048)] | SkipJsonSchema[None] = None
     site: Text | SkipJsonSchema[None] = None
     tags: Annotated[list[Tag], Field(max_length=100)] | SkipJsonSchema[None] = None
-    timezone: Annotated[str, Field(pattern=TIMEZONE)] | None = None
+    timezone: Annotated[str, Field(pattern=TIMEZONE), WithJsonSchema(TIMEZONE_REF)] | None = None
     credentials_ref: Annotated[str, Field(pattern=CREDENTIALS_REF)] | None = None
     tls_ca_file: Annotated[str, Field(pattern=PATH)] | None = None
     tls_thumbprint: Annotated[str, Field(pattern=THUMBPRINT)] | None = None
@@ -274,7 +291,8 @@ class RolloutCreate(PlanRequest):
 
     name: Annotated[str, Field(min_length=1, max_length=200, pattern=TEXT,
                                description="A name people will recognise.")]
-    schedule_at: Annotated[str, Field(pattern=DATETIME, description=(
+    schedule_at: Annotated[str, Field(pattern=DATETIME, json_schema_extra={
+        "format": "date-time"}, description=(  # the pattern cannot tell February 30th
         "Start no earlier than this time (RFC 3339 with a zone)."))] | None = None
     example: ClassVar[dict[str, Any]] = {
         "name": "9.0.1 to ams", **PlanRequest.example,
@@ -302,7 +320,7 @@ class WindowCreate(Body):
         "5-field cron expression read on the local wall clock of `timezone` (or of the "
         "appliance's own zone), e.g. \"0 22 * * 1-5\"."))]
     duration: WindowDuration
-    timezone: Annotated[str, Field(pattern=TIMEZONE, description="IANA zone.")]
+    timezone: Annotated[str, Field(pattern=TIMEZONE), WithJsonSchema(TIMEZONE_REF)]
     cutoff: WindowDuration = 0
     sites: Annotated[list[Text], Field(max_length=1000)] = []
     tags: Annotated[list[Tag], Field(max_length=1000)] = []
@@ -321,7 +339,8 @@ class WindowPatch(Body):
     name: Annotated[str, Field(pattern=NAME, max_length=200)] | SkipJsonSchema[None] = None
     cron: Annotated[str, Field(pattern=CRON, max_length=200)] | SkipJsonSchema[None] = None
     duration: WindowDuration | SkipJsonSchema[None] = None
-    timezone: Annotated[str, Field(pattern=TIMEZONE)] | SkipJsonSchema[None] = None
+    timezone: Annotated[str, Field(pattern=TIMEZONE), WithJsonSchema(TIMEZONE_REF)] | \
+        SkipJsonSchema[None] = None
     cutoff: WindowDuration | SkipJsonSchema[None] = None
     sites: Annotated[list[Text], Field(max_length=1000)] | SkipJsonSchema[None] = None
     tags: Annotated[list[Tag], Field(max_length=1000)] | SkipJsonSchema[None] = None

@@ -126,10 +126,22 @@ def _operation(op: Operation) -> dict[str, Any]:
     return out
 
 
+def _components(value: Any) -> Any:
+    """The models' schemas with each `x-component` marker (a shape defined once, among the
+    components, such as TimeZone) replaced by its $ref."""
+    if isinstance(value, dict):
+        if "x-component" in value:
+            return ref(value["x-component"])
+        return {k: _components(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_components(v) for v in value]
+    return value
+
+
 def build_document(operations: Iterable[Operation]) -> dict[str, Any]:
     _, defs = models_json_schema([(m, "validation") for m in BODY_MODELS],
                                  ref_template="#/components/schemas/{model}")
-    schemas = {**SCHEMAS, **defs.get("$defs", {})}
+    schemas = {**SCHEMAS, **_components(defs.get("$defs", {}))}
     paths: dict[str, dict[str, Any]] = {}
     for op in operations:
         paths.setdefault(op.path, {})[op.method.lower()] = _operation(op)

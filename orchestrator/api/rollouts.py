@@ -36,6 +36,7 @@ from orchestrator.store import engines as engine_store
 from orchestrator.store import rollouts as rollout_store
 from orchestrator.store.forecast import rollout_forecast
 from orchestrator.store.rollouts import (
+    EmptySelection,
     IdempotencyConflict,
     OverlapError,
     RolloutError,
@@ -64,6 +65,8 @@ def overlap_problem(exc: OverlapError, field: str | None = None, **extra: Any) -
 
 
 def request_problem(exc: StrategyError | SelectorError | RolloutError) -> Problem:
+    if isinstance(exc, EmptySelection):  # a well-formed request the inventory refuses
+        return Problem(409, str(exc), errors=[FieldError("body.selector", str(exc))])
     if isinstance(exc, StrategyError | SelectorError):
         return Problem(422, f"body.{exc.field}: {exc.message}",
                        errors=[FieldError(f"body.{exc.field}", exc.message)])
@@ -270,12 +273,16 @@ OPERATIONS: Final = (
                     "when some targeted appliances have an unfinished task in another "
                     "active rollout (SCHEDULED, RUNNING, PAUSED, WAITING_WINDOW), unless "
                     "`strategy.after_overlapping` is true: the problem lists them "
-                    "(`overlapping_rollouts`, `overlapping_appliances`).",
+                    "(`overlapping_rollouts`, `overlapping_appliances`). 409 also when the "
+                    "selector matches no enabled appliance of the inventory as it is now.",
     ),
     Operation(
         "POST", "/api/v1/rollouts/plan", plan_rollout, "planRollout",
         "Preview a plan (writes nothing)", "rollouts", "operator", body=PlanRequest,
         responses={200: Resp("The waves and appliances a rollout would get now.", "Plan")},
+        errors=(409,),
+        description="409 when the selector matches no enabled appliance of the inventory "
+                    "as it is now.",
     ),
     Operation(
         "GET", "/api/v1/rollouts/{id}", get_rollout, "getRollout",

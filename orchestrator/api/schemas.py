@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zoneinfo
 from typing import Any, Final
 
 from orchestrator.domain.states import RolloutState, TaskState, WaveState
@@ -61,6 +62,8 @@ def strategy_out(key: StrategyKey) -> dict[str, Any]:
 
 
 SCHEMAS: Final[dict[str, dict[str, Any]]] = {
+    "TimeZone": {"type": "string", "enum": sorted(zoneinfo.available_timezones()),
+                 "description": "An IANA time zone this server knows, e.g. Europe/Amsterdam."},
     "Problem": obj({
         "type": {"type": "string", "format": "uri-reference"},
         "title": STR, "status": INT, "detail": STR,

@@ -13,6 +13,7 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Final, Literal, TypeVar
 
 from aiohttp import web
@@ -54,6 +55,9 @@ class Param:
     enum: tuple[str, ...] | None = None
     default: Any = None
     example: Any = None
+    # the documented schema is this component of the document (e.g. TimeZone: the server's
+    # own list of zones), when the rules above cannot say all the handler checks
+    ref: str | None = None
     _regex: re.Pattern[str] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -66,6 +70,8 @@ class Param:
                 "header": "header"}[self.where] + f" {self.name}"
 
     def schema(self) -> dict[str, Any]:
+        if self.ref is not None:  # documented as that component; checked as declared here
+            return {"$ref": f"#/components/schemas/{self.ref}"}
         one: dict[str, Any] = {"type": self.kind}
         for key, value in (("minimum", self.minimum), ("maximum", self.maximum),
                            ("minLength", self.min_length), ("maxLength", self.max_length),
@@ -227,10 +233,20 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _float(text: str) -> float:
+_INTEGRAL_LIMIT: Final = Decimal(2) ** 63  # beyond any integer field's maximum
+
+
+def _float(text: str) -> float | int:
+    """A JSON number written with a fraction or an exponent. One without a fractional part
+    (`16275.0`, `1e3`) is an integer in JSON Schema's data model, so the document's
+    `"type": "integer"` admits it: it is read as that integer (exactly, through Decimal),
+    and every integer field accepts it. Float fields accept integers anyway."""
     value = float(text)
     if value in (float("inf"), float("-inf")):
         raise ValueError(f"{text} is out of range")
+    exact = Decimal(text)
+    if exact == exact.to_integral_value() and abs(exact) <= _INTEGRAL_LIMIT:
+        return int(exact)
     return value
 
 

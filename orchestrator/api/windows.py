@@ -164,7 +164,7 @@ OPERATIONS: Final = (
                       description="The site."),
                 Param("tag", "query", pattern=TAG, max_length=100,
                       description="An appliance tag (windows may cover tags)."),
-                Param("timezone", "query", pattern=TIMEZONE, max_length=64,
+                Param("timezone", "query", pattern=TIMEZONE, max_length=64, ref="TimeZone",
                       description="An appliance's own zone, which overrides the window's."),
                 Param("count", "query", "integer", minimum=1, maximum=100, default=5,
                       description="How many openings (default 5).")),

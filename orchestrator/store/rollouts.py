@@ -52,6 +52,11 @@ class RolloutNotFound(RolloutError):
     pass
 
 
+class EmptySelection(RolloutError):
+    """The selector matches no enabled appliance of the inventory as it is now: a refusal
+    by the state of the inventory, not by the request's form (the API answers 409)."""
+
+
 class IdempotencyConflict(RolloutError):
     """The idempotency key was used before with another request body."""
 
@@ -249,7 +254,7 @@ async def preview_plan(
     version, sel, strat = _parse_request(target_version, selector, strategy)
     items = await select_targets(conn, sel)
     if not items:
-        raise RolloutError(f"the selector matches no enabled appliance: {sel.to_dict()}")
+        raise EmptySelection(f"the selector matches no enabled appliance: {sel.to_dict()}")
     waves = plan_waves(items, strat.waves, strat.order, strat.seed)
     return Plan(
         target_version=version, selector=sel, strategy=strat,

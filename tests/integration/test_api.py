@@ -187,8 +187,8 @@ async def test_validation_problems_name_the_field_and_value(pool: asyncpg.Pool) 
              {"json": {"target_version": "9.0.1", "strategy": {"task_timeout": 60}}}, 422,
              "body.strategy.task_timeout: 60 is shorter than the default reboot_grace"),
             ("POST", "/api/v1/rollouts/plan", "/api/v1/rollouts/plan",
-             {"json": {"target_version": "9.0.1", "selector": {"sites": ["nowhere"]}}}, 422,
-             "matches no enabled appliance"),
+             {"json": {"target_version": "9.0.1", "selector": {"sites": ["nowhere"]}}}, 409,
+             "matches no enabled appliance"),  # well-formed: the inventory refuses it
             ("POST", "/api/v1/rollouts", "/api/v1/rollouts",
              {"data": "x" * (1024 * 1024 + 1),
               "headers": {"Content-Type": "application/json"}}, 413, "at most"),

@@ -10,11 +10,15 @@ fewer requests in it: the test asserts what the answers were, never how many the
 token on the inventory, maintenance-window and token operations, which an operator may not
 call.
 
-Not checked: `positive_data_acceptance` (a schema-valid request may still be refused for a
-reason no JSON Schema can state, e.g. a selector that matches no appliance, a rollout
-control in the wrong state: those are documented 409/422 answers). The SSE stream is
-excluded (it stays open while a rollout runs; tests/integration/test_api_events.py covers
-it).
+Every check runs, `positive_data_acceptance` included (in the operator's pass; the admin
+pass leaves it out for now, see there): a request the document calls valid
+is accepted, or refused by the state of things with a documented 404/409 (a selector that
+matches no appliance of the inventory, a rollout control in the wrong state), never with
+400/422. One exemption, written in CONFIG: the strategy of createRollout and planRollout
+has rules between two keys that JSON Schema cannot state (`task_timeout` at least
+`reboot_grace`, ...), refused with 422 naming both; those two operations may answer 422 to
+a schema-valid body, every other operation may not. The SSE stream is excluded (it stays
+open while a rollout runs; tests/integration/test_api_events.py covers it).
 """
 
 from __future__ import annotations
@@ -44,6 +48,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(
     OPERATOR_SECONDS + ADMIN_SECONDS + 2 * HANG_MARGIN + 30)]
 
 
+# schemathesis.toml: the one exemption from positive_data_acceptance (see above)
+CONFIG = """
+[[operations]]
+include-operation-id = ["createRollout", "planRollout"]
+checks.positive_data_acceptance.expected-statuses = [200, 201, 401, 403, 404, 409, 422, 429]
+"""
+
+
 def served(app_state: Any) -> tuple[int, int]:
     """(requests answered, 5xx answers) so far, from the app's own metrics."""
     total = errors = 0
@@ -58,10 +70,13 @@ def served(app_state: Any) -> tuple[int, int]:
 
 async def schemathesis(base: str, token: str, tmp: Path, *extra: str,
                        max_time: int) -> tuple[int, str]:
+    config = tmp / "schemathesis.toml"
+    config.write_text(CONFIG)
     args = [
-        str(VENV_BIN / "schemathesis"), "run", f"{base}/api/v1/openapi.json",
+        str(VENV_BIN / "schemathesis"), "--config-file", str(config), "run",
+        f"{base}/api/v1/openapi.json",
         "-H", f"Authorization: Bearer {token}",
-        "--checks", "all", "--exclude-checks", "positive_data_acceptance",
+        "--checks", "all",
         "--exclude-path-regex", "/events$",
         "--max-examples", "100", "--max-time", str(max_time), "--request-timeout", "10",
         "--seed", "20261127", "--generation-database", "none", "--no-color",
@@ -106,7 +121,11 @@ async def test_schemathesis_finds_no_5xx_and_no_document_violation(
         assert errors == 0, output[-3000:]
         assert operator_requests > 0, output[-2000:]  # it ran against this app
 
+        # not yet with positive_data_acceptance: the inventory, window and token bodies
+        # still document values the server refuses (rows with nulls, a window with
+        # neither sites nor tags, expires_in: null, an appliance URL's host too long)
         code, output = await schemathesis(base, tokens["admin"], tmp_path,
+                                          "--exclude-checks", "positive_data_acceptance",
                                           "--include-tag", "appliances",
                                           "--include-tag", "tokens",
                                           "--include-tag", "maintenance windows",

