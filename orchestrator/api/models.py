@@ -94,15 +94,29 @@ Tag = Annotated[str, Field(min_length=1, max_length=100, pattern=TAG)]
 
 
 def _drop_null_defaults(schema: dict[str, Any], model: type[Any]) -> None:
-    """A field that may be left out but not be null documents no `default: null`; a model's
-    `example` becomes the schema's `examples`."""
+    """A field that may be left out but not be null documents neither `default: null` nor
+    null among its values (the server refuses it); a model's `example` becomes the
+    schema's `examples`."""
     for key in getattr(model, "not_null", ()):
         prop = schema.get("properties", {}).get(key)
-        if isinstance(prop, dict) and "default" in prop and prop["default"] is None:
+        if not isinstance(prop, dict):
+            continue
+        if "default" in prop and prop["default"] is None:
             del prop["default"]
+        branches = [b for b in prop.get("anyOf", ()) if b != {"type": "null"}]
+        if "anyOf" in prop and len(branches) < len(prop["anyOf"]):
+            del prop["anyOf"]
+            if len(branches) == 1:
+                prop.update(branches[0])
+            else:
+                prop["anyOf"] = branches
     example = getattr(model, "example", None)
     if example:
         schema["examples"] = [example]
+    at_least_one = getattr(model, "at_least_one_of", ())
+    if at_least_one:  # e.g. a window covers at least one site or tag
+        schema["anyOf"] = [{"required": [k], "properties": {k: {"minItems": 1}}}
+                           for k in at_least_one]
 
 
 class Body(BaseModel):
@@ -325,6 +339,7 @@ class WindowCreate(Body):
     sites: Annotated[list[Text], Field(max_length=1000)] = []
     tags: Annotated[list[Tag], Field(max_length=1000)] = []
     not_null: ClassVar[frozenset[str]] = frozenset({"cutoff", "sites", "tags"})
+    at_least_one_of: ClassVar[tuple[str, ...]] = ("sites", "tags")
     example: ClassVar[dict[str, Any]] = {
         "name": "nightly-ams", "cron": "0 22 * * *", "duration": "4h",
         "timezone": "Europe/Amsterdam", "cutoff": "30m", "sites": ["ams"],

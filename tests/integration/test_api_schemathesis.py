@@ -122,8 +122,9 @@ async def test_schemathesis_finds_no_5xx_and_no_document_violation(
         assert operator_requests > 0, output[-2000:]  # it ran against this app
 
         # not yet with positive_data_acceptance: the inventory, window and token bodies
-        # still document values the server refuses (rows with nulls, a window with
-        # neither sites nor tags, expires_in: null, an appliance URL's host too long)
+        # still document values the server refuses (import rows with nulls, an appliance
+        # URL's host too long, a window's cutoff not shorter than its duration, an
+        # expires_in under a minute)
         code, output = await schemathesis(base, tokens["admin"], tmp_path,
                                           "--exclude-checks", "positive_data_acceptance",
                                           "--include-tag", "appliances",

@@ -12,7 +12,14 @@ import pytest
 from pydantic import ValidationError
 
 from orchestrator.api.app import OPERATIONS
-from orchestrator.api.models import DATETIME, PERCENT, POSITIVE_PERCENT, PlanRequest, RolloutCreate
+from orchestrator.api.models import (
+    DATETIME,
+    PERCENT,
+    POSITIVE_PERCENT,
+    PlanRequest,
+    RolloutCreate,
+    TokenCreate,
+)
 from orchestrator.api.openapi import build_document
 from orchestrator.api.validation import parse_json
 
@@ -67,3 +74,17 @@ def test_time_zones_are_one_component_of_the_server_s_own_zones() -> None:
                ["parameters"] if p["name"] == "timezone"]
     assert param["schema"] == ref
     assert "x-component" not in str(doc)  # every marker became its $ref
+
+
+def test_fields_that_may_not_be_null_are_not_documented_nullable() -> None:
+    """`not_null` fields (left out: the default; null: refused) and a window's sites or
+    tags (at least one of them not empty): as the server refuses them."""
+    schemas = build_document(OPERATIONS)["components"]["schemas"]
+    expires = schemas["TokenCreate"]["properties"]["expires_in"]
+    assert expires["type"] == "string" and "anyOf" not in expires and "default" not in expires
+    assert "anyOf" not in schemas["AppliancePatch"]["properties"]["site"]
+    assert schemas["WindowCreate"]["anyOf"] == [
+        {"required": ["sites"], "properties": {"sites": {"minItems": 1}}},
+        {"required": ["tags"], "properties": {"tags": {"minItems": 1}}}]
+    with pytest.raises(ValidationError, match="null"):
+        TokenCreate.model_validate({"name": "t", "role": "viewer", "expires_in": None})
