@@ -262,7 +262,7 @@ async def run_demo(settings: Settings, args: argparse.Namespace, server_url: str
         await _run_engine(pool, url, settings, config, policy, args, rollout_id)
         result = await _result(pool, sim, args, strategy, rollout_id, started)
         result["explore"] = explore_commands(
-            database_of(url), database_of(server_url), rollout_id,
+            database_setting(url, server_url), rollout_id,
             docs_url=f"http://{settings.api_host}:{settings.api_port}/api/docs")
         if args.webhook_url:
             result["webhook"] = await _drain_webhook(pool, settings)
@@ -283,9 +283,8 @@ async def _serve_demo(pool: asyncpg.Pool, url: str, server_url: str, settings: S
     from orchestrator.cli.serve import serve
 
     host, port = settings.api_host, args.port or settings.api_port
-    exe, database = program(), database_of(url)
-    env = f"ORCHESTRATOR_DATABASE_NAME={database} " if database != database_of(server_url) \
-        else ""
+    exe, setting = program(), database_setting(url, server_url)
+    env = f"{setting} " if setting else ""
     result["serving"] = f"http://{host}:{port}"
     # this process serves: the command that would serve again is left out
     result["explore"] = [c for c in result["explore"] if not c.startswith(f"{exe} serve")]
@@ -467,15 +466,20 @@ def program() -> str:
         return str(argv0.resolve())
 
 
-def explore_commands(database: str, server_database: str, rollout_id: int, *,
-                     docs_url: str) -> list[str]:
-    """Commands that work as printed after the demo: they name the demo's database (when it
-    is not the one the settings name already) through ORCHESTRATOR_DATABASE_NAME. A token
-    is never printed here: `tokens create` prints one, once, when the user asks."""
+def database_setting(url: str, server_url: str) -> str | None:
+    """`ORCHESTRATOR_DATABASE_NAME=<the demo's database>`, or None when the settings already
+    name it (the demo could not create a database of its own)."""
+    database = database_of(url)
+    return None if database == database_of(server_url) else \
+        f"ORCHESTRATOR_DATABASE_NAME={database}"
+
+
+def explore_commands(setting: str | None, rollout_id: int, *, docs_url: str) -> list[str]:
+    """Commands that work as printed after the demo: they name the demo's database through
+    `setting` (see `database_setting`). A token is never printed here: `tokens create`
+    prints one, once, when the user asks."""
     exe = program()
-    lines = []
-    if database != server_database:
-        lines.append(f"export ORCHESTRATOR_DATABASE_NAME={database}")
+    lines = [f"export {setting}"] if setting else []
     lines += [
         f"{exe} rollout show {rollout_id}",
         f"{exe} report {rollout_id} --format html -o rollout-{rollout_id}.html",

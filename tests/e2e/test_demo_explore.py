@@ -16,6 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.e2e.test_api_serve import wait_ready
 from tests.helpers import ROOT, VENV_BIN, LoggedPopen, cli_env, drop_database, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(480)]
@@ -81,18 +82,8 @@ async def test_the_commands_the_demo_prints_show_its_rollout(pg_server_url: str,
                              env=env, cwd=ROOT)
         try:
             base = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 60
+            await wait_ready(base, server, timeout=60)
             async with aiohttp.ClientSession() as session:
-                while True:
-                    assert server.poll() is None, server.output()[1][-3000:]
-                    try:
-                        async with session.get(f"{base}/readyz") as resp:
-                            if resp.status == 200:
-                                break
-                    except aiohttp.ClientConnectionError:
-                        pass
-                    assert time.monotonic() < deadline, "serve never became ready"
-                    await asyncio.sleep(0.2)
                 auth = {"Authorization": f"Bearer {token}"}
                 async with session.get(f"{base}/api/v1/rollouts/1", headers=auth) as resp:
                     assert resp.status == 200
