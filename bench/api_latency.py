@@ -258,6 +258,7 @@ def run(opts: argparse.Namespace, procs: Processes, db: Any, tmp: Path,
     asyncio.run(wait_ready(base, serve, 60))
     strategy = {
         "waves": ["1%", "10%", "100%"], "max_concurrency": opts.concurrency,
+        "preflight": "off",
         "reboot_grace": max(600.0, 10 * opts.reboot_seconds),
         "task_timeout": max(3600.0, 10 * (opts.install_seconds + opts.reboot_seconds)),
     }

@@ -241,7 +241,7 @@ def main() -> int:
             strategy = tmp / "strategy.json"
             strategy.write_text(json.dumps({
                 "waves": [w if w.endswith("%") else int(w) for w in opts.waves.split(",")],
-                "max_concurrency": opts.concurrency,
+                "max_concurrency": opts.concurrency, "preflight": "off",
                 "reboot_grace": opts.reboot_grace, "task_timeout": opts.task_timeout,
                 "max_failures": "100%", "dispatch_retries": opts.dispatch_retries,
                 **({"per_site_concurrency": opts.per_site} if opts.per_site else {}),

@@ -126,7 +126,7 @@ def run(opts: argparse.Namespace, procs: Processes, db: Any, tmp: Path) -> int:
     cli(env, "appliances", "import", str(sim.inventory))
     vacuum_full(db.url)
     before = sizes(db.url)
-    strategy = {"waves": ["100%"], "max_concurrency": opts.concurrency,
+    strategy = {"waves": ["100%"], "max_concurrency": opts.concurrency, "preflight": "off",
                 "reboot_grace": 600.0, "task_timeout": 3600.0}
     rollout_id = create_rollout(env, tmp, strategy, start=True)
     engine = procs.popen([str(BIN / "orchestrator"), "run", "--until-idle"], env=env,

@@ -70,6 +70,7 @@ async def run(opts: argparse.Namespace, url: str) -> dict[str, object]:
         rollout, _ = await rollout_store.create_rollout(
             pool, name="eta", target_version="9.0.1-20020", actor=ACTOR,
             strategy={"waves": ["5%", "100%"], "max_concurrency": opts.concurrency,
+                      "preflight": "off",
                       "reboot_grace": 30, "task_timeout": 120},
         )
         http = ApplianceHttp(request_timeout=5, connect_timeout=2, verify_tls=False,

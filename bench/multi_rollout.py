@@ -317,6 +317,7 @@ def run(opts: argparse.Namespace, procs: Processes, db: Any, tmp: Path,
     for k, lim in enumerate(limits):
         strategy: dict[str, Any] = {
             "waves": waves_spec, "max_concurrency": lim["max_concurrency"],
+            "preflight": "off",
             "reboot_grace": max(600.0, 10 * opts.reboot_seconds),
             "task_timeout": max(3600.0, 10 * (opts.install_seconds + opts.reboot_seconds)),
             **({"per_site_concurrency": lim["per_site"]} if lim["per_site"] else {}),

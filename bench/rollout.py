@@ -410,7 +410,7 @@ def run(opts: argparse.Namespace, procs: Processes, db: Any, tmp: Path,
         cli(env, "webhooks", "add", "--name", "hanging", "--url", url)
     waves: list[Any] = [w if w.endswith("%") else int(w) for w in opts.waves.split(",")]
     strategy = {
-        "waves": waves, "max_concurrency": opts.concurrency,
+        "waves": waves, "max_concurrency": opts.concurrency, "preflight": "off",
         "reboot_grace": max(600.0, 10 * opts.reboot_seconds),
         "task_timeout": max(3600.0, 10 * (opts.install_seconds + opts.reboot_seconds)),
     }

@@ -166,6 +166,7 @@ def run_orchestrator(procs: Processes, tmp: Path, sim: Simulator, db: Any,
     orchestrator_cli(env, "appliances", "import", str(sim.inventory))
     rollout_id = create_rollout(env, tmp, {
         "waves": ["1%", "10%", "100%"], "max_concurrency": opts.concurrency,
+        "preflight": "off",  # the playbook has no pre-flight either
         "reboot_grace": 600, "task_timeout": 3600,
     })
     sampler = ProcSampler(interval=0.5)

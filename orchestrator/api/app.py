@@ -11,9 +11,11 @@ from aiohttp import web
 from orchestrator.api import (
     appliances,
     audit,
+    console,
     events,
     health,
     openapi,
+    preflight,
     rollouts,
     sites,
     tasks,
@@ -32,6 +34,7 @@ from orchestrator.settings import Settings
 OPERATIONS: Final[tuple[Operation, ...]] = (
     *appliances.OPERATIONS,
     *rollouts.OPERATIONS,
+    *preflight.OPERATIONS,
     *tasks.OPERATIONS,
     *events.OPERATIONS,
     *audit.OPERATIONS,
@@ -41,6 +44,7 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
     *webhooks.OPERATIONS,
     *health.OPERATIONS,
     *openapi.OPERATIONS,
+    *console.OPERATIONS,
 )
 
 

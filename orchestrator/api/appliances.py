@@ -20,7 +20,7 @@ from typing import Any, Final
 import asyncpg
 from aiohttp import web
 
-from orchestrator.api.models import NAME, TAG, TEXT, ApplianceCreate, AppliancePatch
+from orchestrator.api.models import NAME, TAG, TAG_LIST, TEXT, ApplianceCreate, AppliancePatch
 from orchestrator.api.problems import FieldError, Problem
 from orchestrator.api.routing import Call, Operation, Resp, json_response, page
 from orchestrator.api.validation import (
@@ -37,6 +37,7 @@ from orchestrator.api.validation import (
 )
 from orchestrator.domain.inventory import (
     FIELDS,
+    REQUIRED,
     RowError,
     TargetPolicy,
     ValidationResult,
@@ -45,15 +46,17 @@ from orchestrator.domain.inventory import (
 )
 from orchestrator.domain.models import Appliance
 from orchestrator.inventory import InventoryError, parse_inventory, target_policy
+from orchestrator.settings import Settings
 from orchestrator.store import appliances as appliance_store
 from orchestrator.store.audit import record_audit
+from orchestrator.store.db import DB
 
 NAME_PARAM: Final = Param("name", "path", pattern=NAME, max_length=253,
                           description="The appliance's name.")
 IMPORT_TYPES: Final = {"text/csv": "csv", "application/json": "json"}
 
 
-def appliance_dict(a: Appliance) -> dict[str, Any]:
+def appliance_dict(a: Appliance, last_task: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "id": a.id, "name": a.name, "base_url": a.base_url, "site": a.site,
         "tags": list(a.tags), "timezone": a.timezone, "credentials_ref": a.credentials_ref,
@@ -61,7 +64,14 @@ def appliance_dict(a: Appliance) -> dict[str, Any]:
         "current_version": a.current_version,
         "last_seen_at": a.last_seen_at.isoformat() if a.last_seen_at else None,
         "enabled": a.enabled,
+        "last_task": last_task,
     }
+
+
+async def with_last_tasks(conn: DB, appliances: list[Appliance]) -> list[dict[str, Any]]:
+    """The appliances as the API shows them, each with its newest task (one statement)."""
+    last = await appliance_store.last_tasks(conn, [a.id for a in appliances])
+    return [appliance_dict(a, last.get(a.id)) for a in appliances]
 
 
 def _record(a: Appliance) -> dict[str, Any]:
@@ -88,7 +98,9 @@ def _not_found(name: str) -> Problem:
 
 
 def _host_change(exc: appliance_store.HostChangeError, field: str) -> Problem:
-    return Problem(422, str(exc), errors=[
+    """409: the request is valid in itself; the appliance as it is stored (its host) is
+    what refuses it."""
+    return Problem(409, str(exc), errors=[
         FieldError(field, f"appliance {name!r}: base_url host {old} -> {new} without its "
                           "credentials_ref") for name, old, new in exc.changes[:100]])
 
@@ -97,22 +109,25 @@ def _host_change(exc: appliance_store.HostChangeError, field: str) -> Problem:
 async def list_appliances(call: Call) -> web.StreamResponse:
     p = call.params
     limit = p["limit"]
-    items = await appliance_store.list_appliances(
-        call.pool, site=p["site"], tag=p["tag"], after_id=decode_cursor(p["cursor"]) or 0,
-        limit=limit + 1,
-    )
-    more = len(items) > limit
-    items = items[:limit]
-    return json_response(page([appliance_dict(a) for a in items],
-                              encode_cursor(items[-1].id) if more else None))
+    async with call.pool.acquire() as conn:
+        items = await appliance_store.list_appliances(
+            conn, site=p["site"], tag=p["tag"], version=p["version"],
+            after_id=decode_cursor(p["cursor"]) or 0, limit=limit + 1,
+        )
+        more = len(items) > limit
+        items = items[:limit]
+        out = await with_last_tasks(conn, items)
+    return json_response(page(out, encode_cursor(items[-1].id) if more else None))
 
 
 async def get_appliance(call: Call) -> web.StreamResponse:
     name = call.params["name"]
-    found = await appliance_store.get_appliance(call.pool, name)
-    if found is None:
-        raise _not_found(name)
-    return json_response(appliance_dict(found))
+    async with call.pool.acquire() as conn:
+        found = await appliance_store.get_appliance(conn, name)
+        if found is None:
+            raise _not_found(name)
+        [out] = await with_last_tasks(conn, [found])
+    return json_response(out)
 
 
 async def create_appliance(call: Call) -> web.StreamResponse:
@@ -131,9 +146,9 @@ async def create_appliance(call: Call) -> web.StreamResponse:
         await record_audit(conn, call.actor, "appliance.create", "appliance", spec.name,
                            {"site": spec.site})
         created = await appliance_store.get_appliance(conn, spec.name)
-    assert created is not None
-    return json_response(appliance_dict(created), 201,
-                         {"Location": f"/api/v1/appliances/{created.name}"})
+        assert created is not None
+        [out] = await with_last_tasks(conn, [created])
+    return json_response(out, 201, {"Location": f"/api/v1/appliances/{created.name}"})
 
 
 async def update_appliance(call: Call) -> web.StreamResponse:
@@ -149,8 +164,8 @@ async def update_appliance(call: Call) -> web.StreamResponse:
         record.update({k: v for k, v in changes.items() if k != "enabled"})
         if ("base_url" in changes and "credentials_ref" not in changes
                 and url_host(str(changes["base_url"])) != url_host(current.base_url)):
-            raise Problem(
-                422, f"appliance {name!r}: base_url moves it from host "
+            raise Problem(  # the stored host refuses it (as a host change in an import)
+                409, f"appliance {name!r}: base_url moves it from host "
                      f"{url_host(current.base_url)} to {url_host(str(changes['base_url']))}: "
                      "give its credentials_ref again in the same change (the credentials "
                      "would otherwise be sent to the new host)",
@@ -159,14 +174,18 @@ async def update_appliance(call: Call) -> web.StreamResponse:
         spec, reasons = validate_record(record, target_policy(call.state.settings))
         if spec is None:
             raise _invalid_record(reasons)
-        await appliance_store.upsert_appliances(conn, [spec])
+        try:  # a move that also clears its credentials_ref: refused by the store
+            await appliance_store.upsert_appliances(conn, [spec])
+        except appliance_store.HostChangeError as exc:
+            raise _host_change(exc, "body.credentials_ref") from None
         if "enabled" in changes:
             await appliance_store.set_enabled(conn, name, bool(changes["enabled"]))
         await record_audit(conn, call.actor, "appliance.update", "appliance", name,
                            {"fields": sorted(changes)})
         updated = await appliance_store.get_appliance(conn, name)
-    assert updated is not None
-    return json_response(appliance_dict(updated))
+        assert updated is not None
+        [out] = await with_last_tasks(conn, [updated])
+    return json_response(out)
 
 
 async def delete_appliance(call: Call) -> web.StreamResponse:
@@ -264,17 +283,41 @@ def _rows_problem(errors: list[RowError], more: int = 0) -> Problem:
 
 
 # ------------------------------------------------------------------ operations
-_RECORD_DOC: Final = {
-    "type": "object",
-    "properties": {
-        **{key: {"type": ["string", "null"]} for key in FIELDS if key != "tags"},
-        "tags": {"anyOf": [{"type": "array", "items": {"type": "string"}},
-                           {"type": "string"}, {"type": "null"}],
-                 "description": "A list, or one ';'-separated text."},
-    },
-    "required": ["name", "base_url", "site"],
-    "additionalProperties": False,
-}
+def _component_refs(value: Any) -> Any:
+    """A model's schema with its `x-component` markers as $refs (as api/openapi.py does
+    for the components)."""
+    if isinstance(value, dict):
+        if "x-component" in value:
+            return {"$ref": f"#/components/schemas/{value['x-component']}"}
+        return {k: _component_refs(v) for k, v in value.items() if k != "default"}
+    if isinstance(value, list):
+        return [_component_refs(v) for v in value]
+    return value
+
+
+def _record_doc() -> dict[str, Any]:
+    """A row of a JSON import: an ApplianceCreate, as an inventory file may also write it
+    (validate_record): an optional field may be null or "" (not given), and `tags` one
+    ';'-separated text."""
+    model = _component_refs(ApplianceCreate.model_json_schema())
+    properties: dict[str, Any] = {}
+    for key, schema in model["properties"].items():
+        if key == "tags":  # empty tags are skipped
+            schema["items"] = {"anyOf": [schema["items"], {"type": "string", "maxLength": 0}]}
+            schema = {"anyOf": [schema, {"type": "string", "pattern": TAG_LIST},
+                                {"type": "null"}],
+                      "description": "A list, or one ';'-separated text."}
+        elif key not in REQUIRED:
+            schema = {"anyOf": [*schema["anyOf"], {"type": "string", "maxLength": 0}]}
+        properties[key] = schema
+    assert set(properties) == set(FIELDS)
+    return {"type": "object", "properties": properties, "required": list(REQUIRED),
+            "additionalProperties": False}
+
+
+_RECORD_DOC: Final = _record_doc()
+# the default settings' appliance_import_max_rows
+_MAX_ROWS: Final = Settings.model_fields["appliance_import_max_rows"].default
 
 OPERATIONS: Final = (
     Operation(
@@ -284,8 +327,12 @@ OPERATIONS: Final = (
                       description="Only this site."),
                 Param("tag", "query", pattern=TAG, max_length=100,
                       description="Only appliances with this tag."),
+                Param("version", "query", pattern=TEXT, max_length=200,
+                      description="Only appliances whose current version is exactly this "
+                                  "one."),
                 limit_param(), CURSOR),
-        responses={200: Resp("A page of appliances, by id.", "AppliancePage")},
+        responses={200: Resp("A page of appliances, by id, each with its newest task "
+                             "(`last_task`).", "AppliancePage")},
     ),
     Operation(
         "POST", "/api/v1/appliances", create_appliance, "createAppliance",
@@ -307,14 +354,18 @@ OPERATIONS: Final = (
                            "objects. At most 16 MiB.",
             "content": {
                 "text/csv": {"schema": {"type": "string"}},
-                "application/json": {"schema": {"type": "array", "minItems": 1,
-                                                "items": _RECORD_DOC}},
+                "application/json": {"schema": {
+                    "type": "array", "minItems": 1, "maxItems": _MAX_ROWS,
+                    "items": _RECORD_DOC, "examples": [[ApplianceCreate.example]]}},
             },
         },
         responses={200: Resp("Imported: inserted and updated counts.", "ImportResult")},
+        errors=(409,),
         description="Upserts by name in one transaction, like `orchestrator appliances "
                     "import`. A body with any bad row imports nothing: 422 lists every bad "
-                    "row with its line.",
+                    "row with its line (a name given on two rows too). 409 when a row moves "
+                    "an existing appliance to another host without its `credentials_ref`. "
+                    "At most `appliance_import_max_rows` rows (200,000 by default).",
     ),
     Operation(
         "GET", "/api/v1/appliances/{name}", get_appliance, "getAppliance",
@@ -326,6 +377,10 @@ OPERATIONS: Final = (
         "Change an appliance", "appliances", "admin", params=(NAME_PARAM,),
         body=AppliancePatch,
         responses={200: Resp("The appliance after the change.", "Appliance")},
+        errors=(409,),
+        description="409 when `base_url` moves it to another host without its "
+                    "`credentials_ref` in the same change (the credentials would otherwise "
+                    "go to the new host).",
     ),
     Operation(
         "DELETE", "/api/v1/appliances/{name}", delete_appliance, "deleteAppliance",

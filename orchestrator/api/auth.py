@@ -13,6 +13,13 @@ refused) in the last minute gets 429 with `Retry-After` on every route that need
 without a lookup, until the minute has passed. Every 401, 403 and 429 is logged
 (`api_auth_denied`: route, client address, the token's name when known, never the token),
 at most a few lines per address and minute (`DenialLog`).
+
+Stream tickets (`check_ticket`): the operations that accept one (the event stream, whose
+browser client EventSource cannot send a header) take `?ticket=` instead of the header. A
+ticket is made by `POST /api/v1/stream-tickets` for the caller's token, works once and for
+30 s (store/tickets.py); using it looks its token up again (revoked or expired: refused). A
+bad, used or expired ticket is a 401 counted in the failure limit like a bad token. The
+ticket is never logged.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from aiohttp import web
 
 from orchestrator.api.problems import FieldError, Problem
 from orchestrator.logs import get_logger
+from orchestrator.store import tickets as ticket_store
 from orchestrator.store import tokens as token_store
 from orchestrator.store.db import DB
 from orchestrator.store.tokens import TokenInfo
@@ -43,16 +51,24 @@ RANK: Final[dict[str, int]] = {"viewer": 1, "operator": 2, "admin": 3}
 REALM: Final = 'Bearer realm="orchestrator"'
 _TOKEN = re.compile(r"^[A-Za-z0-9._~+/=-]{1,512}$")
 TOUCH_EVERY: Final = 60.0  # seconds between two last_used_at writes of one token
+_TICKET = re.compile(r"^[A-Za-z0-9_-]{20,128}$")
+NEW_TICKET: Final = ("get a new one with POST /api/v1/stream-tickets (a ticket opens one "
+                     f"stream, once, within {ticket_store.TICKET_SECONDS} s)")
 
 
 def allows(role: str, required: Role) -> bool:
     return RANK.get(role, 0) >= RANK[required]
 
 
-def _unauthorized(detail: str, error: str | None = None) -> Problem:
+def _unauthorized(detail: str, error: str | None = None,
+                  field: str = "Authorization") -> Problem:
     challenge = REALM + (f', error="{error}"' if error else "")
     return Problem(401, detail, headers={"WWW-Authenticate": challenge},
-                   errors=[FieldError("Authorization", detail)])
+                   errors=[FieldError(field, detail)])
+
+
+def _bad_ticket(detail: str) -> Problem:
+    return _unauthorized(f"{detail}: {NEW_TICKET}", "invalid_token", "ticket")
 
 
 def bearer_token(request: web.Request) -> str:
@@ -206,7 +222,7 @@ class Authenticator:
                             role=info.role if info else None)
         return problem
 
-    async def check(self, db: DB, request: web.Request, required: Role) -> TokenInfo:
+    def _check_limit(self, request: web.Request) -> None:
         client = client_address(request)
         wait = self.retry_after(client)
         if wait is not None:
@@ -215,11 +231,23 @@ class Authenticator:
                      f"{self.failure_limit} in the last minute; retry in {wait} s",
                 headers={"Retry-After": str(wait)}, retry_after=wait,
             ), "too_many_failures", count=False)
+
+    async def check(self, db: DB, request: web.Request, required: Role, *,
+                    ticket_ok: bool = False) -> TokenInfo:
+        """The request's bearer token, if it may call an operation that needs `required`
+        (`ticket_ok`: the operation also takes a stream ticket, which the 401 of a request
+        with neither mentions)."""
+        self._check_limit(request)
         try:
             token = bearer_token(request)
         except Problem as problem:
             presented = bool(request.headers.get("Authorization"))
-            raise self._refuse(request, problem, "malformed" if presented else "missing",
+            refused = problem
+            if not presented and ticket_ok:
+                refused = _unauthorized("send an Authorization: Bearer <token> header, or "
+                                        "?ticket= with a ticket from POST "
+                                        "/api/v1/stream-tickets")
+            raise self._refuse(request, refused, "malformed" if presented else "missing",
                                count=presented) from None
         info = await self._lookup(db, token)
         if info is None or info.revoked_at is not None:
@@ -234,6 +262,41 @@ class Authenticator:
                                        f"{info.expires_at.isoformat()}; create a new one",
                                        "invalid_token"),
                 "expired", count=True, info=info)
+        return await self._admit(db, request, info, required)
+
+    async def check_ticket(self, db: DB, request: web.Request, required: Role) -> TokenInfo:
+        """The token of the request's `?ticket=` (used up by this call), if it is active and
+        may call an operation that needs `required`. The ticket is never logged."""
+        self._check_limit(request)
+        values = request.rel_url.query.getall("ticket", [])
+        if len(values) != 1 or not _TICKET.match(values[0]):
+            raise self._refuse(request, _bad_ticket(
+                "query parameter ticket: give exactly one stream ticket, as it was issued"),
+                "ticket_malformed", count=True)
+        redeemed = await ticket_store.redeem(db, values[0])
+        if redeemed is None:
+            raise self._refuse(request, _bad_ticket(
+                "the stream ticket is unknown, already used or expired"), "ticket_unknown",
+                count=True)
+        info = redeemed.token
+        if redeemed.expired:
+            raise self._refuse(request, _bad_ticket(
+                f"the stream ticket expired at {redeemed.expires_at.isoformat()}"),
+                "ticket_expired", count=True, info=info)
+        if info.revoked_at is not None:
+            raise self._refuse(request, _bad_ticket(
+                f"the token {info.name!r} this stream ticket was made for is revoked"),
+                "revoked", count=True, info=info)
+        if info.expired(datetime.now(UTC)):
+            assert info.expires_at is not None
+            raise self._refuse(request, _bad_ticket(
+                f"the token {info.name!r} this stream ticket was made for expired at "
+                f"{info.expires_at.isoformat()}"), "expired", count=True, info=info)
+        return await self._admit(db, request, info, required)
+
+    async def _admit(self, db: DB, request: web.Request, info: TokenInfo,
+                     required: Role) -> TokenInfo:
+        """An active token: 403 when its role is too low; else records its use."""
         if not allows(info.role, required):
             raise self._refuse(request, Problem(
                 403, f"token {info.name!r} has the role {info.role}; this needs {required}",

@@ -4,8 +4,9 @@
   The events come in id order and each exactly once: a client that reconnects with
   `Last-Event-ID` (browsers' EventSource does it by itself) gets every transition after
   that id, none twice (see orchestrator/store/events.py for why no id is ever skipped).
-- `event: progress` (no id): the rollout's state and task counts; sent first, after each
-  batch of task events and when the rollout's state changes.
+- `event: progress` (no id): the rollout's state, task counts and adaptive pace (`pace`,
+  null when off); sent first, after each batch of task events and when the rollout's
+  state changes.
 - `: keep-alive` comments every 15 s of silence, so proxies keep the connection.
 - `event: end`: the rollout is terminal (SUCCEEDED, COMPLETED_WITH_FAILURES, FAILED,
   CANCELLED), none of its tasks
@@ -13,6 +14,11 @@
   retry-failed reopens can be followed again by reconnecting with `Last-Event-ID`.
 
 `?follow=false` sends what exists now and ends instead of waiting for more.
+
+A browser's EventSource cannot send an Authorization header: it opens the stream with
+`?ticket=`, a single-use 30-second stream ticket its page got from
+`POST /api/v1/stream-tickets` with the token (api/console.py, api/auth.py). The stream then
+belongs to that token: counted against its limit, and checked again by its id.
 
 Limits (unauthenticated load, finding 5 of the security review; finding 10):
 - open streams are counted per token and in all (`api_sse_max_streams_per_token`,
@@ -36,13 +42,15 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from orchestrator.api.auth import bearer_token
+from orchestrator.api.auth import NEW_TICKET
 from orchestrator.api.problems import Problem
 from orchestrator.api.rollouts import ID_PARAM, not_found
 from orchestrator.api.routing import Call, Operation, Resp
+from orchestrator.api.stream_schema import STREAM_EVENT
 from orchestrator.api.validation import BIGINT_MAX, Param
 from orchestrator.domain.states import IN_FLIGHT_TASK_STATES, TERMINAL_ROLLOUT_STATES
 from orchestrator.logs import get_logger
+from orchestrator.store import pace as pace_store
 from orchestrator.store import rollouts as rollout_store
 from orchestrator.store import tokens as token_store
 from orchestrator.store.db import DB_TRANSIENT
@@ -94,6 +102,13 @@ class StreamLimits:
 
 STREAMS: Final = web.AppKey("orchestrator_sse_streams", StreamLimits)
 
+TICKET_PARAM: Final = Param(
+    "ticket", "query", pattern=r"^[A-Za-z0-9_-]{20,128}$",
+    description="A stream ticket from `POST /api/v1/stream-tickets`, instead of the "
+                "Authorization header (a browser's EventSource cannot send one, and a token "
+                "never goes in a URL). Single-use, valid 30 s; it authenticates as the token "
+                "that made it. A bad, used or expired ticket: 401; " + NEW_TICKET + ".")
+
 
 def sse(event: str, data: dict[str, Any], event_id: int | None = None) -> bytes:
     head = f"id: {event_id}\n" if event_id is not None else ""
@@ -121,7 +136,9 @@ class Stream:
         settings = call.state.settings
         self.recheck_every = settings.api_sse_token_recheck_seconds
         self.next_check = self.loop.time() + self.recheck_every
-        self.bearer = bearer_token(call.request) if call.token is not None else None
+        # looked up again by id: the same for a stream opened with a bearer token or with
+        # a stream ticket (which was that token's, and is used up)
+        self.token_id = call.token.id if call.token is not None else None
 
     async def write(self, data: bytes) -> None:
         await self.response.write(data)
@@ -133,12 +150,14 @@ class Stream:
         except RolloutNotFound:
             return None
         counts = await rollout_store.rollout_counts(self.call.pool, self.rollout_id)
+        pace = await pace_store.pace_state(self.call.pool, self.rollout_id)
         state = str(rollout.state)
         await self.write(sse("progress", {
             "rollout": rollout.id, "state": state, "current_wave": rollout.current_wave,
             "counts": counts.by_state,
             "in_flight": sum(counts.by_state.get(s, 0) for s in IN_FLIGHT_TASK_STATES),
             "last_event_id": self.reader.after_id,
+            "pace": pace.to_dict() if pace is not None else None,
         }))
         self.sent_state = state
         self.unreported = False
@@ -147,10 +166,10 @@ class Stream:
     async def token_valid(self) -> bool:
         """Whether the stream's token is still active (looked up again every
         `recheck_every` seconds; between two lookups the last answer holds)."""
-        if self.bearer is None or self.loop.time() < self.next_check:
+        if self.token_id is None or self.loop.time() < self.next_check:
             return True
         self.next_check = self.loop.time() + self.recheck_every
-        return await token_store.authenticate(self.call.pool, self.bearer) is not None
+        return await token_store.active_by_id(self.call.pool, self.token_id) is not None
 
     async def run(self, follow: bool) -> None:
         state = self.call.state
@@ -240,19 +259,25 @@ OPERATIONS: Final = (
                   description="Same as the Last-Event-ID header, for a first connection."),
             Param("follow", "query", "boolean", default=True,
                   description="false: send what exists now, then end."),
+            TICKET_PARAM,
         ),
+        ticket_auth=True,
         responses={200: Resp(
             "text/event-stream: `event: task` (id = task_events.id, data TaskEvent), "
             "`event: progress` (data Progress), `: keep-alive` comments, and `event: end` "
             "once the rollout is terminal with nothing in flight; `event: unauthorized` "
             "when the token was revoked or expired while the stream was open (then it "
-            "ends).",
-            {"type": "string"}, media_type="text/event-stream")},
+            "ends). The schema is that of one event (api/stream_schema.py).",
+            STREAM_EVENT, media_type="text/event-stream")},
         errors=(429,),
         description="At most `api_sse_max_streams_per_token` streams per token and "
                     "`api_sse_max_streams` in all are open at once: one more is answered "
                     "429 with `Retry-After`. The token is checked again every "
                     "`api_sse_token_recheck_seconds`: once it is revoked or has expired, "
-                    "the stream sends `event: unauthorized` and ends.",
+                    "the stream sends `event: unauthorized` and ends. A browser's "
+                    "EventSource, which cannot send the Authorization header, passes "
+                    "`?ticket=` instead (a single-use stream ticket of the token, from "
+                    "`POST /api/v1/stream-tickets`); such a stream is checked the same way, "
+                    "by the token the ticket was made for.",
     ),
 )

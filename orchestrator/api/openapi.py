@@ -36,9 +36,10 @@ TAGS: Final = (
     ("tasks", "What happened to each appliance of a rollout."),
     ("events", "Server-sent events of a rollout's progress."),
     ("audit", "Who did what."),
-    ("tokens", "API tokens (admin)."),
+    ("tokens", "API tokens: the caller's own (any role), every token (admin)."),
     ("health", "Liveness, readiness and metrics (no token)."),
     ("docs", "This document and its pages (no token)."),
+    ("console", "The operator console: its page and files (no token)."),
 )
 
 DESCRIPTION: Final = """\

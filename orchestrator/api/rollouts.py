@@ -30,9 +30,15 @@ from orchestrator.api.validation import (
     read_no_body,
 )
 from orchestrator.domain.selector import SelectorError
-from orchestrator.domain.states import IN_FLIGHT_TASK_STATES, OperationNotAllowed
+from orchestrator.domain.states import (
+    IN_FLIGHT_TASK_STATES,
+    TERMINAL_ROLLOUT_STATES,
+    OperationNotAllowed,
+)
 from orchestrator.domain.strategy import StrategyError
 from orchestrator.store import engines as engine_store
+from orchestrator.store import pace as pace_store
+from orchestrator.store import preflight as preflight_store
 from orchestrator.store import rollouts as rollout_store
 from orchestrator.store.forecast import rollout_forecast
 from orchestrator.store.rollouts import (
@@ -91,6 +97,10 @@ async def rollout_detail(pool: asyncpg.Pool, rollout_id: int, *, forecast: bool 
         out["engine"] = engine.to_dict()
         out["counts"] = counts.to_dict()
         out["in_flight"] = sum(counts.by_state.get(s, 0) for s in IN_FLIGHT_TASK_STATES)
+        preflight = await preflight_store.summary(conn, rollout_id)
+        out["preflight"] = preflight.to_dict() if preflight is not None else None
+        pace = await pace_store.pace_state(conn, rollout_id)
+        out["pace"] = pace.to_dict() if pace is not None else None
         if forecast:
             result = await rollout_forecast(conn, rollout_id, datetime.now(UTC),
                                             eta_task_seconds, engine=engine)
@@ -102,15 +112,25 @@ async def rollout_detail(pool: asyncpg.Pool, rollout_id: int, *, forecast: bool 
 async def list_rollouts(call: Call) -> web.StreamResponse:
     p = call.params
     limit = p["limit"]
-    items = await rollout_store.list_rollouts(
-        call.pool, states=p["state"] or None, after_id=decode_cursor(p["cursor"]),
-        limit=limit + 1,
-    )
-    more = len(items) > limit
-    items = items[:limit]
-    engine = (await engine_store.engine_status(call.pool)).to_dict()
-    return json_response(page([{**r.to_dict(), "engine": engine} for r in items],
-                              encode_cursor(items[-1].id) if more else None))
+    async with call.pool.acquire() as conn:
+        items = await rollout_store.list_rollouts(
+            conn, states=p["state"] or None, after_id=decode_cursor(p["cursor"]),
+            limit=limit + 1,
+        )
+        more = len(items) > limit
+        items = items[:limit]
+        engine = await engine_store.engine_status(conn)
+        counts = await rollout_store.state_counts(conn, [r.id for r in items])
+        out = [{**r.to_dict(), "engine": engine.to_dict(), "counts": counts[r.id]}
+               for r in items]
+        if p["forecast"]:
+            now = datetime.now(UTC)
+            for r, item in zip(items, out, strict=True):
+                item["forecast"] = None if r.state in TERMINAL_ROLLOUT_STATES else (
+                    await rollout_forecast(conn, r.id, now,
+                                           call.state.settings.eta_task_seconds,
+                                           engine=engine)).to_dict()
+    return json_response(page(out, encode_cursor(items[-1].id) if more else None))
 
 
 def check_duties_on_create(call: Call, strategy: dict[str, Any]) -> None:
@@ -254,8 +274,12 @@ OPERATIONS: Final = (
         "rollouts", "viewer",
         params=(Param("state", "query", many=True, enum=tuple(ROLLOUT_STATES),
                       description="Only rollouts in these states (repeatable)."),
-                limit_param(), CURSOR),
-        responses={200: Resp("A page of rollouts, newest first.", "RolloutPage")},
+                limit_param(), CURSOR,
+                Param("forecast", "query", "boolean", default=False,
+                      description="Add each rollout's `forecast` (ETA), as getRollout "
+                                  "gives it; null for a terminal rollout.")),
+        responses={200: Resp("A page of rollouts, newest first, each with its task counts "
+                             "by state.", "RolloutPage")},
     ),
     Operation(
         "POST", "/api/v1/rollouts", create_rollout, "createRollout",

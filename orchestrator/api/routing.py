@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
@@ -96,6 +97,9 @@ class Operation:
     errors: tuple[int, ...] = ()  # problem statuses besides those implied below
     description: str = ""
     uses_database: bool = True
+    # also authenticated by `?ticket=` (a stream ticket, api/auth.py) instead of the
+    # Authorization header: for clients that cannot send a header (EventSource)
+    ticket_auth: bool = False
 
     @property
     def mutation(self) -> bool:
@@ -103,11 +107,16 @@ class Operation:
 
     def route_path(self) -> str:
         """The path as routed: integer path parameters match digits only, so that
-        `/rollouts/plan` is never taken for `/rollouts/{id}`."""
+        `/rollouts/plan` is never taken for `/rollouts/{id}`; a path parameter with a
+        fixed set of values (the files of a page) matches those only: anything else is
+        404, no such path."""
         path = self.path
         for p in self.params:
             if p.where == "path" and p.kind == "integer":
                 path = path.replace(f"{{{p.name}}}", f"{{{p.name}:[0-9]{{1,19}}}}")
+            elif p.where == "path" and p.enum:
+                values = "|".join(re.escape(v) for v in p.enum)
+                path = path.replace(f"{{{p.name}}}", f"{{{p.name}:(?:{values})}}")
         return path
 
     def problem_statuses(self) -> list[int]:
@@ -131,7 +140,11 @@ def wrap(op: Operation) -> Callable[[web.Request], Awaitable[web.StreamResponse]
         state = request.app[STATE]
         token = None
         if op.role is not None:
-            token = await state.auth.check(state.pool, request, op.role)
+            if op.ticket_auth and "ticket" in request.rel_url.query:
+                token = await state.auth.check_ticket(state.pool, request, op.role)
+            else:
+                token = await state.auth.check(state.pool, request, op.role,
+                                               ticket_ok=op.ticket_auth)
         params = parse_params(request, op.params)
         return await op.handler(Call(request, params, token, state))
 

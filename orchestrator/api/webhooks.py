@@ -77,9 +77,11 @@ async def create_webhook(call: Call) -> web.StreamResponse:
             secret_ref=body.secret_ref, format=body.format,
             policy=target_policy(call.state.settings))
     except WebhookError as exc:
-        if exc.field == "name":  # the pattern was checked: the name is taken
-            raise Problem(409, exc.message,
-                          errors=[FieldError("body.name", exc.message)]) from None
+        if exc.field in ("name", "rollout"):
+            # the body is valid; the state of things refuses it: the name is taken (its
+            # pattern was checked), or the rollout it names does not exist (any more)
+            field = _BODY_FIELDS.get(exc.field, f"body.{exc.field}")
+            raise Problem(409, exc.message, errors=[FieldError(field, exc.message)]) from None
         raise _problem(exc) from None
     return json_response(hook.to_dict(), 201, {"Location": f"{BASE}/{hook.name}"})
 
@@ -152,8 +154,9 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         errors=(409,),
         description="Same rules as `orchestrator webhooks add`: 422 names the bad field (a "
                     "URL without a host or with user:password@, a `secret_ref` the "
-                    "settings do not allow, a rollout that does not exist); 409 when the "
-                    "name is taken. Without `events` it receives every event.",
+                    "settings do not allow); 409 when the name is taken or `rollout_id` "
+                    "names a rollout that does not exist. Without `events` it receives "
+                    "every event.",
     ),
     Operation(
         "GET", f"{BASE}/deliveries", list_deliveries, "listWebhookDeliveries",

@@ -153,9 +153,11 @@ OPERATIONS: Final = (
             (op_id, "window", "$response.body#/name")
             for op_id in ("getWindow", "updateWindow", "deleteWindow")))},
         errors=(409,),
-        description="Same rules as `orchestrator windows create`: 422 names the bad field "
-                    "(e.g. a cron expression that never matches, a cutoff not shorter than "
-                    "the duration, an unknown time zone); 409 when the name exists.",
+        description="Same rules as `orchestrator windows create`: 422 names the bad field, "
+                    "also for the rules between two values that the schema cannot state (a "
+                    "cutoff not shorter than the duration, a cron range that ends before it "
+                    "starts, a day of the month that its months lack, a window that does "
+                    "not open within 400 days); 409 when the name exists.",
     ),
     Operation(
         "GET", "/api/v1/maintenance-windows:next", next_window_openings, "nextWindowOpenings",

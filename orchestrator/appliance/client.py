@@ -348,6 +348,22 @@ class ApplianceClient:
             request_timeout=request_timeout,
         )
 
+    async def get_repository(self, *, request_timeout: float | None = None) -> dict[str, Any]:
+        """`GET /appliance/update-manager/repository` -> the repository settings as
+        answered (`url`, `mounted_iso`, `username`; never a password): a JSON object."""
+        return await self._call(
+            "GET",
+            "/appliance/update-manager/repository",
+            op="update repository",
+            parse=self._object,
+            request_timeout=request_timeout,
+        )
+
+    def _object(self, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict):
+            raise MalformedResponse(self.name, "the answer is not a JSON object")
+        return body
+
     def _task(self, body: Any) -> Task:
         return parse_task(body, appliance=self.name)
 

@@ -28,6 +28,7 @@ from orchestrator.appliance import ApplianceHttp
 from orchestrator.cli.common import UsageError
 from orchestrator.cli.rollout import wave_line
 from orchestrator.domain.inventory import TargetPolicy
+from orchestrator.domain.preflight import summary_line
 from orchestrator.domain.states import TERMINAL_TASK_STATES
 from orchestrator.domain.strategy import parse_strategy
 from orchestrator.engine.engine import Engine, EngineConfig
@@ -37,9 +38,18 @@ from orchestrator.logs import configure_logging
 from orchestrator.reports import write_reports
 from orchestrator.settings import Settings
 from orchestrator.simulator import FaultProfile, Simulator, SimulatorConfig, run_simulator
-from orchestrator.simulator.faults import FAULTS
+from orchestrator.simulator.faults import (
+    BAD_CREDENTIALS,
+    FAULTS,
+    NO_REPOSITORY,
+    RECONFIGURE_PENDING,
+    REPO_UNREACHABLE,
+    SERVICES_DOWN,
+    VERSION_NOT_OFFERED,
+)
 from orchestrator.store import appliances as appliance_store
 from orchestrator.store import migrations, webhooks
+from orchestrator.store import preflight as preflight_store
 from orchestrator.store import rollouts as rollout_store
 from orchestrator.store import tasks as task_store
 from orchestrator.store.audit import Actor
@@ -56,6 +66,10 @@ DEMO_DATABASE = "orchestrator_demo"
 TARGET = "9.0.1-20020"
 NEXT_VERSION = "9.0.2-20030"  # what the fleet also offers with --serve
 ACTOR = Actor(name="demo", via="cli")
+# the pre-flight problems the built-in `mixed` mix plants, one appliance each, on the last
+# appliances of the fleet (one per site with 6 sites; the last wave, never the canary)
+PLANTED: tuple[str, ...] = (BAD_CREDENTIALS, NO_REPOSITORY, REPO_UNREACHABLE,
+                            VERSION_NOT_OFFERED, SERVICES_DOWN, RECONFIGURE_PENDING)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -101,6 +115,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"Ctrl-C: create a second rollout (e.g. to {NEXT_VERSION}) and watch it")
     p.add_argument("--port", type=int, default=None,
                    help="with --serve: the API's port (default: the api_port setting, 8080)")
+    p.add_argument("--preflight", choices=("off", "warn", "required"), default="warn",
+                   help="the rollout's pre-flight (docs/preflight.md): warn (default) checks "
+                        "every appliance before the first install and installs anyway; "
+                        "required leaves the failing ones out (SKIPPED)")
     p.add_argument("--json", action="store_true",
                    help="print only the summary, as one JSON object")
     p.add_argument("--verbose", action="store_true",
@@ -121,7 +139,8 @@ def demo_config(args: argparse.Namespace) -> SimulatorConfig:
     except OSError as exc:
         raise UsageError(f"--profile {args.profile}: cannot read: {exc.strerror}") from None
     profile = loaded.with_changes(
-        params=dataclasses.replace(loaded.params, long_reboot_seconds=args.long_reboot_seconds)
+        params=dataclasses.replace(loaded.params, long_reboot_seconds=args.long_reboot_seconds),
+        appliances={**loaded.appliances, **planted_problems(args)},
     )
     return SimulatorConfig(
         appliances=args.appliances, sites=args.sites, seed=args.seed,
@@ -131,6 +150,15 @@ def demo_config(args: argparse.Namespace) -> SimulatorConfig:
         # with --serve, a second version to roll out after the demo's
         available_versions=(TARGET, NEXT_VERSION) if args.serve else (TARGET,),
     )
+
+
+def planted_problems(args: argparse.Namespace) -> dict[str, tuple[str, ...]]:
+    """With the built-in `mixed` profile (the default) and a fleet of at least 24: one
+    appliance per pre-flight problem (PLANTED), the last ones of the fleet."""
+    if args.profile != "mixed" or args.appliances < 4 * len(PLANTED):
+        return {}
+    first = args.appliances - len(PLANTED)
+    return {f"sim-{first + i + 1:05d}": (fault,) for i, fault in enumerate(PLANTED)}
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -165,6 +193,7 @@ def demo_strategy(args: argparse.Namespace) -> dict[str, Any]:
         "reboot_grace": args.reboot_grace,
         "task_timeout": max(60.0, args.reboot_grace * 4),
         "dispatch_retries": 1,
+        "preflight": args.preflight,
     }
 
 
@@ -196,8 +225,11 @@ async def truth_mismatches(pool: asyncpg.Pool, rollout_id: int,
     bad = []
     for r in rows:
         actual = versions.get(r["name"])
+        # SKIPPED without a final version: a pre-flight left it out, nothing was installed
+        left_out = r["state"] == "SKIPPED" and r["final_version"] is None
         wrong = (
-            (r["state"] in ("SUCCEEDED", "SKIPPED") and actual != target)
+            (left_out and actual == target)
+            or (r["state"] in ("SUCCEEDED", "SKIPPED") and not left_out and actual != target)
             or (r["state"] in ("FAILED", "CANCELLED") and actual == target)
             or (r["final_version"] is not None and r["state"] != "TIMED_OUT"
                 and r["final_version"] != actual)
@@ -216,10 +248,16 @@ async def _progress(pool: asyncpg.Pool, rollout_id: int, done: asyncio.Event) ->
     with Progress(TextColumn("{task.description}"), BarColumn(),
                   TextColumn("{task.fields[detail]}", markup=False),
                   console=Console(stderr=True)) as bars:
+        check = bars.add_task("pre-flight".ljust(7), total=None, detail="")
         ids = {w["number"]: bars.add_task(
             ("canary" if w["number"] == 0 else f"wave {w['number']}").ljust(7),
             total=w["planned_size"], detail="") for w in counts.waves}
         while True:
+            run = await preflight_store.latest_run(pool, rollout_id)
+            if run is not None:
+                bars.update(check, total=run.total or None, completed=run.done,
+                            detail=summary_line(run.counts) if run.state == "finished"
+                            else run.state)
             counts = await rollout_store.rollout_counts(pool, rollout_id)
             for w in counts.waves:
                 c = counts.by_wave.get(w["number"], {})
@@ -263,7 +301,7 @@ async def run_demo(settings: Settings, args: argparse.Namespace, server_url: str
         result = await _result(pool, sim, args, strategy, rollout_id, started)
         result["explore"] = explore_commands(
             database_setting(url, server_url), rollout_id,
-            docs_url=f"http://{settings.api_host}:{settings.api_port}/api/docs")
+            base_url=f"http://{settings.api_host}:{settings.api_port}")
         if args.webhook_url:
             result["webhook"] = await _drain_webhook(pool, settings)
         if args.serve:
@@ -296,7 +334,9 @@ async def _serve_demo(pool: asyncpg.Pool, url: str, server_url: str, settings: S
             "",
             f"Serving the demo at http://{host}:{port} (Ctrl-C stops it; the simulated fleet "
             "keeps answering, and its appliances also offer " + NEXT_VERSION + "):",
-            f"  interactive API docs: http://{host}:{port}/api/docs",
+            f"  the console:                http://{host}:{port}/ (sign in with a token; "
+            "create a rollout from its form and watch it)",
+            f"  interactive API docs:       http://{host}:{port}/api/docs",
             f"  a token (another terminal): {env}{exe} tokens create --name explorer "
             "--role admin",
             f"  a second rollout:           {env}{exe} rollout create --name second "
@@ -417,10 +457,43 @@ async def _result(
     }
     if mismatches:
         result["mismatched"] = mismatches[:20]
+    result["preflight"] = await _preflight_result(pool, rollout_id, args.preflight)
     if args.report_dir:
         paths = await write_reports(pool, rollout_id, Path(args.report_dir))
         result["reports"] = {fmt: str(path.resolve()) for fmt, path in paths.items()}
     return result
+
+
+async def _preflight_result(pool: asyncpg.Pool, rollout_id: int,
+                            mode: str) -> dict[str, Any] | None:
+    """The pre-flight the engine ran at the start: its counts, its problems by code, how
+    many it left out, and whether it ended before the first install."""
+    checked = await preflight_store.summary(pool, rollout_id)
+    if checked is None or checked.run is None:
+        return None
+    return {
+        "mode": mode, "counts": checked.run.counts,
+        "problems": {code: n for _, code, n in checked.codes},
+        "left_out": checked.run.left_out,
+        "before_first_install": await preflight_store.before_installs(pool, checked.run),
+    }
+
+
+def preflight_text(pre: dict[str, Any] | None) -> str:
+    """The summary's pre-flight line."""
+    if pre is None:
+        return "not run (--preflight off)"
+    when = "before the first install" if pre["before_first_install"] else "during the rollout"
+    problems = ", ".join(f"{code} {n}" for code, n in pre["problems"].items()
+                         if code != "ALREADY_AT_TARGET")
+    text = f"{summary_line(pre['counts'])} ({when})"
+    if problems:
+        text += f"; {problems}"
+    if pre["left_out"]:
+        text += f"; {pre['left_out']} left out (SKIPPED)"
+    elif pre["mode"] == "warn" and pre["counts"].get("fail"):
+        text += "; installed anyway (--preflight required leaves them out)"
+    return text
 
 
 def print_summary(r: dict[str, Any]) -> None:
@@ -433,6 +506,7 @@ def print_summary(r: dict[str, Any]) -> None:
         + (f" - {r['abort_reason']}" if r["abort_reason"] else ""),
         f"  tasks:            {tasks}",
         f"  failures:         {fails}",
+        f"  pre-flight:       {preflight_text(r.get('preflight'))}",
         f"  waves:            {', '.join(map(str, r['waves']))} appliances",
         f"  in flight (max):  {r['max_in_flight']} of max_concurrency {r['max_concurrency']}",
         f"  per site (max):   {sites} (limit {r['per_site_concurrency']})",
@@ -474,7 +548,7 @@ def database_setting(url: str, server_url: str) -> str | None:
         f"ORCHESTRATOR_DATABASE_NAME={database}"
 
 
-def explore_commands(setting: str | None, rollout_id: int, *, docs_url: str) -> list[str]:
+def explore_commands(setting: str | None, rollout_id: int, *, base_url: str) -> list[str]:
     """Commands that work as printed after the demo: they name the demo's database through
     `setting` (see `database_setting`). A token is never printed here: `tokens create`
     prints one, once, when the user asks."""
@@ -484,7 +558,8 @@ def explore_commands(setting: str | None, rollout_id: int, *, docs_url: str) -> 
         f"{exe} rollout show {rollout_id}",
         f"{exe} report {rollout_id} --format html -o rollout-{rollout_id}.html",
         f"{exe} tokens create --name explorer --role admin   # prints a token, once",
-        f"{exe} serve   # {docs_url}: paste the token under Authorize",
+        f"{exe} serve   # the console at {base_url}/ (sign in with the token), "
+        f"API docs at {base_url}/api/docs",
     ]
     return lines
 

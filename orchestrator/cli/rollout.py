@@ -15,12 +15,15 @@ from typing import Any
 import asyncpg
 
 from orchestrator.appliance import ApplianceHttp
+from orchestrator.cli import preflight as preflight_cli
 from orchestrator.cli.common import UsageError, cli_actor, positive_int, run_with_database
 from orchestrator.domain.states import RolloutState
 from orchestrator.domain.strategy import add_strategy_flags, strategy_from_flags
 from orchestrator.engine.engine import Engine, EngineConfig, EngineFailure, tune_gc_for_engine
 from orchestrator.settings import Settings
 from orchestrator.store import engines as engine_store
+from orchestrator.store import pace as pace_store
+from orchestrator.store import preflight as preflight_store
 from orchestrator.store import rollouts as rollout_store
 from orchestrator.store.forecast import rollout_forecast
 
@@ -57,6 +60,7 @@ def add_command(sub: Any) -> None:
     rsub.choices["start"].add_argument(
         "--schedule-at", help="ISO 8601 time with zone: a DRAFT rollout starts no earlier "
                               "(SCHEDULED until then)")
+    preflight_cli.add_parser(rsub)
     show = rsub.add_parser("show", help="state, counts and waves of a rollout")
     show.add_argument("id", type=int)
     show.add_argument("--json", action="store_true")
@@ -180,7 +184,14 @@ def wave_line(wave: Mapping[str, Any], counts: Mapping[str, int]) -> str:
             + (f"; {gate}" if gate else ""))
 
 
-def rollout_summary(rollout: rollout_store.Rollout, counts: rollout_store.RolloutCounts) -> str:
+def pace_line(pace: pace_store.PaceState) -> str:
+    """`pace: 15 installs at once (adaptive): healthy (...)`: the adaptive pace now."""
+    why = f": {pace.reason}" if pace.reason else ""
+    return f"pace: {pace.concurrency} installs at once (adaptive){why}"
+
+
+def rollout_summary(rollout: rollout_store.Rollout, counts: rollout_store.RolloutCounts,
+                    pace: pace_store.PaceState | None = None) -> str:
     states = ", ".join(f"{k.lower()} {v}" for k, v in sorted(counts.by_state.items()))
     where = "not started" if rollout.current_wave is None else f"wave {rollout.current_wave}"
     lines = [
@@ -190,6 +201,8 @@ def rollout_summary(rollout: rollout_store.Rollout, counts: rollout_store.Rollou
     ]
     if rollout.abort_reason:
         lines.append(f"  reason: {rollout.abort_reason}")
+    if pace is not None:
+        lines.append(f"  {pace_line(pace)}")
     if rollout.pruned_at:
         lines.append(f"  pruned on {rollout.pruned_at:%Y-%m-%d}: its tasks and events were "
                      "deleted (orchestrator prune); the counts are its summary")
@@ -237,12 +250,18 @@ def cmd_rollout(settings: Settings, args: argparse.Namespace) -> int:
             engine = await engine_store.engine_status(pool)
             forecast = await rollout_forecast(pool, args.id, datetime.now(UTC),
                                               settings.eta_task_seconds, engine=engine)
+            pace = await pace_store.pace_state(pool, args.id)
+            preflight = await preflight_store.summary(pool, args.id)
             if args.json:
                 print(json.dumps({**rollout.to_dict(), "counts": counts.to_dict(),
                                   "forecast": forecast.to_dict(),
-                                  "engine": engine.to_dict()}, indent=2))
+                                  "engine": engine.to_dict(),
+                                  "pace": pace.to_dict() if pace else None,
+                                  "preflight": preflight.to_dict() if preflight else None},
+                                 indent=2))
             else:
-                print(rollout_summary(rollout, counts))
+                print(rollout_summary(rollout, counts, pace))
+                print("\n".join(preflight_cli.summary_lines(preflight)))
                 blocked = await engine_store.blocked_reason(pool, rollout.state, engine)
                 if blocked:
                     print("  eta: none: nothing progresses while no engine runs")
@@ -310,9 +329,16 @@ async def watch(pool: asyncpg.Pool, rollout_id: int, *, interval: float = 0.5) -
             for w in counts.waves
         }
         warned = False  # whether the last line said that no engine is running
+        pace: pace_store.PaceState | None = None  # the adaptive pace, each change printed
         while True:
             rollout = await rollout_store.get_rollout(pool, rollout_id)
             counts = await rollout_store.rollout_counts(pool, rollout_id)
+            if rollout.strategy.pace == "adaptive":
+                now = await pace_store.pace_state(pool, rollout_id)
+                if now is not None and (pace is None or now.changed_at != pace.changed_at):
+                    progress.console.print(pace_line(now), markup=False, highlight=False,
+                                           soft_wrap=True)
+                pace = now
             for w in counts.waves:
                 c = counts.by_wave.get(w["number"], {})
                 done = sum(c.get(s, 0) for s, _ in _WAVE_OUTCOMES)
@@ -328,7 +354,7 @@ async def watch(pool: asyncpg.Pool, rollout_id: int, *, interval: float = 0.5) -
             if rollout.state in TERMINAL_ROLLOUT or rollout.state == "DRAFT":
                 break
             await asyncio.sleep(interval)
-    console.print(escape(rollout_summary(rollout, counts)))
+    console.print(escape(rollout_summary(rollout, counts, pace)))
     return 0 if rollout.state == "SUCCEEDED" else 1
 
 

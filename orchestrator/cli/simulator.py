@@ -119,6 +119,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="give an appliance these faults (repeatable)")
     faults.add_argument("--fault-param", action="append", default=[], metavar="KEY=VALUE",
                         help="set a fault parameter, e.g. slow_seconds=2 (repeatable)")
+    faults.add_argument("--fault-site", action="append", default=[],
+                        metavar="SITE:FAULT=RATE",
+                        help="add a fault rate for the appliances of one site, on top of "
+                             "the others (a bad batch of sites; repeatable)")
 
 
 def _split(text: str, flag: str) -> tuple[str, str]:
@@ -145,10 +149,22 @@ def build_profile(args: argparse.Namespace) -> FaultProfile:
     for item in args.fault_param:
         key, value = _split(item, "--fault-param")
         params[key] = value
-    if not (args.fault or args.fault_appliance or args.fault_param):
+    site_rates = {site: dict(r) for site, r in profile.site_rates.items()}
+    fault_site: list[str] = getattr(args, "fault_site", None) or []
+    for item in fault_site:
+        where, rate = _split(item, "--fault-site")
+        site, sep, fault = where.partition(":")
+        if not sep or not site.strip() or not fault.strip():
+            raise FaultProfileError(f"--fault-site {item!r}: expected SITE:FAULT=RATE")
+        try:
+            site_rates.setdefault(site.strip(), {})[fault.strip()] = float(rate)
+        except ValueError:
+            raise FaultProfileError(f"--fault-site {item!r}: the rate is not a number") from None
+    if not (args.fault or args.fault_appliance or args.fault_param or fault_site):
         return profile
     return profile.with_changes(
-        rates=rates, appliances=appliances, params=FaultParams.from_dict(params)
+        rates=rates, appliances=appliances, params=FaultParams.from_dict(params),
+        site_rates=site_rates,
     )
 
 

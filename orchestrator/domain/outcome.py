@@ -23,6 +23,9 @@ The rules ("no evidence, no conclusion"):
 6. An appliance that comes back on a third version (neither the old one nor the target)
    fails with its own error code, `UNEXPECTED_VERSION`.
 7. Versions are compared by one function, `same_version`.
+
+SUCCEEDED here means "proven"; when the strategy names health gates (required services, an
+HTTP probe, a soak), the task passes them first: `orchestrator/domain/gates.py`.
 """
 
 from __future__ import annotations

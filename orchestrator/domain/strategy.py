@@ -7,7 +7,7 @@ the field (`strategy.waves[2]`) and the bad value.
 
 STRATEGY_TABLE is the one definition of the strategy's keys: their kind, default, bounds,
 one-line doc and command-line option. The parsing and the defaults here, the API's request
-model and response schema (orchestrator/api/models.py, schemas.py), the CLI's options
+model and response model (orchestrator/api/models.py, responses.py), the CLI's options
 (`add_strategy_flags`, `strategy_from_flags`) and the README's table
 (`strategy_markdown_table`) all follow from it; tests/unit/test_strategy_drift.py fails
 when one of them drifts.
@@ -25,6 +25,7 @@ from decimal import Decimal
 from typing import Any, Final, Literal, TypeVar
 
 from orchestrator.domain.errors import OrchestratorError
+from orchestrator.domain.gates import strategy_problem
 
 _PERCENT = re.compile(r"^(\d{1,3}(?:\.\d{1,6})?)%$")
 _HUNDRED = Decimal(100)
@@ -129,6 +130,8 @@ ORDERS: Final = ("spread", "site-by-site", "name", "random")
 APPROVALS: Final = ("none", "each-wave", "after-canary")
 WINDOW_MODES: Final = ("required", "ignore")
 AT_WINDOW_END: Final = ("finish-in-flight", "cancel-pending")
+PREFLIGHT_MODES: Final = ("off", "warn", "required")
+PACE_MODES: Final = ("off", "adaptive")
 
 # The largest values the API accepts (its JSON Schema says so); the domain itself does not
 # cap counts or seconds.
@@ -136,7 +139,9 @@ MAX_COUNT: Final = 1_000_000
 MAX_SECONDS: Final = 31_536_000  # one year
 INT64: Final = (-(2**63), 2**63 - 1)
 
-Kind = Literal["waves", "size", "choice", "int", "seconds", "services", "bool"]
+MAX_TEXT: Final = 2000  # the longest "text" value the API accepts unless a key says less
+
+Kind = Literal["waves", "size", "choice", "int", "seconds", "services", "bool", "text"]
 
 
 @dataclass(frozen=True)
@@ -152,7 +157,9 @@ class StrategyKey:
         "int": an integer >= `minimum` (None: any integer);
         "seconds": a number of seconds >= `minimum` (> it with `exclusive_minimum`);
         "services": a list of service ids, "a|b" meaning either;
-        "bool": true or false.
+        "bool": true or false;
+        "text": a non-empty text without control characters, at most `maximum` characters
+            (None: MAX_TEXT).
     default: the default, in its JSON form (what `Strategy.to_dict` gives for it).
     nullable: null is a value (and the default may be null): otherwise the key may be
         left out but not be null.
@@ -192,6 +199,8 @@ class StrategyKey:
             return MAX_COUNT
         if self.kind == "seconds":
             return MAX_SECONDS
+        if self.kind == "text":
+            return MAX_TEXT
         return None
 
 
@@ -221,6 +230,33 @@ STRATEGY_TABLE: Final[tuple[StrategyKey, ...]] = (
         "max_starts_per_minute", "int", None, nullable=True, minimum=1,
         doc="dispatches per rolling minute",
         flag="--max-starts-per-minute"),
+    StrategyKey(
+        "pace", "choice", "off", choices=PACE_MODES,
+        doc="`adaptive`: the concurrency starts at `max_concurrency`, grows while installs "
+            "succeed at the canary's speed and halves when they fail or slow down "
+            "(docs/pace.md); `off`: fixed"),
+    StrategyKey(
+        "pace_max_concurrency", "size", None, nullable=True, minimum=1,
+        unset="4 times `max_concurrency`",
+        doc="the most installs in flight the adaptive pace grows to, a count or a percentage"),
+    StrategyKey(
+        "pace_min_concurrency", "int", 1, minimum=1,
+        doc="the fewest installs in flight the adaptive pace halves to"),
+    StrategyKey(
+        "pace_interval_seconds", "seconds", 60, minimum=0, exclusive_minimum=True,
+        doc="seconds between two decisions of the adaptive pace"),
+    StrategyKey(
+        "pace_step_percent", "int", 50, minimum=1, maximum=1000,
+        doc="how much the adaptive pace grows after a healthy interval, in percent "
+            "(50: 1.5 times)"),
+    StrategyKey(
+        "pace_failure_threshold", "size", "5%", minimum=0, zero_percent=True,
+        doc="the adaptive pace halves when more installs of an interval fail than this "
+            "count, or a larger share; at most `max_failures`"),
+    StrategyKey(
+        "pace_duration_band", "int", 200, minimum=100, maximum=100_000,
+        doc="the adaptive pace halves when an interval's median install takes longer than "
+            "this percentage of the canary's"),
     StrategyKey(
         "max_failures", "size", "10%", minimum=0, zero_percent=True,
         doc="trips on more than this many failed tasks, or a larger failed share of "
@@ -263,6 +299,37 @@ STRATEGY_TABLE: Final[tuple[StrategyKey, ...]] = (
         "verify_services", "services", ["hms|srm", "drrest"], max_items=50,
         doc="services that must run for success (`a|b`: either)"),
     StrategyKey(
+        "required_services", "services", [], max_items=50,
+        doc="health gate: further services that must run for success, and through "
+            "`task_soak_seconds` (`a|b`: either); a miss is `SERVICE_NOT_RUNNING`"),
+    StrategyKey(
+        "probe_url", "text", None, nullable=True,
+        doc="health gate: an HTTP probe after each install, an `http(s)://` URL template "
+            "(`{name}`, `{host}`: the appliance's name and host); it must succeed within "
+            "`probe_stabilisation_seconds`, else `PROBE_FAILED`",
+        flag="--probe-url", metavar="URL",
+        flag_help="health gate: an HTTP probe after each install, e.g. "
+                  "https://{host}/health ({name}, {host}: the appliance's)"),
+    StrategyKey(
+        "probe_status", "int", 200, minimum=100, maximum=599,
+        doc="the HTTP status the probe must answer"),
+    StrategyKey(
+        "probe_body", "text", None, nullable=True,
+        doc="text the probe's answer must contain"),
+    StrategyKey(
+        "probe_timeout", "seconds", 10, minimum=0, exclusive_minimum=True,
+        doc="seconds each try of the probe may take"),
+    StrategyKey(
+        "probe_stabilisation_seconds", "seconds", 120, minimum=0,
+        doc="the probe must succeed within this long after the target version is proven "
+            "(tried every few seconds)",
+        flag="--probe-stabilisation-seconds", flag_help="seconds"),
+    StrategyKey(
+        "task_soak_seconds", "seconds", 0, minimum=0,
+        doc="health gate: once its checks pass, the appliance must stay healthy (version, "
+            "services, probe) this long before its task is SUCCEEDED, else `SOAK_FAILED`",
+        flag="--task-soak-seconds", flag_help="seconds"),
+    StrategyKey(
         "windows", "choice", None, nullable=True, choices=WINDOW_MODES, unset="automatic",
         doc="`required` (installs start only inside maintenance windows), `ignore`; unset: "
             "required when any window covers a targeted appliance"),
@@ -270,6 +337,17 @@ STRATEGY_TABLE: Final[tuple[StrategyKey, ...]] = (
         "at_window_end", "choice", "finish-in-flight", choices=AT_WINDOW_END,
         doc="`finish-in-flight`: never-started tasks wait for the next opening; "
             "`cancel-pending`: they are cancelled when no appliance may start any more"),
+    StrategyKey(
+        "preflight", "choice", "warn", choices=PREFLIGHT_MODES,
+        doc="the engine's pre-flight check of every appliance (docs/preflight.md): `warn` "
+            "at start, recorded, installs anyway; `required` at start and before each "
+            "window, failing appliances left out (SKIPPED); `off`: only on demand",
+        flag="--preflight"),
+    StrategyKey(
+        "preflight_lead_seconds", "seconds", 1800, minimum=0,
+        doc="with `preflight: required`, how long before a maintenance window opens the "
+            "rollout that waits for it is checked again",
+        flag="--preflight-lead-seconds", flag_help="seconds"),
     StrategyKey(
         "after_overlapping", "bool", False,
         doc="`true`: accept appliances that have an unfinished task in another active "
@@ -355,6 +433,22 @@ def _bool(value: Any) -> bool:
     return value
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _text(maximum: int) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"{value!r} is not a non-empty text")
+        if len(value) > maximum:
+            raise ValueError(f"{value[:40]!r}... is longer than {maximum} characters")
+        if _CONTROL.search(value):
+            raise ValueError(f"{value!r} contains control characters")
+        return value
+
+    return parse
+
+
 def _choice(choices: Sequence[str]) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         if not isinstance(value, str) or value not in choices:
@@ -432,6 +526,8 @@ def key_parser(key: StrategyKey) -> Callable[[Any], Any]:
         parse = _services(key.name)
     elif key.kind == "bool":
         parse = _bool
+    elif key.kind == "text":
+        parse = _text(key.maximum or MAX_TEXT)
     else:  # pragma: no cover - Kind lists them all
         raise AssertionError(key.kind)
     return _optional(parse) if key.nullable else parse
@@ -469,6 +565,13 @@ class Strategy:
         the targeted appliances (see planning.resolve_max_concurrency).
     per_site_concurrency: installs in flight at once per site (None: no per-site limit).
     max_starts_per_minute: dispatches started per rolling minute (None: no limit).
+    pace: "off" (max_concurrency holds) or "adaptive" (the limit starts at max_concurrency
+        and follows the fleet's health: orchestrator/domain/pace.py). pace_max_concurrency
+        (None: 4 x max_concurrency), pace_min_concurrency: its bounds;
+        pace_interval_seconds: how often it is decided; pace_step_percent: its growth after
+        a healthy interval; pace_failure_threshold: the failures of an interval that halve
+        it; pace_duration_band: the median install time, in percent of the canary's, above
+        which it halves.
     max_failures: the failure threshold (see policy.evaluate_policy): more than this many
         failed tasks, or a failed share of executed tasks above this percentage, trips it.
     min_executed: executed tasks needed before a percentage max_failures can trip.
@@ -484,6 +587,10 @@ class Strategy:
     dispatch_retries: how many transient errors before an install was accepted are retried.
     verify_services: services that must be running for a task to be verified; an entry
         "hms|srm" is satisfied by any one of its alternatives (see missing_services).
+    required_services, probe_url (a template: {name}, {host}), probe_status, probe_body,
+        probe_timeout, probe_stabilisation_seconds, task_soak_seconds: the health gates a
+        task passes after its version is proven, before it is SUCCEEDED (see
+        domain/gates.py; the defaults set none).
     windows: "required" (an appliance is dispatched only while one of its maintenance
         windows is open with at least the window's cutoff left), "ignore", or None (the
         default: "required" when any window covers a targeted appliance).
@@ -494,6 +601,12 @@ class Strategy:
         some of its appliances have an unfinished task in another active rollout; True
         accepts it, and each such task waits until the other rollout's task for that
         appliance has ended (then the appliance's version is checked again).
+    preflight: "warn" (the default: the engine checks every appliance when the rollout
+        starts, before its first install, records the results and installs anyway),
+        "required" (the same, and again `preflight_lead_seconds` before the maintenance
+        window a waiting rollout waits for opens; appliances that fail are left out as
+        SKIPPED) or "off" (only when an operator asks); see domain/preflight.py.
+    preflight_lead_seconds: how long before a window opens the `required` check runs.
     """
 
     waves: tuple[Size, ...] = _DEFAULTS["waves"]
@@ -502,6 +615,13 @@ class Strategy:
     max_concurrency: Size = _DEFAULTS["max_concurrency"]
     per_site_concurrency: int | None = _DEFAULTS["per_site_concurrency"]
     max_starts_per_minute: int | None = _DEFAULTS["max_starts_per_minute"]
+    pace: str = _DEFAULTS["pace"]
+    pace_max_concurrency: Size | None = _DEFAULTS["pace_max_concurrency"]
+    pace_min_concurrency: int = _DEFAULTS["pace_min_concurrency"]
+    pace_interval_seconds: float = _DEFAULTS["pace_interval_seconds"]
+    pace_step_percent: int = _DEFAULTS["pace_step_percent"]
+    pace_failure_threshold: Size = _DEFAULTS["pace_failure_threshold"]
+    pace_duration_band: int = _DEFAULTS["pace_duration_band"]
     max_failures: Size = _DEFAULTS["max_failures"]
     min_executed: int = _DEFAULTS["min_executed"]
     canary_max_failures: int = _DEFAULTS["canary_max_failures"]
@@ -512,8 +632,17 @@ class Strategy:
     install_retries: int = _DEFAULTS["install_retries"]
     dispatch_retries: int = _DEFAULTS["dispatch_retries"]
     verify_services: tuple[str, ...] = _DEFAULTS["verify_services"]
+    required_services: tuple[str, ...] = _DEFAULTS["required_services"]
+    probe_url: str | None = _DEFAULTS["probe_url"]
+    probe_status: int = _DEFAULTS["probe_status"]
+    probe_body: str | None = _DEFAULTS["probe_body"]
+    probe_timeout: float = _DEFAULTS["probe_timeout"]
+    probe_stabilisation_seconds: float = _DEFAULTS["probe_stabilisation_seconds"]
+    task_soak_seconds: float = _DEFAULTS["task_soak_seconds"]
     windows: str | None = _DEFAULTS["windows"]
     at_window_end: str = _DEFAULTS["at_window_end"]
+    preflight: str = _DEFAULTS["preflight"]
+    preflight_lead_seconds: float = _DEFAULTS["preflight_lead_seconds"]
     after_overlapping: bool = _DEFAULTS["after_overlapping"]
 
     def to_dict(self) -> dict[str, Any]:
@@ -561,7 +690,37 @@ def parse_strategy(data: Mapping[str, Any] | None) -> Strategy:
             "strategy.task_timeout",
             f"{timeout!r} is shorter than the default reboot_grace {grace!r}: {why}",
         )
+    if strategy.pace == "adaptive":
+        _check_pace(strategy, data)
+    gates = strategy_problem(strategy, data)
+    if gates is not None:
+        raise StrategyError(*gates)
     return strategy
+
+
+def _check_pace(strategy: Strategy, data: Mapping[str, Any]) -> None:
+    """The adaptive pace's bounds must hold max_concurrency (where both are counts), and its
+    failure threshold must not be above max_failures (where both are percentages): it must
+    back off before the failure policy trips."""
+    start, most = strategy.max_concurrency, strategy.pace_max_concurrency
+    if start.count is not None:
+        if most is not None and most.count is not None and most.count < start.count:
+            raise StrategyError(
+                "strategy.pace_max_concurrency",
+                f"{most.count!r} is below max_concurrency {start.count}: the pace starts at "
+                "max_concurrency and grows up to pace_max_concurrency")
+        if strategy.pace_min_concurrency > start.count:
+            raise StrategyError(
+                "strategy.pace_min_concurrency",
+                f"{strategy.pace_min_concurrency!r} is above max_concurrency {start.count}: "
+                "the pace starts at max_concurrency and halves down to pace_min_concurrency")
+    pace, policy = strategy.pace_failure_threshold, strategy.max_failures
+    if pace.percent is not None and policy.percent is not None and pace.percent > policy.percent:
+        given = "" if "pace_failure_threshold" in data else " (the default)"
+        raise StrategyError(
+            "strategy.pace_failure_threshold",
+            f"{str(pace)!r}{given} is above max_failures {str(policy)!r}: the pace must back "
+            "off before the failure policy trips")
 
 
 # ------------------------------------------------------------------ command-line options
@@ -593,7 +752,7 @@ def add_strategy_flags(
             options["type"] = int
         elif key.kind == "seconds":
             options["type"] = float
-        elif key.kind not in ("waves", "size"):
+        elif key.kind not in ("waves", "size", "text"):
             raise ValueError(f"strategy key {key.name}: no command-line option for {key.kind}")
         group.add_argument(key.flag, **options)
 

@@ -58,7 +58,9 @@ from orchestrator.domain.windows import (
 from orchestrator.engine import failpoints, held, retention
 from orchestrator.engine.batching import TransitionBatcher
 from orchestrator.engine.notifier import Notifier, NotifierConfig
+from orchestrator.engine.pace import AdaptivePace
 from orchestrator.engine.pacing import InstallTimes, ProgressBuffer
+from orchestrator.engine.preflight import AutoPreflight
 from orchestrator.engine.runner import RunnerContext, TaskRunner
 from orchestrator.inventory import target_policy
 from orchestrator.logs import get_logger
@@ -274,6 +276,11 @@ class Engine:
         self._groups: dict[tuple[int, int], list[WindowGroup]] = {}
         # the last window decision's deadlines per group: when an install must have started
         self._group_deadlines: dict[WindowGroup, datetime | None] = {}
+        self._pace = AdaptivePace(self.owner)  # strategy pace "adaptive": engine/pace.py
+        # pre-flights (strategy key `preflight`; runs asked for through the API)
+        self.preflight = AutoPreflight(pool, http, owner=self.owner,
+                                       policy=self.config.target_policy,
+                                       lease_seconds=self.config.lease_seconds, wake=self.wake)
         self.ctx = RunnerContext(
             clock=self.clock, pool=pool, http=http, owner=self.owner, progress=ProgressBuffer(),
             install_times=InstallTimes(default=self.config.install_estimate),
@@ -301,6 +308,7 @@ class Engine:
         self._waves.clear()
         self._groups.clear()
         self._windows_exist = None
+        self.preflight.refresh()
         self._wake.set()
 
     def _on_notify(self, *args: Any) -> None:
@@ -439,6 +447,7 @@ class Engine:
         deadline = time.monotonic() + self.config.shutdown_deadline
         while any(r.critical for r in self.runners.values()) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+        await self.preflight.aclose()  # its runs are handed over
         runners = dict(self.runners)  # the done-callbacks empty self.runners as tasks end
         handles = list(self._tasks.values())
         for task in handles:
@@ -488,6 +497,8 @@ class Engine:
             self._waves.clear()
             self._groups.clear()
             self._windows_exist = None
+            self.preflight.refresh()
+            await self.preflight.pick_up()  # runs asked for through the API, or abandoned
         # the rollout this engine served longest ago claims first: rollouts that share a
         # site with a fleet-wide capacity take turns at its free slots, instead of the
         # lowest id taking every slot that frees and the others finishing on a long tail
@@ -511,6 +522,7 @@ class Engine:
         if self._active is not None and rollout_id in self._active:
             self._active.remove(rollout_id)
         self._served.pop(rollout_id, None)
+        self._pace.forget(rollout_id)
         return []
 
     def _strategy(self, rollout_id: int, raw: dict[str, Any]) -> Strategy:
@@ -566,6 +578,9 @@ class Engine:
             if wave_now is None:
                 return []
             current = wave_now
+            if await self.preflight.holds(conn, rollout_id, state, strategy, now,
+                                          lambda: self._next_opening(conn, rollout_id, now)):
+                return []  # a pre-flight of the rollout runs: nothing starts meanwhile
             allowed, waiting = await self._window_filter(conn, rollout_id, current, strategy, now)
             if waiting:
                 await self._wait_for_window(conn, rollout_id, state, strategy,
@@ -573,7 +588,17 @@ class Engine:
                 return []
             if state == "WAITING_WINDOW":
                 await self._set_rollout_state(conn, rollout_id, "RUNNING")
-            return await self._claim(conn, rollout_id, current, strategy, tally, allowed)
+            if strategy.pace != "adaptive":
+                return await self._claim(conn, rollout_id, current, strategy, tally, allowed)
+            pace = await self._pace.limit(
+                conn, rollout_id, r, strategy, targeted=tally.targeted, current_wave=current,
+                last_wave=last_wave, executed=outcomes.executed, failed=outcomes.failed,
+                canary_failed=count_outcomes(tally.canary).failed)
+            claimed = await self._claim(conn, rollout_id, current, strategy, tally, allowed,
+                                        pace)
+            self._pace.note(rollout_id, pace, tally.in_flight + len(claimed),
+                            tally.startable(current) - len(claimed))
+            return claimed
 
     async def _start_when_due(
         self, conn: Any, rollout_id: int, r: Any, now: datetime
@@ -660,12 +685,13 @@ class Engine:
             await self._set_rollout_state(conn, rollout_id, "WAITING_WINDOW")
             await self._window_closed(conn, rollout_id, started, cancelled=0)
 
-    async def _next_opening(self, conn: Any, rollout_id: int) -> datetime | None:
-        """The earliest moment one of the rollout's window groups with PENDING tasks may
-        start again (None: none known)."""
+    async def _next_opening(self, conn: Any, rollout_id: int,
+                            now: datetime | None = None) -> datetime | None:
+        """The earliest moment (at or after `now`, default the clock's) one of the
+        rollout's window groups with PENDING tasks may start again (None: none known)."""
         specs = await window_store.all_specs(conn)
         groups = await task_store.pending_window_groups(conn, rollout_id, 2_147_483_647)
-        now = self.clock()
+        now = self.clock() if now is None else now
         best: datetime | None = None
         for site, tags, tz in groups:
             mine = covering(specs, site, tags)
@@ -692,13 +718,15 @@ class Engine:
 
     async def _claim(
         self, conn: Any, rollout_id: int, current: int, strategy: Strategy, tally: _Tally,
-        allowed: list[WindowGroup] | None,
+        allowed: list[WindowGroup] | None, pace: int | None = None,
     ) -> list[ClaimedTask]:
-        """Claim the PENDING tasks up to wave `current` that the limits let start now."""
+        """Claim the PENDING tasks up to wave `current` that the limits let start now
+        (`pace`: the adaptive pace's limit, in place of max_concurrency)."""
         capacity = self.config.max_tasks - len(self._tasks)
         if capacity <= 0 or self._stopping.is_set():
             return []
-        max_in_flight = resolve_max_concurrency(strategy.max_concurrency, tally.targeted)
+        max_in_flight = pace if pace is not None else resolve_max_concurrency(
+            strategy.max_concurrency, tally.targeted)
         if tally.in_flight >= max_in_flight or not tally.startable(current):
             return []  # nothing may start: spare the claim statement
         claimed = await task_store.claim_tasks(
@@ -802,6 +830,7 @@ class Engine:
     async def _finish_rollout(self, conn: Any, rollout_id: int, state: str) -> None:
         await rollout_store.finish_rollout(conn, rollout_id, state)
         self._strategies.pop(rollout_id, None)
+        self._pace.forget(rollout_id)
         log.info("rollout_finished", rollout=rollout_id, state=state)
 
     # ------------------------------------------------------------------ runners

@@ -9,6 +9,10 @@ The outcome is proven from the appliance, not from its task: SUCCEEDED only when
 vanish in the reboot (404), the appliance may be unreachable or answer 503/401 for a while:
 all of that is tolerated up to the strategy's `reboot_grace`; the whole task is bounded by
 `task_timeout` from its dispatch. docs/architecture.md follows a task through the engine.
+
+Health gates (`domain/gates.py`), when the strategy names any: once the version is proven,
+the task stays VERIFYING while its required services, its HTTP probe and its soak are
+checked, and is SUCCEEDED only when they pass (FAILED with the gate's code otherwise).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -40,9 +44,10 @@ from orchestrator.appliance import (
     Unauthorized,
 )
 from orchestrator.appliance.guard import TargetRefused, guarded_client
-from orchestrator.domain import outcome
+from orchestrator.appliance.probe import http_probe
+from orchestrator.domain import gates, outcome
 from orchestrator.domain.errors import OrchestratorError
-from orchestrator.domain.inventory import TargetPolicy
+from orchestrator.domain.inventory import TargetPolicy, url_host
 from orchestrator.domain.outcome import (
     Answer,
     Listing,
@@ -59,6 +64,7 @@ from orchestrator.engine import failpoints
 from orchestrator.engine.answers import answer_of, signals_restart
 from orchestrator.engine.batching import TransitionBatcher
 from orchestrator.engine.pacing import InstallTimes, ProgressBuffer, ReturnOffsets
+from orchestrator.engine.preflight import preflight_task_ids
 from orchestrator.logs import bind_context, get_logger
 from orchestrator.store import tasks as task_store
 from orchestrator.store.db import DB_TRANSIENT
@@ -157,6 +163,7 @@ class TaskRunner:
         self.scout = False  # whether this task measures when appliances answer again
         self.client: ApplianceClient | None = None
         self._gate_held: asyncio.Semaphore | None = None  # held during the dispatch
+        self.gates = gates.GateSpec.of(strategy)  # the health gates after the proof
 
     # ------------------------------------------------------------------ entry point
     async def run(self) -> str:
@@ -181,6 +188,14 @@ class TaskRunner:
             except (CredentialsError, ValueError) as exc:
                 await self._finish("FAILED", "CREDENTIALS", str(exc))
                 return self.state
+            if self.gates.probe_url and self.state == "DISPATCHING" and \
+                    self.task.install_sent_at is None:
+                try:
+                    self._probe_url()  # refused before anything is sent, like a base_url
+                except ValueError as exc:
+                    await self._finish("FAILED", "TARGET_REFUSED",
+                                       f"appliance {self.task.appliance!r}: {exc}")
+                    return self.state
             async with self.ctx.http.using(self.client):
                 try:
                     if self.task.reclaimed:
@@ -378,8 +393,12 @@ class TaskRunner:
     async def _at_target_before_send(self, version: str) -> None:
         """The appliance reports the target before this attempt sent anything: SKIPPED, or
         SUCCEEDED when an earlier attempt of this task sent an install (retry-failed after
-        a timeout, say) that has since applied."""
+        a timeout, say) that has since applied (after the health gates, when set)."""
         if self.task.installs_sent > 0:
+            if self.gates.active:
+                self.from_version = self.task.from_version
+                await self._health_gates(version, None)
+                return
             await self._finish(
                 "SUCCEEDED", None, None, final_version=version, progress=100,
                 from_version=self.task.from_version,
@@ -512,8 +531,11 @@ class TaskRunner:
             try:
                 listed = await self._bounded(client.list_tasks(
                     sort_by="start_time", order_by="desc", limit=50, retries=0))
+                # a pre-flight's retrieve-updates task is never our install
+                checks = await preflight_task_ids(self.ctx.pool, self.task.appliance_id)
                 listing = listing_of(
-                    [(t.id, t.raw_status or str(t.status), t.start_time) for t in listed],
+                    [(t.id, t.raw_status or str(t.status), t.start_time) for t in listed
+                     if t.id not in checks],
                     self.sent_wall or _now(),
                 )
             except ApplianceError:
@@ -995,6 +1017,9 @@ class TaskRunner:
         await self._succeeded(version, await self._reconfigure_required(client))
 
     async def _succeeded(self, version: str, reconfigure: bool | None) -> None:
+        if self.gates.active:
+            await self._health_gates(version, reconfigure)
+            return
         fields: dict[str, Any] = {
             "final_version": version, "reconfigure_required": reconfigure,
             "from_version": self.from_version, "progress": 100,
@@ -1004,3 +1029,83 @@ class TaskRunner:
                            via_detail={"reason": "back up on the target version"}, **fields)
             return
         await self._finish("SUCCEEDED", None, None, **fields)
+
+    # ------------------------------------------------------------------ health gates
+    def _probe_url(self) -> str:
+        """The strategy's probe URL for this appliance, once it passes the target policy
+        (ValueError naming the problem; the query is never shown)."""
+        assert self.gates.probe_url is not None
+        host = url_host(self.task.base_url)
+        url = gates.expand_probe_url(self.gates.probe_url, name=self.task.appliance, host=host)
+        return gates.check_probe_url(url, self.ctx.target_policy)
+
+    async def _health_gates(self, version: str, reconfigure: bool | None) -> None:
+        """The version is proven: check the strategy's health gates (`gates.judge_gates`)
+        until they pass (SUCCEEDED) or one fails (FAILED with its code; TIMED_OUT when the
+        appliance stops answering before the soak, or task_timeout ends). The task is
+        VERIFYING meanwhile (DISPATCHING for an earlier attempt's install found applied)."""
+        spec = self.gates
+        self._release_gate()
+        url: str | None = None
+        refused: str | None = None
+        if spec.probe_url:
+            try:
+                url = self._probe_url()
+            except ValueError as exc:
+                refused = str(exc)
+            else:
+                spec = replace(spec, probe_url=url)  # this appliance's
+        if self.state == "INSTALLING":
+            await self._to("VERIFYING", {"reason": "back up on the target version; health "
+                                                   "gates", "gates": spec.describe()},
+                           progress=100)
+        else:
+            log.info("health_gates", state=self.state, gates=spec.describe())
+        client = self._client()
+        watch = gates.start_gates(self.version, time.monotonic())
+        while True:
+            await self._check_timeout("health gates")
+            if self.state == "TIMED_OUT":
+                return
+            look = await self._gate_look(client, url, refused)
+            watch, verdict = gates.judge_gates(spec, watch, look)
+            if verdict.outcome != gates.GateOutcome.WAIT:
+                break
+            await self._pause(verdict.wait)
+        fields: dict[str, Any] = {
+            "final_version": verdict.final_version or version,
+            "from_version": self.from_version, "progress": 100,
+        }
+        log.info("health_gates_done", outcome=str(verdict.outcome),
+                 error_code=verdict.error_code, seen=watch.seen())
+        if verdict.outcome == gates.GateOutcome.PASSED:
+            if spec.soak > 0:  # the soak took a while: what does the appliance say now
+                reconfigure = await self._reconfigure_required(client)
+            await self._to("SUCCEEDED", {"gates": watch.seen()},
+                           reconfigure_required=reconfigure, **fields)
+            return
+        state = "TIMED_OUT" if verdict.outcome == gates.GateOutcome.TIMED_OUT else "FAILED"
+        await self._to(
+            state, {"error_code": verdict.error_code, "message": verdict.message,
+                    "gates": watch.seen()},
+            error_code=verdict.error_code, error_message=verdict.message, **fields)
+
+    async def _gate_look(
+        self, client: ApplianceClient, url: str | None, refused: str | None
+    ) -> gates.Look:
+        """One look for the health gates: the version and the services (the client's usual
+        retries), then one try of the probe."""
+        at = time.monotonic()
+        try:
+            info = await self._bounded(client.get_appliance())
+            services = await self._bounded(client.get_services())
+        except ApplianceError as exc:
+            return gates.Look(at=at, version=None, error=str(exc))
+        running = {s.id: bool(s.is_running) for s in services}
+        probe: gates.ProbeResult | None = None
+        if refused is not None:
+            probe = gates.ProbeResult(None, error=refused)
+        elif url is not None:
+            probe = await self._bounded(http_probe(
+                self.ctx.http, client.target, url, seconds=self.gates.probe_timeout))
+        return gates.Look(at=at, version=info.appliance_version, running=running, probe=probe)

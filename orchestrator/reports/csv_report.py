@@ -24,11 +24,13 @@ from typing import Any
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from orchestrator.store import preflight as preflight_store
 from orchestrator.store import reports as report_store
 
 COLUMNS = (
     "appliance", "site", "wave", "from_version", "final_version", "outcome", "error_code",
-    "error_message", "started_at", "finished_at", "duration_s",
+    "error_message", "started_at", "finished_at", "duration_s", "preflight",
+    "preflight_code",
 )
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 BATCH_SIZE = 1000
@@ -48,15 +50,18 @@ def _time(value: datetime | None) -> str:
     return value.isoformat() if value is not None else ""
 
 
-def csv_row(record: Any) -> list[str | int]:
-    """The CSV cells of one appliance row (a record of `store.reports.APPLIANCE_ROWS`)."""
+def csv_row(record: Any, preflight: tuple[str, str | None] | None = None
+            ) -> list[str | int]:
+    """The CSV cells of one appliance row (a record of `store.reports.APPLIANCE_ROWS`) and
+    its latest pre-flight (result, code), if it was checked."""
     duration = record["duration_s"]
+    result, code = preflight if preflight is not None else (None, None)
     return [
         _text(record["name"]), _text(record["site"]), int(record["wave"]),
         _text(record["from_version"]), _text(record["final_version"]),
         _text(record["outcome"]), _text(record["error_code"]), _text(record["error_message"]),
         _time(record["started_at"]), _time(record["finished_at"]),
-        "" if duration is None else f"{duration:.3f}",
+        "" if duration is None else f"{duration:.3f}", _text(result), _text(code),
     ]
 
 
@@ -87,7 +92,9 @@ async def csv_chunks(
     out.rows([COLUMNS])
     sent_header = False
     async for batch in report_store.appliance_rows(conn, rollout_id, batch_size=batch_size):
-        out.rows(csv_row(r) for r in batch)
+        checked = await preflight_store.results_by_name(conn, rollout_id,
+                                                        [r["name"] for r in batch])
+        out.rows(csv_row(r, checked.get(r["name"])) for r in batch)
         sent_header = True
         yield out.take()
     if not sent_header:

@@ -365,6 +365,26 @@ def _remaining(report: RolloutReport) -> str:
     return f'<section id="remaining"><h2>What remains to do</h2>{"".join(parts)}</section>'
 
 
+def _preflight(report: RolloutReport) -> str:
+    pre = report.preflight
+    if pre is None:
+        body = '<p class="muted">No pre-flight was run.</p>'
+    else:
+        counts = ", ".join(f"{pre.counts.get(r, 0)} {r}" for r in ("ok", "warn", "fail", "skip"))
+        run = pre.run or {}
+        when = f" \u2014 last checked {e(fmt_time(pre.checked_at))}" if pre.checked_at else ""
+        left = (f"; {run['left_out']} appliance(s) left out of the plan (SKIPPED)"
+                if run.get("left_out") else "")
+        parts = [f"<p>{e(counts)}{left}{when}</p>"]
+        for g in pre.groups:
+            parts.append(
+                f'<div class="failure"><h3>{e(g.code)} <span class="muted">\u2014 '
+                f'{g.count} appliance{"s" if g.count != 1 else ""}, {e(g.result)}</span>'
+                f"</h3>{_names(g.appliances, g.not_listed)}</div>")
+        body = "".join(parts)
+    return f'<section id="preflight"><h2>Pre-flight</h2>{body}</section>'
+
+
 def render_html(report: RolloutReport) -> str:
     r = report.rollout
     title = f"Rollout {r.id} \u201c{r.name}\u201d: {r.target_version} \u2014 {r.state}"
@@ -378,7 +398,7 @@ def render_html(report: RolloutReport) -> str:
         f'<span class="muted">\u2014 report generated {e(fmt_time(report.generated_at))}'
         "</span></p></header><main>"
         f"{_summary(report)}{_progress(report)}{_waves(report)}{_sites(report)}"
-        f"{_durations(report)}{_failures(report)}{_remaining(report)}"
+        f"{_durations(report)}{_failures(report)}{_remaining(report)}{_preflight(report)}"
         f"</main><footer>orchestrator {e(__version__)} \u2014 rollout report "
         f"(format {REPORT_VERSION}); the CSV report lists every "
         "appliance.</footer></body></html>\n"

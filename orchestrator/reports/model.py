@@ -16,6 +16,7 @@ from typing import Any
 
 import asyncpg
 
+from orchestrator.store import preflight as preflight_store
 from orchestrator.store import reports as report_store
 from orchestrator.store.db import DB
 from orchestrator.store.rollouts import RolloutNotFound
@@ -339,6 +340,40 @@ class Timeline:
 
 
 @dataclass(frozen=True)
+class PreflightGroup:
+    """The appliances whose latest pre-flight gave one result and reason code."""
+
+    result: str  # fail, warn, skip
+    code: str
+    count: int
+    appliances: tuple[str, ...]  # the first NAMES_CAP names, sorted
+
+    @property
+    def not_listed(self) -> int:
+        return self.count - len(self.appliances)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"result": self.result, "code": self.code, "count": self.count,
+                "appliances": list(self.appliances), "appliances_not_listed": self.not_listed}
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """The latest pre-flight result of each checked appliance (docs/preflight.md): counts
+    per result, the problems by code (worst first), the latest run."""
+
+    counts: dict[str, int]
+    checked_at: datetime | None
+    run: dict[str, Any] | None
+    groups: tuple[PreflightGroup, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"counts": {r: self.counts.get(r, 0) for r in ("ok", "warn", "fail", "skip")},
+                "checked_at": _iso(self.checked_at), "run": self.run,
+                "problems": [g.to_dict() for g in self.groups]}
+
+
+@dataclass(frozen=True)
 class RolloutReport:
     generated_at: datetime
     rollout: RolloutInfo
@@ -351,6 +386,7 @@ class RolloutReport:
     timeline: Timeline
     eta: datetime | None = None  # the forecast completion of a running rollout (optional)
     failures_not_listed: NotListed = field(default_factory=NotListed)
+    preflight: Preflight | None = None  # None: never checked
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -366,6 +402,7 @@ class RolloutReport:
             "failures_not_listed": self.failures_not_listed.to_dict(),
             "remaining": self.remaining.to_dict(),
             "timeline": self.timeline.to_dict(),
+            "preflight": self.preflight.to_dict() if self.preflight is not None else None,
         }
 
 
@@ -526,4 +563,16 @@ async def build_report(
         generated_at=r["now"], rollout=info, summary=summary, waves=waves, sites=sites,
         durations=durations, failures=failures, remaining=remaining, timeline=timeline,
         eta=eta, failures_not_listed=not_listed,
+        preflight=await _preflight(conn, rollout_id, names_cap),
     )
+
+
+async def _preflight(conn: DB, rollout_id: int, names_cap: int) -> Preflight | None:
+    checked = await preflight_store.summary(conn, rollout_id)
+    if checked is None:
+        return None
+    groups = tuple(PreflightGroup(result, code, n, tuple(names))
+                   for result, code, n, names in await preflight_store.code_groups(
+                       conn, rollout_id, names_cap))
+    return Preflight(dict(checked.counts), checked.checked_at,
+                     checked.run.to_dict() if checked.run is not None else None, groups)

@@ -114,6 +114,13 @@ class SimulatorConfig:
             raise SimulatorConfigError("max_sessions/tasks_per_appliance: must be >= 1")
         if not isinstance(self.profile, FaultProfile):
             raise SimulatorConfigError("profile: expected a FaultProfile")
+        known = {self.site_name(i) for i in range(min(self.sites, self.appliances))}
+        unknown = sorted(set(self.profile.site_rates) - known)
+        if unknown:
+            raise SimulatorConfigError(
+                f"profile site_rates: no site {unknown[0]!r} in this fleet (its sites are "
+                f"{self.site_name(0)} .. {self.site_name(min(self.sites, self.appliances) - 1)})"
+            )
 
     def with_changes(self, **changes: Any) -> SimulatorConfig:
         return replace(self, **changes)

@@ -1,7 +1,8 @@
 """Fault names, fault parameters and fault profiles (seeded, deterministic assignment).
 
 A profile says which appliances misbehave and how: `rates` gives each fault a probability
-per appliance (drawn once, at start, from the profile's seed), `appliances` names faults
+per appliance (drawn once, at start, from the profile's seed), `site_rates` gives further
+rates to the appliances of given sites (a bad batch of sites), `appliances` names faults
 for given appliances (replacing whatever the rates drew for them), `params` tunes the
 faults. Profiles load from JSON or TOML files, or by name (`mixed`).
 """
@@ -35,6 +36,13 @@ REST_RESTART = "rest_restart"
 OPAQUE_TASKS = "opaque_tasks"
 IN_PROGRESS_ERROR = "in_progress_error"
 SPARSE_ACCEPT = "sparse_accept"
+NO_REPOSITORY = "no_repository"
+REPO_UNREACHABLE = "repo_unreachable"
+VERSION_NOT_OFFERED = "version_not_offered"
+SERVICES_DOWN = "services_down"
+RECONFIGURE_PENDING = "reconfigure_pending"
+PROBE_FLAPPING = "probe_flapping"
+PROBE_FAILING = "probe_failing"
 
 FAULTS: tuple[str, ...] = (
     INSTALL_ERROR,
@@ -58,11 +66,23 @@ FAULTS: tuple[str, ...] = (
     OPAQUE_TASKS,
     IN_PROGRESS_ERROR,
     SPARSE_ACCEPT,
+    # added later still (pre-flight problems and health gates): drawn from a third random
+    # stream, so that rating them leaves the draws of every fault above unchanged
+    NO_REPOSITORY,
+    REPO_UNREACHABLE,
+    VERSION_NOT_OFFERED,
+    SERVICES_DOWN,
+    RECONFIGURE_PENDING,
+    PROBE_FLAPPING,
+    PROBE_FAILING,
 )
 """Every fault the simulator knows, in a fixed order (the order rates are drawn in)."""
 
 _FIRST_STREAM = 14
-"""`FAULTS[:_FIRST_STREAM]` draw from `random.Random(seed)`, the rest from a second stream."""
+"""`FAULTS[:_FIRST_STREAM]` draw from `random.Random(seed)`, the next ones from a second
+stream (up to `_SECOND_STREAM`), the rest from a third."""
+_SECOND_STREAM = 19
+"""`FAULTS[_FIRST_STREAM:_SECOND_STREAM]` draw from `random.Random(f"{seed}/2")`."""
 
 _FAULT_SET = frozenset(FAULTS)
 
@@ -104,12 +124,28 @@ class FaultParams:
     """`rest_restart`: when the REST service restarts, as a fraction of the RUNNING phase."""
     rest_restart_seconds: float = 3.0
     """`rest_restart`: how long the REST service is down (every request dropped or 503)."""
+    probe_flap_seconds: float = 5.0
+    """`probe_flapping`: how long the health probe fails after the appliance is back up on
+    a new version."""
+    bad_batch_after: int = 0
+    """A bad batch over time: once this many installs were accepted fleet-wide (since the
+    start or the last reset), each further accepted install ends in ERROR with probability
+    `bad_batch_rate`. 0: off."""
+    bad_batch_rate: float = 0.0
+    """See `bad_batch_after`."""
 
     def __post_init__(self) -> None:
         for name in ("slow_seconds", "session_expiry_seconds", "long_reboot_seconds"):
             if getattr(self, name) < 0:
                 raise FaultProfileError(f"params.{name}: must be >= 0")
-        for name in ("poll_error_probability", "malformed_probability"):
+        if not 0.0 <= self.probe_flap_seconds < float("inf"):  # NaN fails too
+            raise FaultProfileError(
+                f"params.probe_flap_seconds: {self.probe_flap_seconds!r} is not a number >= 0"
+            )
+        if self.bad_batch_after < 0:
+            raise FaultProfileError(
+                f"params.bad_batch_after: {self.bad_batch_after!r} is not >= 0")
+        for name in ("poll_error_probability", "malformed_probability", "bad_batch_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise FaultProfileError(f"params.{name}: must be between 0 and 1")
         if self.max_faults_per_appliance < 1:
@@ -178,17 +214,31 @@ def _normal_appliances(data: Any) -> dict[str, tuple[str, ...]]:
     return result
 
 
-def _normal_rates(data: Any) -> dict[str, float]:
+def _normal_rates(data: Any, where: str = "rates") -> dict[str, float]:
     if not isinstance(data, Mapping):
-        raise FaultProfileError("rates: expected a table of fault -> probability")
-    check_faults(data)
+        raise FaultProfileError(f"{where}: expected a table of fault -> probability")
+    try:
+        check_faults(data)
+    except FaultProfileError as exc:
+        if where == "rates":
+            raise
+        raise FaultProfileError(f"{where}: {exc}") from None
     result: dict[str, float] = {}
     for fault, rate in data.items():
         if isinstance(rate, bool) or not isinstance(rate, int | float):
-            raise FaultProfileError(f"rates.{fault}: expected a number, got {rate!r}")
+            raise FaultProfileError(f"{where}.{fault}: expected a number, got {rate!r}")
         if not 0.0 <= float(rate) <= 1.0:
-            raise FaultProfileError(f"rates.{fault}: {rate} is not between 0 and 1")
+            raise FaultProfileError(f"{where}.{fault}: {rate} is not between 0 and 1")
         result[fault] = float(rate)
+    return result
+
+
+def _normal_site_rates(data: Any) -> dict[str, dict[str, float]]:
+    if not isinstance(data, Mapping):
+        raise FaultProfileError("site_rates: expected a table of site -> (fault -> probability)")
+    result: dict[str, dict[str, float]] = {}
+    for site, rates in data.items():
+        result[str(site)] = _normal_rates(rates, f"site_rates.{site}")
     return result
 
 
@@ -198,6 +248,8 @@ class FaultProfile:
 
     `appliances` values may be given as a single fault name or a sequence; `params` may be
     given as a `FaultParams` or a plain mapping. Both are normalised on construction.
+    `site_rates` (site -> fault -> probability) draws further faults for the appliances of
+    those sites, on top of `rates` (a bad batch of sites: see `assign`).
     """
 
     seed: int | None = None
@@ -206,9 +258,11 @@ class FaultProfile:
     appliances: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     params: FaultParams = field(default_factory=FaultParams)
     name: str = "custom"
+    site_rates: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rates", _normal_rates(self.rates))
+        object.__setattr__(self, "site_rates", _normal_site_rates(self.site_rates))
         object.__setattr__(self, "appliances", _normal_appliances(self.appliances))
         params: Any = self.params
         if isinstance(params, Mapping):
@@ -225,11 +279,12 @@ class FaultProfile:
         """Build from the JSON/TOML shape; raise FaultProfileError on anything unknown."""
         if not isinstance(data, Mapping):
             raise FaultProfileError("a fault profile must be a JSON object / TOML table")
-        unknown = sorted(set(data) - {"seed", "rates", "appliances", "params", "name"})
+        unknown = sorted(set(data) - {"seed", "rates", "site_rates", "appliances", "params",
+                                      "name"})
         if unknown:
             raise FaultProfileError(
                 f"unknown key(s) {', '.join(map(repr, unknown))} "
-                "(known: seed, rates, appliances, params, name)"
+                "(known: seed, rates, site_rates, appliances, params, name)"
             )
         params = data.get("params", {})
         if not isinstance(params, Mapping):
@@ -237,6 +292,7 @@ class FaultProfile:
         return cls(
             seed=data.get("seed"),
             rates=data.get("rates", {}),
+            site_rates=data.get("site_rates", {}),
             appliances=data.get("appliances", {}),
             params=FaultParams.from_dict(params),
             name=str(data.get("name", name)),
@@ -317,6 +373,7 @@ class FaultProfile:
         data: dict[str, Any] = {
             "seed": self.seed, "rates": dict(self.rates),
             "appliances": dict(self.appliances), "params": self.params, "name": self.name,
+            "site_rates": {site: dict(rates) for site, rates in self.site_rates.items()},
         }
         data.update(changes)
         return FaultProfile(**data)
@@ -326,43 +383,58 @@ class FaultProfile:
             "name": self.name,
             "seed": self.seed,
             "rates": dict(self.rates),
+            "site_rates": {site: dict(rates) for site, rates in self.site_rates.items()},
             "appliances": {k: list(v) for k, v in self.appliances.items()},
             "params": asdict(self.params),
         }
 
     # ------------------------------------------------------------------ assignment
-    def assign(self, names: Sequence[str], seed: int) -> list[frozenset[str]]:
-        """The faults of each appliance, in the order of `names`.
+    def assign(self, names: Sequence[str], seed: int,
+               sites: Sequence[str] | None = None) -> list[frozenset[str]]:
+        """The faults of each appliance, in the order of `names` (`sites`: the site of each,
+        in the same order; needed for `site_rates` only).
 
         Deterministic: one `random.Random(seed)` draws one number per (appliance, fault
         with a rate), appliances in order, faults in `FAULTS` order; at most
         `params.max_faults_per_appliance` are kept (the first in `FAULTS` order). Named
         appliances then replace theirs. The faults added after the first fourteen draw
-        the same way from a second `random.Random(f"{seed}/2")`, so that rating them
-        does not change which appliances get the older faults.
+        the same way from a second `random.Random(f"{seed}/2")`, and those added after
+        `sparse_accept` from a third `random.Random(f"{seed}/3")`, so that rating them
+        does not change which appliances get the older faults. `site_rates` draw last,
+        from `random.Random(f"{seed}/sites")` (one number per appliance of a listed site
+        and fault of that site), adding to (never removing) the faults drawn above; the
+        cap counts them after those.
         """
         base = self.seed if self.seed is not None else seed
-        rng = random.Random(base)
-        rng2 = random.Random(f"{base}/2")
-        first = frozenset(FAULTS[:_FIRST_STREAM])
-        rated = [(fault, self.rates[fault]) for fault in FAULTS
-                 if fault in first and self.rates.get(fault)]
-        rated2 = [(fault, self.rates[fault]) for fault in FAULTS
-                  if fault not in first and self.rates.get(fault)]
+        streams = (
+            (random.Random(base), FAULTS[:_FIRST_STREAM]),
+            (random.Random(f"{base}/2"), FAULTS[_FIRST_STREAM:_SECOND_STREAM]),
+            (random.Random(f"{base}/3"), FAULTS[_SECOND_STREAM:]),
+        )
+        rated = [(rng, [(fault, self.rates[fault]) for fault in faults
+                        if self.rates.get(fault)])
+                 for rng, faults in streams]
+        rated = [(rng, faults) for rng, faults in rated if faults]
+        site_rng = random.Random(f"{base}/sites")
+        by_site = {
+            site: [(fault, rates[fault]) for fault in FAULTS if rates.get(fault)]
+            for site, rates in self.site_rates.items()
+        } if sites is not None else {}
         cap = self.params.max_faults_per_appliance
         result: list[frozenset[str]] = []
         empty: frozenset[str] = frozenset()
-        for name in names:
-            if rated or rated2:
-                drawn = [fault for fault, rate in rated if rng.random() < rate]
-                drawn += [fault for fault, rate in rated2 if rng2.random() < rate]
-                faults = frozenset(drawn[:cap]) if drawn else empty
-            else:
-                faults = empty
+        for index, name in enumerate(names):
+            drawn = [fault for rng, faults in rated for fault, rate in faults
+                     if rng.random() < rate]
+            site_faults = by_site.get(sites[index]) if sites is not None and by_site else None
+            if site_faults:
+                drawn += [fault for fault, rate in site_faults
+                          if site_rng.random() < rate and fault not in drawn]
+            faults_of = frozenset(drawn[:cap]) if drawn else empty
             explicit = self.appliances.get(name)
             if explicit is not None:
-                faults = frozenset(explicit)
-            result.append(faults)
+                faults_of = frozenset(explicit)
+            result.append(faults_of)
         return result
 
 

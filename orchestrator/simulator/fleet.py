@@ -34,11 +34,18 @@ from orchestrator.simulator.faults import (
     INSTALL_ERROR,
     LONG_REBOOT,
     LOST_ANSWER,
+    NO_REPOSITORY,
     OPAQUE_TASKS,
+    PROBE_FAILING,
+    PROBE_FLAPPING,
+    RECONFIGURE_PENDING,
+    REPO_UNREACHABLE,
     REST_RESTART,
+    SERVICES_DOWN,
     SESSION_EXPIRY,
     SILENT_FAILURE,
     SPARSE_ACCEPT,
+    VERSION_NOT_OFFERED,
     WRONG_TYPES,
     FaultParams,
     check_faults,
@@ -90,6 +97,10 @@ SERVICES: tuple[tuple[str, str, bool], ...] = (
     ("envoy", "Envoy reverse proxy", False),
 )
 KEY_SERVICES: tuple[str, ...] = tuple(s[0] for s in SERVICES if s[2])
+# the key service the `services_down` fault stops
+DOWN_SERVICE = KEY_SERVICES[0]
+
+DEFAULT_REPOSITORY = "https://updates.sim.invalid/vr/"
 
 _DIGITS = re.compile(r"\d+")
 
@@ -108,14 +119,16 @@ class Install:
     """One accepted install and its (precomputed) timeline."""
 
     __slots__ = (
-        "accepted", "accepted_wall", "end", "fail_progress", "outcome", "previous", "ran",
-        "reboot", "rest_done", "rest_end", "rest_start", "run_end", "running", "version",
+        "accepted", "accepted_wall", "end", "fail_progress", "message", "outcome", "previous",
+        "ran", "reboot", "rest_done", "rest_end", "rest_start", "run_end", "running",
+        "version",
     )
 
     def __init__(
         self, *, version: str, previous: str, accepted: float, accepted_wall: float,
         running: float, run_end: float, end: float, outcome: str, reboot: bool,
         fail_progress: int, rest_start: float = INF, rest_end: float = INF,
+        message: str | None = None,
     ) -> None:
         self.version = version
         self.previous = previous
@@ -132,14 +145,16 @@ class Install:
         self.rest_start = rest_start
         self.rest_end = rest_end
         self.rest_done = False  # the REST restart has been processed by advance()
+        self.message = message  # the task's error message when it ends in ERROR (None: default)
 
 
 class Task:
-    __slots__ = ("created", "done", "id", "install", "kind", "result")
+    __slots__ = ("created", "done", "error", "id", "install", "kind", "result")
 
     def __init__(
         self, kind: str, created: float, *, install: Install | None = None,
         done: float = 0.0, result: dict[str, Any] | None = None,
+        error: str | None = None,
     ) -> None:
         self.id = str(uuid.uuid4())
         self.kind = kind
@@ -147,16 +162,17 @@ class Task:
         self.done = done
         self.install = install
         self.result = result
+        self.error = error  # a retrieve-updates task that ends in ERROR: its message
 
 
 class Appliance:
     """The state of one simulated appliance (kept small: 10,000 of them are cheap)."""
 
     __slots__ = (
-        "answer_lost", "booted_at", "faults", "index", "install", "install_ends",
-        "install_times", "installs_accepted", "name", "next_event", "ready_at", "reboot_end",
-        "reboot_start", "rebooted", "reconfigure", "repository", "rng", "sessions", "site",
-        "succeeded", "tasks", "version",
+        "answer_lost", "booted_at", "faults", "flap_until", "index", "install", "install_ends",
+        "install_times", "installs_accepted", "name", "next_event", "probe_requests",
+        "ready_at", "reboot_end", "reboot_start", "rebooted", "reconfigure", "repository",
+        "restored", "rng", "sessions", "site", "succeeded", "tasks", "version",
     )
 
     def __init__(self, index: int, name: str, site: str, version: str,
@@ -186,6 +202,12 @@ class Appliance:
         self.repository: dict[str, Any] | None = None
         self.rng: random.Random | None = None
         self.answer_lost = False  # `lost_answer` has fired on this appliance
+        # `services_down`: the appliance restarted (or was upgraded in place) since the
+        # fault was given, which brought its services back up
+        self.restored = False
+        # `probe_flapping`: the health probe fails until then (monotonic seconds)
+        self.flap_until = 0.0
+        self.probe_requests = 0
 
 
 class Fleet:
@@ -205,7 +227,8 @@ class Fleet:
         self._mono0 = now
         self._wall0 = wall_clock()
         names = [config.appliance_name(i) for i in range(config.appliances)]
-        faults = config.profile.assign(names, config.seed)
+        faults = config.profile.assign(
+            names, config.seed, [config.site_name(i) for i in range(config.appliances)])
         self.appliances: list[Appliance] = [
             Appliance(i, name, config.site_name(i), config.initial_version, faults[i], now)
             for i, name in enumerate(names)
@@ -220,6 +243,8 @@ class Fleet:
         self._versions: Counter[str] = Counter({config.initial_version: len(names)})
         self._heap: list[tuple[float, int, str]] = []
         self._seq = 0
+        # the bad batch's draws (`bad_batch_after`), one per install accepted past it
+        self._batch_rng = random.Random(f"{config.seed}/bad_batch")
         self._reset_counters()
 
     # ------------------------------------------------------------------ time helpers
@@ -248,6 +273,9 @@ class Fleet:
         self.outcomes: Counter[str] = Counter()
         self.lost_answers = 0
         self.rest_restarts = 0
+        self.bad_batch_errors = 0
+        self.probe_requests = 0
+        self.probe_responses: Counter[str] = Counter()
         self.in_flight = len(self._heap)
         self.in_flight_by_site: dict[str, int] = dict.fromkeys(self.sites, 0)
         for _, _, site in self._heap:
@@ -295,6 +323,7 @@ class Fleet:
                 if ins is not None and ins.reboot and ins.outcome == OUTCOME_SUCCESS:
                     self._set_version(app, ins.version)
                 app.booted_at = app.reboot_end
+                app.restored = True
             if now >= app.ready_at:
                 app.reboot_start = app.reboot_end = app.ready_at = 0.0
                 app.rebooted = False
@@ -303,6 +332,8 @@ class Fleet:
             self.outcomes[ins.outcome] += 1
             if ins.outcome == OUTCOME_SUCCESS:
                 app.succeeded.add(ins.version)
+                app.restored = True
+                app.flap_until = ins.end + self.params.probe_flap_seconds
                 if self.config.reconfigure_fraction > 0:
                     app.reconfigure = self.rng(app).random() < self.config.reconfigure_fraction
             ins = None
@@ -386,8 +417,42 @@ class Fleet:
             del tasks[next(iter(tasks))]
         tasks[task.id] = task
 
+    def repository(self, app: Appliance) -> dict[str, Any]:
+        """The update repository as `GET .../repository` shows it (without a password)."""
+        repo = app.repository
+        if repo is None:
+            repo = {"url": "" if NO_REPOSITORY in app.faults else DEFAULT_REPOSITORY,
+                    "mounted_iso": False, "username": ""}
+        return {k: v for k, v in repo.items() if k != "password"}
+
+    def repository_problem(self, app: Appliance) -> str | None:
+        """Why updates cannot be fetched (`no_repository`, `repo_unreachable`), or None."""
+        faults = app.faults
+        if NO_REPOSITORY not in faults and REPO_UNREACHABLE not in faults:
+            return None
+        repo = self.repository(app)
+        url = repo.get("url")
+        if not url and not repo.get("mounted_iso"):
+            return "No update repository is configured."
+        if REPO_UNREACHABLE in faults:
+            return (f"Cannot reach the update repository {url or 'on the mounted ISO'}: "
+                    "connection timed out.")
+        return None
+
+    def reconfigure_required(self, app: Appliance) -> bool:
+        """`reconfigure-required`: after an upgrade (`reconfigure_fraction`), or with
+        `reconfigure_pending` until an install succeeded."""
+        return app.reconfigure or (RECONFIGURE_PENDING in app.faults and not app.succeeded)
+
     def retrieve_updates(self, app: Appliance, now: float) -> dict[str, Any]:
+        problem = self.repository_problem(app)
+        if problem is not None:
+            task = Task(KIND_RETRIEVE, now, done=now + self.config.retrieve_seconds,
+                        error=problem)
+            self._add_task(app, task)
+            return self.render_task(app, task, now)
         current = version_key(app.version)
+        offered = () if VERSION_NOT_OFFERED in app.faults else self.offered
         updates = [
             {
                 "version": v,
@@ -397,7 +462,7 @@ class Fleet:
                 "severity": "important",
                 "summary": f"{self.config.product_name} {v}",
             }
-            for v in sorted(self.offered, key=version_key)
+            for v in sorted(offered, key=version_key)
             if version_key(v) > current
         ]
         task = Task(KIND_RETRIEVE, now, done=now + self.config.retrieve_seconds,
@@ -422,7 +487,7 @@ class Fleet:
             )
         if INSTALL_500 in faults:
             return 500, response_error(E_INTERNAL, "Unexpected error in the update manager.")
-        if version not in self.offered:
+        if version not in self.offered or VERSION_NOT_OFFERED in faults:
             return 404, None
         # `in_progress_error`: this appliance refuses a second install like 'reject' does
         reject = self.config.duplicate_install == "reject" or IN_PROGRESS_ERROR in faults
@@ -449,12 +514,24 @@ class Fleet:
         cfg = self.config
         rng = self.rng(app)
         duration = max(0.0, cfg.install_seconds * (1 + cfg.install_jitter * rng.uniform(-1, 1)))
-        if INSTALL_ERROR in faults:
+        message: str | None = None
+        problem = self.repository_problem(app)
+        if problem is not None:
+            # the download fails at once: the install ends as quickly as a retrieve-updates
+            duration = cfg.retrieve_seconds
+            outcome = OUTCOME_ERROR
+            message = f"Cannot download update {version}: {problem}"
+        elif INSTALL_ERROR in faults:
             outcome = OUTCOME_ERROR
         elif SILENT_FAILURE in faults:
             outcome = OUTCOME_SILENT
         else:
             outcome = OUTCOME_SUCCESS
+        after = self.params.bad_batch_after
+        if (outcome == OUTCOME_SUCCESS and after and self.installs_accepted >= after
+                and self._batch_rng.random() < self.params.bad_batch_rate):
+            outcome = OUTCOME_ERROR  # a bad batch: the failure rate rose part-way
+            self.bad_batch_errors += 1
         running = now + cfg.queued_seconds
         run_end = running + duration
         reboot = cfg.reboot_required and outcome != OUTCOME_ERROR
@@ -476,7 +553,7 @@ class Fleet:
             accepted_wall=self.epoch(now), running=running, run_end=run_end, end=end,
             outcome=outcome, reboot=reboot,
             fail_progress=rng.randint(5, 95) if outcome == OUTCOME_ERROR else 100,
-            rest_start=rest_start, rest_end=rest_end,
+            rest_start=rest_start, rest_end=rest_end, message=message,
         )
         app.install = ins
         self._expire(now)
@@ -542,6 +619,11 @@ class Fleet:
             if now < task.done:
                 status, progress = RUNNING, int(100 * (now - task.created) /
                                                 max(task.done - task.created, 1e-9))
+            elif task.error is not None:
+                status, progress, complete = ERROR, 0, task.done
+                error = {"message": task.error,
+                         "details": "See /opt/vmware/var/log/vami/updatecli.log on the "
+                                    "appliance."}
             else:
                 status, progress, complete, result = SUCCESS, 100, task.done, task.result
             description = "Retrieve available updates"
@@ -555,8 +637,9 @@ class Fleet:
             elif ins.outcome == OUTCOME_ERROR:
                 status, progress, complete = ERROR, ins.fail_progress, ins.run_end
                 error = {
-                    "message": f"Installation of update {ins.version} failed: "
-                               "post-install script exited with status 1.",
+                    "message": ins.message or f"Installation of update {ins.version} "
+                                              "failed: post-install script exited with "
+                                              "status 1.",
                     "details": "See /opt/vmware/var/log/vami/updatecli.log on the appliance.",
                 }
             else:
@@ -642,17 +725,51 @@ class Fleet:
     def services(self, app: Appliance, now: float) -> list[dict[str, Any]]:
         starting = (self.config.services_starting_mode == "not_running"
                     and self.phase(app, now) == PHASE_STARTING)
+        down = SERVICES_DOWN in app.faults and not app.restored
         return [
             {"id": sid, "name": sid, "description": desc, "startup_type": "AUTOMATIC",
-             "is_running": not (starting and key)}
+             "is_running": not (starting and key) and not (down and sid == DOWN_SERVICE)}
             for sid, desc, key in SERVICES
         ]
+
+    def probe(self, app: Appliance, now: float) -> tuple[int, dict[str, Any]]:
+        """The appliance's health page (`GET /{name}/health`), once it answers at all (the
+        server handles the reboot): 200 `{"status": "ok", ...}` when healthy; 503
+        `{"status": "unavailable", ...}` while a key service is not running, with
+        `probe_failing`, or with `probe_flapping` for `probe_flap_seconds` after it came
+        back up on a new version. Counted in `probe_requests` / `probe_responses`."""
+        app.probe_requests += 1
+        self.probe_requests += 1
+        running = {s["id"]: s["is_running"] for s in self.services(app, now)}
+        reason: str | None = None
+        if not all(running[sid] for sid in KEY_SERVICES):
+            reason = "key services not running"
+        elif PROBE_FAILING in app.faults:
+            reason = "health check failing"
+        elif PROBE_FLAPPING in app.faults and now < app.flap_until:
+            reason = "health check failing after the upgrade"
+        status = 200 if reason is None else 503
+        self.probe_responses[str(status)] += 1
+        body: dict[str, Any] = {"status": "ok" if reason is None else "unavailable",
+                                "name": app.name, "version": app.version}
+        if reason is not None:
+            body["reason"] = reason
+        return status, body
+
+    def probe_unanswered(self, app: Appliance, how: str) -> None:
+        """Count a probe the appliance itself did not answer (`dropped`: rebooting in `drop`
+        mode, or `hang`; `503`: rebooting in `503` mode, or services starting in `503`
+        mode)."""
+        app.probe_requests += 1
+        self.probe_requests += 1
+        self.probe_responses[how] += 1
 
     # ------------------------------------------------------------------ control
     def set_faults(self, name: str, faults: Iterable[str]) -> frozenset[str]:
         """Replace the faults of appliance `name` (KeyError if unknown)."""
         app = self.by_name[name]
         app.faults = check_faults(faults)
+        app.restored = False  # `services_down` given now takes effect now
         return app.faults
 
     def version_of(self, name: str) -> str:
@@ -677,6 +794,8 @@ class Fleet:
                 app.succeeded.clear()
                 app.reconfigure = False
                 app.answer_lost = False
+                app.restored = False
+                app.flap_until = 0.0
                 app.version = self.config.initial_version
             self._pending.clear()
             self._heap.clear()
@@ -685,6 +804,7 @@ class Fleet:
             app.installs_accepted = 0
             app.install_times = []
             app.install_ends = []
+            app.probe_requests = 0
         self._reset_counters()
 
     def appliance_stats(self, app: Appliance, now: float) -> dict[str, Any]:
@@ -695,6 +815,7 @@ class Fleet:
             "installs_accepted": app.installs_accepted,
             "install_times": list(app.install_times),
             "install_ends": list(app.install_ends),
+            "probe_requests": app.probe_requests,
             "faults": sorted(app.faults),
         }
 
@@ -713,6 +834,9 @@ class Fleet:
             "duplicate_installs": self.duplicate_installs,
             "lost_answers": self.lost_answers,
             "rest_restarts": self.rest_restarts,
+            "bad_batch_errors": self.bad_batch_errors,
+            "probe_requests": self.probe_requests,
+            "probe_responses": dict(self.probe_responses),
             "install_responses": dict(self.install_responses),
             "outcomes": dict(self.outcomes),
             "in_flight": self.in_flight,

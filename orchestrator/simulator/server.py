@@ -1,6 +1,7 @@
 """The HTTP side: one aiohttp server serving every simulated appliance on one port.
 
-Appliance `sim-00001` lives under `http://HOST:PORT/sim-00001/api/rest/configure/v1`.
+Appliance `sim-00001` lives under `http://HOST:PORT/sim-00001/api/rest/configure/v1`; its
+health page (for an HTTP probe, no session needed) is `http://HOST:PORT/sim-00001/health`.
 There is a single low-level handler (no per-appliance routes): it splits the path, finds
 the appliance in a dict, applies the request-level faults and the reboot phases, and
 answers from `Fleet`. `/_sim/...` is the simulator's own control API (ground truth).
@@ -46,6 +47,7 @@ DEFAULT_BACKLOG = 4096
 _JSON = "application/json"
 _TEXT = "text/plain"
 _PREFIX_LEN = len(API_PREFIX)
+_HEALTH = "/health"
 _INSTALL_HEAD = "/appliance/update-manager/updates/"
 _INSTALL_TAIL = "/actions/install"
 
@@ -239,6 +241,9 @@ class Simulator:
         fleet.requests += 1
         slash = path.find("/", 1)
         app = fleet.by_name.get(path[1:slash]) if slash > 0 else None
+        if app is not None and request.method == "GET" and path.endswith(_HEALTH) \
+                and len(path) == slash + len(_HEALTH):
+            return await self._probe(app, request)
         if app is None or not path.startswith(API_PREFIX, slash):
             return _empty(404)
         methods, arg = _route(path[slash + _PREFIX_LEN:])
@@ -347,16 +352,39 @@ class Simulator:
             fleet.logout(app, sid)
             return 204, None
         if kind == "reconfigure_required":
-            return 200, {"value": app.reconfigure}
+            return 200, {"value": fleet.reconfigure_required(app)}
         if kind == "get_repository":
-            repo = app.repository or {
-                "url": "https://updates.sim.invalid/vr/", "mounted_iso": False,
-                "username": "",
-            }
-            return 200, {k: v for k, v in repo.items() if k != "password"}
+            return 200, fleet.repository(app)
         if kind == "restart":
             return fleet.restart(app, now)
         return 404, None  # pragma: no cover - every kind is handled above
+
+    async def _probe(self, app: Appliance, request: web.BaseRequest) -> web.StreamResponse:
+        """`GET /{name}/health`: the appliance's health page (see `Fleet.probe`). Not counted
+        in `requests`; `hang` and `slow` apply, and so does a reboot (like the API)."""
+        fleet = self.fleet
+        faults = app.faults
+        released = self._released
+        if HANG in faults:
+            if released is not None:
+                await released.wait()
+            fleet.probe_unanswered(app, "dropped")
+            return _drop(request)
+        if SLOW in faults and released is not None and not released.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(released.wait(), fleet.params.slow_seconds)
+        now = self._clock()
+        if now >= app.next_event:
+            fleet.advance(app, now)
+        if app.ready_at and now >= app.reboot_start and (
+                now < app.reboot_end or self.config.services_starting_mode == "503"):
+            if now < app.reboot_end and self.config.reboot_mode == "drop":
+                fleet.probe_unanswered(app, "dropped")
+                return _drop(request)
+            fleet.probe_unanswered(app, "503")
+            return _unavailable()
+        status, body = fleet.probe(app, now)
+        return _json(status, body)
 
     async def _put_repository(self, app: Appliance,
                               request: web.BaseRequest) -> tuple[int, Any]:

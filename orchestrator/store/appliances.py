@@ -119,18 +119,49 @@ async def list_appliances(
     names: Sequence[str] | None = None,
     after_id: int = 0,
     limit: int | None = None,
+    version: str | None = None,
 ) -> list[Appliance]:
+    """By id; `version`: only appliances whose current version is exactly that."""
     rows = await conn.fetch(
         f"""SELECT {_COLUMNS} FROM appliances
             WHERE ($1::text IS NULL OR site = $1)
               AND ($2::text IS NULL OR tags @> ARRAY[$2::text])
               AND ($3::text[] IS NULL OR name = ANY($3))
               AND id > $4
+              AND ($6::text IS NULL OR current_version = $6)
             ORDER BY id
             LIMIT $5""",
-        site, tag, list(names) if names is not None else None, after_id, limit,
+        site, tag, list(names) if names is not None else None, after_id, limit, version,
     )
     return [_row(r) for r in rows]
+
+
+# an appliance's newest task (by id: the latest rollout that targeted it), per appliance of
+# a page in one statement; tasks_appliance_id_idx (migration 0012) gives each its first row
+LAST_TASKS = """SELECT a.id AS appliance_id, t.rollout_id, t.id AS task_id, t.state,
+       t.error_code, r.target_version, t.finished_at
+FROM unnest($1::bigint[]) AS a (id)
+CROSS JOIN LATERAL (
+    SELECT id, rollout_id, state, error_code, finished_at FROM tasks
+    WHERE appliance_id = a.id ORDER BY id DESC LIMIT 1) AS t
+JOIN rollouts r ON r.id = t.rollout_id"""
+
+
+async def last_tasks(conn: DB, appliance_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    """appliance id -> its newest task: {rollout_id, task_id, state, error_code,
+    target_version, finished_at (ISO 8601 or None)}; appliances never targeted are left
+    out."""
+    if not appliance_ids:
+        return {}
+    rows = await conn.fetch(LAST_TASKS, list(appliance_ids))
+    return {
+        r["appliance_id"]: {
+            "rollout_id": r["rollout_id"], "task_id": r["task_id"], "state": r["state"],
+            "error_code": r["error_code"], "target_version": r["target_version"],
+            "finished_at": r["finished_at"].isoformat() if r["finished_at"] else None,
+        }
+        for r in rows
+    }
 
 
 async def get_appliance(conn: DB, name: str) -> Appliance | None:

@@ -1,6 +1,8 @@
 """The forecast of a rollout's completion (ETA), from what the database knows now.
 
-The plan that is left (never-started tasks per wave, in plan order), the installs in
+The plan that is left (never-started tasks per wave, in plan order, but for the appliances
+whose latest pre-flight result is `fail` or `skip`: they will fail or be skipped, and take
+no slot worth counting; docs/preflight.md), the installs in
 flight, the time a task holds a slot in this rollout, the concurrency limits and the
 maintenance windows go into `domain.eta.forecast_completion`. The slot time is the median
 time from dispatch to outcome of the finished tasks, or, once 20 have finished and when it
@@ -75,6 +77,10 @@ async def rollout_forecast(
            FROM tasks t JOIN appliances a ON a.id = t.appliance_id
            WHERE t.rollout_id = $1
              AND t.state IN ('PENDING', 'DISPATCHING', 'INSTALLING', 'VERIFYING')
+             -- a pre-flight found that it will fail or be skipped: it takes no slot
+             AND NOT (t.state = 'PENDING' AND EXISTS (
+                 SELECT 1 FROM preflight_results p WHERE p.rollout_id = t.rollout_id
+                   AND p.appliance_id = t.appliance_id AND p.result IN ('fail', 'skip')))
            ORDER BY t.wave, t.position""",
         rollout_id,
     )

@@ -719,13 +719,16 @@ async def active_rollout_ids(conn: DB, states: Sequence[str]) -> list[int]:
     return [int(row["id"]) for row in rows]
 
 
-LOCK_FOR_TICK = """SELECT state, current_wave, strategy, abort_reason, schedule_at
+LOCK_FOR_TICK = """SELECT state, current_wave, strategy, abort_reason, schedule_at,
+       pace_concurrency, extract(epoch FROM now() - pace_evaluated_at)::float8 AS pace_age
 FROM rollouts WHERE id = $1 FOR UPDATE"""
 
 
 async def lock_for_tick(conn: DB, rollout_id: int) -> asyncpg.Record | None:
     """The rollout's row as a tick reads it (state, current_wave, strategy, abort_reason,
-    schedule_at), locked FOR UPDATE until the transaction ends; None: no such rollout."""
+    schedule_at; the adaptive pace's `pace_concurrency` and `pace_age`, the seconds since
+    it was last decided: store/pace.py), locked FOR UPDATE until the transaction ends;
+    None: no such rollout."""
     row: asyncpg.Record | None = await conn.fetchrow(LOCK_FOR_TICK, rollout_id)
     return row
 
@@ -934,6 +937,26 @@ class RolloutCounts:
         }
 
 
+# the task counts by state of several rollouts (a page of the list) in one statement, from
+# the same counters as ROLLOUT_COUNTS (both tables are keyed by rollout_id first)
+STATE_COUNTS = """SELECT rollout_id, state, sum(n)::int AS n
+FROM (SELECT rollout_id, state, n FROM task_counts WHERE rollout_id = ANY($1::bigint[])
+      UNION ALL
+      SELECT rollout_id, state, n FROM task_count_deltas
+      WHERE rollout_id = ANY($1::bigint[])) AS counted
+GROUP BY rollout_id, state HAVING sum(n) > 0
+ORDER BY rollout_id, state"""
+
+
+async def state_counts(conn: DB, rollout_ids: Sequence[int]) -> dict[int, dict[str, int]]:
+    """rollout id -> its tasks by state (every id given is a key, {} when it has none)."""
+    out: dict[int, dict[str, int]] = {rid: {} for rid in rollout_ids}
+    if rollout_ids:
+        for r in await conn.fetch(STATE_COUNTS, list(rollout_ids)):
+            out[r["rollout_id"]][r["state"]] = int(r["n"])
+    return out
+
+
 async def rollout_counts(conn: DB, rollout_id: int) -> RolloutCounts:
     rows = await conn.fetch(ROLLOUT_COUNTS, rollout_id)
     by_state: dict[str, int] = {}
@@ -985,4 +1008,5 @@ __all__ = [
     "retry_failed",
     "rollout_counts",
     "start_rollout",
+    "state_counts",
 ]

@@ -98,9 +98,13 @@ def parse_expiry(text: str, field: str = "--expires-in") -> timedelta:
     return duration
 
 
-def _info(row: asyncpg.Record) -> TokenInfo:
+def token_from_row(row: asyncpg.Record) -> TokenInfo:
+    """The TokenInfo of a row holding the columns of `api_tokens` (never the hash)."""
     return TokenInfo(**{k: row[k] for k in ("id", "name", "role", "created_at",
                                             "last_used_at", "revoked_at", "expires_at")})
+
+
+_info = token_from_row
 
 
 async def create_token(conn: DB, name: str, role: str, *,
@@ -141,6 +145,14 @@ async def lookup(conn: DB, token: str) -> TokenInfo | None:
 async def authenticate(conn: DB, token: str) -> TokenInfo | None:
     """The active token matching `token`, or None (unknown, revoked or expired)."""
     info = await lookup(conn, token)
+    return info if info is not None and info.active else None
+
+
+async def active_by_id(conn: DB, token_id: int) -> TokenInfo | None:
+    """The token with this id if it is active (not revoked, not expired), else None: how
+    an open event stream checks its token again, however it was opened."""
+    row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM api_tokens WHERE id = $1", token_id)
+    info = _info(row) if row is not None else None
     return info if info is not None and info.active else None
 
 

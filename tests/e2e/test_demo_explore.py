@@ -91,6 +91,9 @@ async def test_the_commands_the_demo_prints_show_its_rollout(pg_server_url: str,
                 assert (rollout["name"], rollout["state"]) == ("demo rollout", "SUCCEEDED")
                 async with session.get(f"{base}/api/docs") as resp:
                     assert resp.status == 200
+                async with session.get(f"{base}/") as resp:  # the console the line names
+                    assert resp.status == 200
+                    assert "text/html" in resp.headers["Content-Type"]
         finally:
             server.terminate()
             server.wait(30)
@@ -119,6 +122,7 @@ async def test_demo_serve_keeps_the_fleet_and_runs_a_second_rollout(pg_server_ur
         out = demo.output()[0]
         assert "rollout 1: SUCCEEDED" in out
         assert f"http://127.0.0.1:{port}/api/docs" in out
+        assert f"the console:                http://127.0.0.1:{port}/ " in out
         lines = {m.group(1): m.group(2).strip() for m in re.finditer(
             r"^\s+(a token|a second rollout|watch it)[^:]*:\s+(.*)$", out, re.M)}
         assert set(lines) == {"a token", "a second rollout", "watch it"}, out

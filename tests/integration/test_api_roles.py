@@ -1,5 +1,6 @@
-"""Every route, table-driven: no token (or a bad one) is 401, a viewer on any mutation is 403,
-an operator on admin routes is 403, and an admin can do everything (each request succeeds).
+"""Every route, table-driven: no token (or a bad one) is 401, a viewer on any mutation is 403
+(except the one a viewer may make: a stream ticket, to read its own event stream), an
+operator on admin routes is 403, and an admin can do everything (each request succeeds).
 
 The table must list every operation of the app: a new route without a row fails here."""
 
@@ -30,6 +31,10 @@ TABLE: list[tuple[str, str, str, dict[str, Any], int]] = [
     ("docs", "GET", "/api/docs", {}, 200),
     ("docsAsset", "GET", "/api/docs/assets/docs.js", {}, 200),
     ("reference", "GET", "/api/reference", {}, 200),
+    ("console", "GET", "/", {}, 200),
+    ("consoleAsset", "GET", "/console/assets/console.js", {}, 200),
+    ("getMe", "GET", "/api/v1/me", {}, 200),
+    ("createStreamTicket", "POST", "/api/v1/stream-tickets", {}, 201),
     ("importAppliances", "POST", "/api/v1/appliances:import",
      {"data": CSV, "headers": {"Content-Type": "text/csv"}}, 200),
     ("listAppliances", "GET", "/api/v1/appliances?site=ams", {}, 200),
@@ -52,6 +57,8 @@ TABLE: list[tuple[str, str, str, dict[str, Any], int]] = [
     ("retryFailedRollout", "POST", "/api/v1/rollouts/{rid}/retry-failed", {}, 200),
     ("listRolloutTasks", "GET", "/api/v1/rollouts/{rid}/tasks?state=PENDING", {}, 200),
     ("getRolloutReport", "GET", "/api/v1/rollouts/{rid}/report?format=csv", {}, 200),
+    ("startRolloutPreflight", "POST", "/api/v1/rollouts/{rid}/preflight", {}, 202),
+    ("getRolloutPreflight", "GET", "/api/v1/rollouts/{rid}/preflight?result=fail", {}, 200),
     ("streamRolloutEvents", "GET", "/api/v1/rollouts/{rid}/events?follow=false", {}, 200),
     ("createWindow", "POST", "/api/v1/maintenance-windows",
      {"json": {"name": "w-1", "cron": "0 22 * * *", "duration": "4h",
@@ -121,7 +128,7 @@ async def test_roles_on_every_route(pool: asyncpg.Pool) -> None:
                 assert resp_headers["WWW-Authenticate"].startswith("Bearer"), op_id
                 status, _ = await send("orch_not-a-real-token")
                 assert status == 401, (op_id, status)
-            if op.mutation:
+            if op.mutation and op.role != "viewer":
                 status, _ = await send(tokens["viewer"])
                 assert status == 403, (op_id, "viewer", status)
             if op.role == "admin":
@@ -129,6 +136,6 @@ async def test_roles_on_every_route(pool: asyncpg.Pool) -> None:
                 assert status == 403, (op_id, "operator", status)
             status, (_, body) = await send(tokens["admin"])
             assert status == admin_status, (op_id, status, body[:300])
-            if op.role == "viewer" and not op.mutation:
+            if op.role == "viewer":
                 status, _ = await send(tokens["viewer"])
                 assert status == admin_status, (op_id, "viewer", status)

@@ -801,7 +801,7 @@ async def test_a_tick_skips_a_rollout_another_engine_is_ticking(
     engine's tick) holds it, the tick returns at once and claims nothing for that rollout;
     once released, the next tick claims."""
     async with fleet(pool, db_url, appliances=4), http_client() as client:
-        rid = await create(pool)
+        rid = await create(pool, {"preflight": "off"})  # (the first tick claims)
         eng = Engine(pool, client, fast_engine_config(), database_url=db_url)
         holder = await pool.acquire()
         try:
@@ -849,7 +849,7 @@ async def test_a_tick_claims_free_slots_in_bounded_batches(
     fleet-wide claim lock for long), yet one tick fills every free slot, claiming again at
     once after each full batch."""
     async with fleet(pool, db_url, appliances=5), http_client() as client:
-        rid = await create(pool, {"max_concurrency": 5})
+        rid = await create(pool, {"max_concurrency": 5, "preflight": "off"})
         eng = Engine(pool, client, fast_engine_config(claim_batch=2), database_url=db_url)
         try:
             await asyncio.wait_for(eng.tick(), 60)

@@ -5,12 +5,15 @@ timings, and asserts the typed outcome a caller of the client sees."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, TypeVar
 
+import aiohttp
 import pytest
 
 from orchestrator.appliance import (
@@ -470,3 +473,143 @@ async def test_sparse_accept_fault() -> None:
         assert task.id is None and task.status is TaskStatus.QUEUED
         listed = await client.list_tasks()
         assert [t.id for t in listed if t.id]  # the task is there, with its id
+
+
+# --- pre-flight problems and health gates (issue 18) ---------------------------------------
+
+
+async def repository_url(sim: Simulator) -> str:
+    """`GET .../update-manager/repository` on NAME (the client has no call for it): its url."""
+    base = sim.base_url(NAME)
+    async with aiohttp.ClientSession() as raw:
+        async with raw.post(f"{base}/session", headers={
+                "Authorization": "Basic " + base64.b64encode(b"admin:admin").decode()}) as r:
+            sid = (await r.json())["session_id"]
+        async with raw.get(f"{base}/appliance/update-manager/repository",
+                           headers={"x-dr-session": sid}) as r:
+            assert r.status == 200
+            return str((await r.json())["url"])
+
+
+async def probe(sim: Simulator, name: str = NAME) -> tuple[int, str]:
+    """The appliance's health page, `GET http://HOST:PORT/{name}/health`: (status, body)."""
+    async with aiohttp.ClientSession() as raw, raw.get(
+            f"{sim.url}/{name}/health", timeout=aiohttp.ClientTimeout(total=2)) as r:
+        return r.status, await r.text()
+
+
+async def test_no_repository_fault() -> None:
+    async with simulate("no_repository") as (sim, target), make_http() as http:
+        client = http.client(target)
+        assert await repository_url(sim) == ""
+        done = await terminal_task(client, await client.retrieve_updates())
+        assert done.status is TaskStatus.ERROR
+        assert done.error_message == "No update repository is configured."
+        installed = await terminal_task(client, await client.install(V1))
+        assert installed.status is TaskStatus.ERROR
+        assert installed.error_message is not None
+        assert "No update repository is configured" in installed.error_message
+        assert (await client.get_appliance()).appliance_version == V0
+
+
+async def test_repo_unreachable_fault() -> None:
+    async with simulate("repo_unreachable") as (sim, target), make_http() as http:
+        client = http.client(target)
+        assert await repository_url(sim) == "https://updates.sim.invalid/vr/"
+        for task in (await client.retrieve_updates(), await client.install(V1)):
+            done = await terminal_task(client, task)
+            assert done.status is TaskStatus.ERROR
+            assert done.error_message is not None
+            assert "Cannot reach the update repository" in done.error_message
+        assert (await client.get_appliance()).appliance_version == V0
+        assert sim.stats()["outcomes"] == {"error": 1}
+
+
+async def test_version_not_offered_fault() -> None:
+    async with simulate("version_not_offered") as (sim, target), make_http() as http:
+        client = http.client(target)
+        done = await terminal_task(client, await client.retrieve_updates())
+        assert done.status is TaskStatus.SUCCESS
+        assert parse_updates(done.result) == []
+        with pytest.raises(NotFound):
+            await client.install(V1)
+        # the same answer as an install of a version no appliance offers
+        other = http.client(ApplianceTarget("sim-00002", sim.base_url("sim-00002")))
+        with pytest.raises(NotFound):
+            await other.install("9.9.9-99999")
+        assert sim.stats()["install_responses"] == {"404": 2}
+
+
+async def test_services_down_fault() -> None:
+    async with simulate("services_down") as (sim, target), make_http() as http:
+        client = http.client(target)
+        services = {s.id: s.is_running for s in await client.get_services()}
+        assert services == {"hms": False, "drrest": True, "envoy": True}
+        assert (await probe(sim))[0] == 503
+        await client.install(V1)  # the install still runs; the reboot brings hms back
+
+        async def up() -> tuple[str, bool]:
+            version = (await client.get_appliance(request_timeout=0.5)).appliance_version
+            services = await client.get_services(request_timeout=0.5)
+            return version, all(s.is_running for s in services)
+
+        await until(up, lambda seen: seen == (V1, True), seen=Counter())
+
+
+async def test_reconfigure_pending_fault() -> None:
+    async with simulate("reconfigure_pending") as (_sim, target), make_http() as http:
+        client = http.client(target)
+        assert await client.reconfigure_required()
+        await client.install(V1)
+        await until(client.get_appliance, lambda a: a.appliance_version == V1, seen=Counter())
+        await until(client.reconfigure_required, lambda value: value is False, seen=Counter())
+
+
+FAILING = '"reason":"health check failing"'
+
+
+async def _probe_after_upgrade(sim: Simulator, target: ApplianceTarget) -> list[tuple[int, str]]:
+    """Install V1 and probe the health page until the appliance is back on V1 and the probe
+    answered 200, or answered "health check failing" 20 times; the answers seen on V1, in
+    order."""
+    async with make_http() as http:
+        await http.client(target).install(V1)
+    seen: list[tuple[int, str]] = []
+
+    async def look() -> list[tuple[int, str]]:
+        try:
+            answer = await probe(sim)
+        except (aiohttp.ClientError, TimeoutError):
+            return seen  # rebooting: no answer
+        if V1 in answer[1]:
+            seen.append(answer)
+        return seen
+
+    await until(look, lambda s: (bool(s) and s[-1][0] == 200) or
+                sum(FAILING in body for _, body in s) >= 20)
+    return seen
+
+
+async def test_probe_flapping_fault() -> None:
+    async with simulate("probe_flapping", params={"probe_flap_seconds": 1.0}) as (sim, target):
+        healthy = json.dumps({"status": "ok", "name": NAME, "version": V0},
+                             separators=(",", ":"))
+        assert await probe(sim) == (200, healthy)  # healthy before the upgrade
+        seen = await _probe_after_upgrade(sim, target)
+        *failed, last = seen
+        assert last[0] == 200 and '"status":"ok"' in last[1]
+        assert failed and all(status == 503 for status, _ in failed)
+        # key services starting, then the flapping probe
+        assert "health check failing after the upgrade" in failed[-1][1]
+        stats = sim.stats()
+        assert stats["probe_responses"]["503"] >= len(failed)
+        assert stats["appliances"][NAME]["probe_requests"] == stats["probe_requests"]
+
+
+async def test_probe_failing_fault() -> None:
+    async with simulate("probe_failing") as (sim, target):
+        assert (await probe(sim))[0] == 503
+        seen = await _probe_after_upgrade(sim, target)
+        assert {status for status, _ in seen} == {503}
+        assert sum(FAILING in body for _, body in seen) == 20
+        assert sim.version_of(NAME) == V1

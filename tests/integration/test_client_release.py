@@ -53,8 +53,9 @@ def open_sessions(sim: Simulator) -> int:
 
 async def test_rollout_leaves_no_client_and_no_session(pool: asyncpg.Pool,
                                                         db_url: str) -> None:
-    """N appliances, one of them FAILED (install_error): N logouts, none left open, and
-    the engine's client cache is empty once its runners are done."""
+    """N appliances, one of them FAILED (install_error): 2N logouts (N tasks, N pre-flight
+    checks), none left open, and the engine's client cache is empty once its runners are
+    done."""
     n = 6
     async with fleet(pool, db_url, appliances=n, sites=2) as f:
         f.sim.set_faults("sim-00003", ["install_error"])
@@ -73,8 +74,10 @@ async def test_rollout_leaves_no_client_and_no_session(pool: asyncpg.Pool,
         assert states.pop("sim-00003") == "FAILED"
         assert set(states.values()) == {"SUCCEEDED"} and len(states) == n - 1
         seen = kinds(f.sim)
-        assert seen["logout"] == n
-        assert seen["login"] >= n  # one before the install, more after the reboot
+        # one session per task, and one per appliance for the pre-flight the rollout runs
+        # at start (strategy preflight: warn by default): each logged out
+        assert seen["logout"] == 2 * n
+        assert seen["login"] >= 2 * n  # one before the install, more after the reboot
         assert open_sessions(f.sim) == 0
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import asyncpg
 
+from orchestrator.store import appliances as appliance_store
 from orchestrator.store import rollouts as rollout_store
 from orchestrator.store import tasks as task_store
 
@@ -153,6 +154,9 @@ async def _statements(
     assert len(in_flight) == 200
     # a maintenance window lets two groups of appliances (site, tags, time zone) start now
     allowed = [[f"site-{i}", ["tier-1"], None] for i in (3, 7)]
+    # a page of the appliance list (the console's), the newest task of each
+    page = [int(r["id"]) for r in await conn.fetch(
+        "SELECT id FROM appliances ORDER BY id DESC LIMIT 100")]
 
     def claim(rid: int, wave: int, *, per_site: int | None = None,
               per_minute: int | None = None, allow: list[Any] | None = None,
@@ -183,6 +187,8 @@ async def _statements(
         "tick: task_counts_by_wave (small rollout)": (
             rollout_store.TASK_COUNTS_BY_WAVE, (small,)),
         "rollout counts (API)": (rollout_store.ROLLOUT_COUNTS, (big,)),
+        "rollout list counts (API)": (rollout_store.STATE_COUNTS, ([big, small],)),
+        "appliances' last tasks (API)": (appliance_store.LAST_TASKS, (page,)),
         "tick: wave_gate": (rollout_store.WAVE_GATE, (big, 1)),
     }
 

@@ -534,7 +534,9 @@ def test_every_fault_is_named() -> None:
         "install_error", "install_500", "poll_5xx", "poll_503", "hang", "slow",
         "session_expiry", "long_reboot", "silent_failure", "forbidden", "bad_credentials",
         "malformed_json", "wrong_types", "api_v1_tasks", "lost_answer", "rest_restart",
-        "opaque_tasks", "in_progress_error", "sparse_accept",
+        "opaque_tasks", "in_progress_error", "sparse_accept", "no_repository",
+        "repo_unreachable", "version_not_offered", "services_down", "reconfigure_pending",
+        "probe_flapping", "probe_failing",
     }
 
 

@@ -26,9 +26,11 @@ from orchestrator.store.audit import Actor
 from tests.integration.test_api_support import auth, tokens_by_role
 
 # public by design: liveness, readiness, the document, its two pages (Swagger UI with its
-# files, and the reference page), and /metrics (while no metrics token is configured: the
+# files, and the reference page), the operator console's page and files (signing in happens
+# in the page, with a token), and /metrics (while no metrics token is configured: the
 # default)
-PUBLIC = {"healthz", "readyz", "openapi", "docs", "docsAsset", "reference", "metrics"}
+PUBLIC = {"healthz", "readyz", "openapi", "docs", "docsAsset", "reference", "metrics",
+          "console", "consoleAsset"}
 ROLES = token_store.ROLES  # lowest first
 CSV = ("name,base_url,site,tags\n"
        "vr-1,https://vr-1.example.net/api,ams,prod\n"

@@ -260,7 +260,7 @@ async def test_host_change_needs_the_credentials_ref_again(
     async with client.patch("/api/v1/appliances/vr-1", json=moved,
                             headers=auth(token)) as resp:
         body = await resp.json()
-        assert resp.status == 422, body
+        assert resp.status == 409, body  # a valid body; the stored host refuses it
         assert "'vr-1'" in body["detail"] and "credentials_ref" in body["detail"]
         assert "attacker.example.org" in body["detail"]
     row = await appliance_store.get_appliance(pool, "vr-1")
@@ -282,7 +282,7 @@ async def test_host_change_needs_the_credentials_ref_again(
     async with client.post("/api/v1/appliances:import", data=csv_body,
                            headers={**auth(token), "Content-Type": "text/csv"}) as resp:
         body = await resp.json()
-        assert resp.status == 422, body
+        assert resp.status == 409, body
         assert "'vr-1'" in body["detail"] and "elsewhere.example.org" in body["detail"]
     assert await appliance_store.get_appliance(pool, "vr-2") is None
     # the same import naming the credentials_ref passes

@@ -1,7 +1,8 @@
 """Security headers (issue 14, finding 12): every answer has `X-Content-Type-Options:
 nosniff`; the HTML answers (the docs page, the HTML report) have a Content-Security-Policy
 that allows their one inline `<style>` by its hash, and nothing else: no script, no inline
-style attribute, no other source."""
+style attribute, no other source. The two pages that run script (Swagger UI at /api/docs,
+the operator console at /) have policies of their own: scripts of this origin only."""
 
 from __future__ import annotations
 
@@ -107,3 +108,25 @@ async def test_interactive_docs_load_only_files_of_their_own_origin(pool: asyncp
             assert resp.status in (400, 404)
         async with client.get("/api/docs/assets/swagger-ui.js.map") as resp:
             assert resp.status in (400, 404)  # only the files the page needs
+
+
+async def test_console_page_runs_no_inline_code(pool: asyncpg.Pool) -> None:
+    """/ (the operator console): its own policy, scripts and styles of the orchestrator's
+    origin only, none inline (the policy would block them: a test finds them first)."""
+    async with api_client(pool) as client:
+        async with client.get("/") as resp:
+            assert resp.status == 200 and resp.content_type == "text/html"
+            page = await resp.text()
+            policy = resp.headers["Content-Security-Policy"]
+            assert resp.headers["Referrer-Policy"] == "no-referrer"
+    directives = dict(d.strip().split(" ", 1) for d in policy.split(";"))
+    assert directives["default-src"] == "'none'"
+    assert directives["script-src"] == directives["style-src"] == "'self'"
+    assert directives["connect-src"] == "'self'"
+    assert directives["frame-ancestors"] == directives["base-uri"] == "'none'"
+    assert "unsafe" not in policy
+    scripts = re.findall(r"<script([^>]*)>(.*?)</script>", page, re.S)
+    assert scripts and all(body.strip() == "" and "src=" in attrs for attrs, body in scripts)
+    assert "<style" not in page.lower()
+    assert not re.search(r"\sstyle\s*=", page, re.I)
+    assert not re.search(r"\son[a-z]+\s*=", page, re.I)

@@ -89,6 +89,8 @@ def expected_request_schema(key: StrategyKey) -> dict[str, Any]:
         schema = {"type": "number", bound: key.minimum or 0, "maximum": most}
     elif key.kind == "services":
         schema = {"type": "array", "items": {"type": "string"}, "maxItems": key.max_items}
+    elif key.kind == "text":
+        schema = {"type": "string", "minLength": 1, "maxLength": most}
     else:
         schema = {"type": "boolean"}
     return _nullable(schema) if key.nullable else schema
@@ -139,7 +141,7 @@ def expected_response_schema(key: StrategyKey) -> dict[str, Any]:
         "choice": {"type": "string"}, "int": {"type": "integer"},
         "seconds": {"type": "number"}, "services": {"type": "array",
                                                     "items": {"type": "string"}},
-        "bool": {"type": "boolean"},
+        "bool": {"type": "boolean"}, "text": {"type": "string"},
     }
     schema = by_kind[key.kind]
     return _nullable(schema) if key.nullable else schema
@@ -305,6 +307,9 @@ def test_the_flags_give_the_strategy_keys() -> None:
         "--max-failures", "2.5%", "--min-executed", "0", "--canary-max-failures", "1",
         "--soak-seconds", "1.5", "--approval", "each-wave", "--task-timeout", "600",
         "--reboot-grace", "300", "--after-overlapping",
+        "--probe-url", "https://{host}/health", "--probe-stabilisation-seconds", "60",
+        "--task-soak-seconds", "30", "--preflight", "required",
+        "--preflight-lead-seconds", "600",
     ])
     given = strategy_from_flags(args)
     assert given == {
@@ -313,11 +318,17 @@ def test_the_flags_give_the_strategy_keys() -> None:
         "min_executed": 0, "canary_max_failures": 1, "soak_seconds": 1.5,
         "approval": "each-wave", "task_timeout": 600.0, "reboot_grace": 300.0,
         "after_overlapping": True,
+        "probe_url": "https://{host}/health", "probe_stabilisation_seconds": 60.0,
+        "task_soak_seconds": 30.0, "preflight": "required",
+        "preflight_lead_seconds": 600.0,
     }
     assert set(given) == {key.name for key in STRATEGY_TABLE if key.flag is not None}
     strategy = parse_strategy(given).to_dict()
     assert {name: strategy[name] for name in given} == {**given, "task_timeout": 600,
-                                                        "reboot_grace": 300}
+                                                        "reboot_grace": 300,
+                                                        "probe_stabilisation_seconds": 60,
+                                                        "task_soak_seconds": 30,
+                                                        "preflight_lead_seconds": 600}
     # an empty --waves is not given; a bad size is left for parse_strategy to name
     assert strategy_from_flags(parser.parse_args(["--waves", ""])) == {}
     assert strategy_from_flags(parser.parse_args(["--max-concurrency", "x"])) == {
