@@ -39,8 +39,10 @@ from orchestrator.api.problems import FieldError, Problem
 from orchestrator.domain.errors import OrchestratorError
 from orchestrator.domain.states import RolloutState, TaskState
 from orchestrator.logs import get_logger
+from orchestrator.store import engines as engine_store
 from orchestrator.store import rollouts as rollout_store
 from orchestrator.store import tasks as task_store
+from orchestrator.store import webhooks as webhook_store
 from orchestrator.store.db import DB_ERRORS
 
 log = get_logger("orchestrator.api.metrics")
@@ -168,6 +170,14 @@ class ApiMetrics:
                               registry=r)
         self.database_up = Gauge("orchestrator_database_up",
                                  "1 when the last scrape could read the database.", registry=r)
+        self.engines_live = Gauge(
+            "orchestrator_engines_live",
+            "Engines (every replica) that sent a heartbeat within their period, as /readyz "
+            "and `rollout show` count them.", registry=r)
+        self.webhook_deliveries = Gauge(
+            "orchestrator_webhook_deliveries",
+            "Webhook deliveries waiting to be delivered (pending) and given up (failed; "
+            "`orchestrator webhooks redeliver`).", ["state"], registry=r)
         self.transitions = Counter("orchestrator_task_transitions",
                                    "Task transitions made by this process's engine.",
                                    ["to_state"], registry=r)
@@ -302,6 +312,8 @@ class ApiMetrics:
                 in_flight = await task_store.count_in_flight(conn)
                 held = await task_store.count_held_slots(conn)
                 by_rollout = await rollout_store.rollouts_by_state(conn)
+                engines = await engine_store.engine_status(conn)
+                deliveries = await webhook_store.unsettled_counts(conn)
         except DB_ERRORS as exc:  # the database is down, or refuses the statements
             log.warning("metrics_database_unavailable", error=type(exc).__name__)
             self.database_up.set(0)
@@ -313,6 +325,9 @@ class ApiMetrics:
         self.held_slots.set(held)
         for state in ROLLOUT_STATES:
             self.rollouts.labels(state).set(by_rollout.get(state, 0))
+        self.engines_live.set(engines.live)
+        for state in webhook_store.UNSETTLED_STATES:
+            self.webhook_deliveries.labels(state).set(deliveries.get(state, 0))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

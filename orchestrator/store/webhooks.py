@@ -394,6 +394,17 @@ async def delivery_states(db: DB) -> dict[str, int]:
     return {r["state"]: r["n"] for r in rows}
 
 
+UNSETTLED_STATES: Final = ("pending", "failed")
+
+
+async def unsettled_counts(db: DB) -> dict[str, int]:
+    """Deliveries waiting (pending) and given up (failed), every webhook together (read
+    through the (state, id) index: the delivered ones, which only grow, are not counted)."""
+    rows = await db.fetch("SELECT state, count(*)::int AS n FROM webhook_deliveries "
+                          "WHERE state = ANY($1::text[]) GROUP BY state", list(UNSETTLED_STATES))
+    return {r["state"]: r["n"] for r in rows}
+
+
 async def any_pending(db: DB) -> bool:
     return bool(await db.fetchval(
         "SELECT EXISTS (SELECT 1 FROM webhook_deliveries WHERE state = 'pending')"))

@@ -11,8 +11,10 @@ import asyncpg
 from aiohttp.test_utils import TestClient
 
 from orchestrator.store import appliances as appliance_store
+from orchestrator.store import engines as engine_store
 from orchestrator.store import tokens as token_store
-from orchestrator.store.audit import list_audit
+from orchestrator.store import webhooks as webhook_store
+from orchestrator.store.audit import Actor, list_audit
 from tests.integration.test_api_support import (
     DocumentChecker,
     api_client,
@@ -335,6 +337,7 @@ async def test_health_ready_metrics_and_docs(pool: asyncpg.Pool) -> None:
             assert resp.status == 200
         for name in ("orchestrator_tasks", "orchestrator_installs_in_flight",
                      "orchestrator_held_slots",
+                     "orchestrator_engines_live", "orchestrator_webhook_deliveries",
                      "orchestrator_install_duration_seconds",
                      "orchestrator_reboot_duration_seconds",
                      "orchestrator_claim_latency_seconds",
@@ -351,3 +354,26 @@ async def test_health_ready_metrics_and_docs(pool: asyncpg.Pool) -> None:
         async with client.get("/readyz") as resp:
             assert resp.status == 503
             assert "orchestrator migrate" in (await resp.json(content_type=None))["detail"]
+
+
+async def test_metrics_count_live_engines_and_unsettled_deliveries(pool: asyncpg.Pool) -> None:
+    """What the dashboard's "Engines live" and "Webhook deliveries" panels show."""
+    async def scrape() -> str:
+        async with api_client(pool) as client, client.get("/metrics") as resp:
+            assert resp.status == 200
+            return await resp.text()
+
+    before = await scrape()
+    assert "orchestrator_engines_live 0.0" in before
+    assert 'orchestrator_webhook_deliveries{state="pending"} 0.0' in before
+    await engine_store.register(pool, "metrics-test-engine")
+    await webhook_store.add_webhook(pool, name="ops", url="https://hooks.example.com/x",
+                                    actor=Actor("t"))
+    await webhook_store.ping(pool, "ops", Actor("t"))
+    await webhook_store.ping(pool, "ops", Actor("t"))
+    await pool.execute("UPDATE webhook_deliveries SET state = 'failed' "
+                       "WHERE id = (SELECT min(id) FROM webhook_deliveries)")
+    after = await scrape()
+    assert "orchestrator_engines_live 1.0" in after
+    assert 'orchestrator_webhook_deliveries{state="pending"} 1.0' in after
+    assert 'orchestrator_webhook_deliveries{state="failed"} 1.0' in after
