@@ -163,6 +163,17 @@ async def assert_token_kept_nowhere(context: Any, page: Any, token: str,
     assert json.loads(kept) == ["", [], []]
 
 
+# the first element a selector matches: its box in the viewport and whether it is shown
+BOX = """(selector) => {
+    const element = document.querySelector(selector);
+    if (!element) return null;
+    const rect = element.getBoundingClientRect();
+    const style = getComputedStyle(element);
+    return {x: rect.x, y: rect.y, width: rect.width, height: rect.height,
+            shown: style.display !== "none" && style.visibility !== "hidden"};
+}"""
+
+
 async def check_layout(page: Any, path: Path, selectors: list[str]) -> None:
     """A screenshot, and the main elements visible and inside the viewport's width."""
     await page.screenshot(path=str(path), full_page=True)
@@ -171,10 +182,12 @@ async def check_layout(page: Any, path: Path, selectors: list[str]) -> None:
     scroll = await page.evaluate("document.documentElement.scrollWidth")
     assert scroll <= width, f"{path.name}: the page is {scroll} px wide in {width} px"
     for selector in selectors:
-        element = page.locator(selector).first
-        assert await element.is_visible(), f"{path.name}: {selector} is not visible"
-        box = await element.bounding_box()
-        assert box is not None and box["width"] > 0 and box["height"] > 0, selector
+        # read in one script run: the live page may re-render the element (a progress
+        # event) between two separate reads, which would then see a detached node
+        box = await page.evaluate(BOX, selector)
+        assert box is not None, f"{path.name}: no {selector}"
+        assert box["shown"] and box["width"] > 0 and box["height"] > 0, \
+            f"{path.name}: {selector} is not visible: {box}"
         assert box["x"] >= 0 and box["x"] + box["width"] <= width + 0.5, \
             f"{path.name}: {selector} leaves the viewport: {box} in {width} px"
 
