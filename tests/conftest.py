@@ -16,6 +16,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+import structlog
 from hypothesis import HealthCheck, settings
 
 from orchestrator.store import migrations
@@ -90,3 +91,13 @@ async def empty_db_url(pg_server_url: str) -> AsyncIterator[str]:
 async def pool(db_url: str) -> AsyncIterator[asyncpg.Pool]:
     async with create_pool(db_url, min_size=1, max_size=10) as p:
         yield p
+
+
+@pytest.fixture(autouse=True)
+def _structlog_defaults() -> Iterator[None]:
+    """Every test starts from structlog's defaults: a test that configures logging (at
+    `warning`, say) would otherwise filter the info lines that a later test of the same
+    worker captures with `capture_logs` (which replaces the processors, not the level)."""
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()
