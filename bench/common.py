@@ -464,6 +464,15 @@ def start_simulator(procs: Processes, tmp: Path, *, appliances: int, sites: int,
 
 
 # --------------------------------------------------------------------------- orchestrator
+def with_given_settings(settings: dict[str, Any], given: list[str]) -> dict[str, Any]:
+    """`settings` with the bench's `--setting KEY=VALUE` options laid over them."""
+    out = dict(settings)
+    for item in given:
+        key, _, value = item.partition("=")
+        out[key.strip().lower()] = value.strip()
+    return out
+
+
 def orchestrator_env(db_url: str, **settings: Any) -> dict[str, str]:
     """The environment of an orchestrator process: this database, quiet JSON logs, the
     simulator's credentials, and `settings` as ORCHESTRATOR_<KEY> variables."""

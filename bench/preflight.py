@@ -58,6 +58,7 @@ from common import (
     run_bench,
     start_simulator,
     wait_child,
+    with_given_settings,
 )
 
 # simulator fault -> the pre-flight code it must give (docs/preflight.md)
@@ -196,10 +197,7 @@ def run(opts: argparse.Namespace, procs: Processes, db: Any, tmp: Path,
         # every simulated appliance shares one host:port: no per-host limit
         "appliance_max_connections_per_host": 0,
     }
-    for item in opts.setting:
-        key, _, value = item.partition("=")
-        settings[key.strip().lower()] = value.strip()
-    env = orchestrator_env(db.url, **settings)
+    env = orchestrator_env(db.url, **with_given_settings(settings, opts.setting))
     cli(env, "migrate")
     cli(env, "appliances", "import", str(sim.inventory))
     strategy = {"max_concurrency": opts.concurrency, "preflight": "off"}
