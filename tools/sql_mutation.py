@@ -44,8 +44,10 @@ TESTS = [
 ]
 # the statements mutated: the claim and everything that guards a task's lease and state
 # (listings such as list_tasks() only read, and are covered by the API's tests)
-STATEMENTS = ("CLAIM", "RECLAIM", "RENEW_LEASES", "release_leases()", "GUARD_SEND",
-              "write_progress()", "TRANSITION_MANY", "DUE_HELD_SLOTS", "RELEASE_HELD")
+# (`_STARTABLE`: the claim's filter of the PENDING tasks that may start, in both its branches)
+STATEMENTS = ("CLAIM", "_STARTABLE", "RECLAIM", "RENEW_LEASES", "release_leases()",
+              "GUARD_SEND", "write_progress()", "TRANSITION_MANY", "DUE_HELD_SLOTS",
+              "RELEASE_HELD")
 SQL_WORDS = re.compile(r"\b(SELECT|UPDATE|INSERT|DELETE)\b")
 # a mutant whose SQL PostgreSQL refuses is killed trivially; counted apart in the report
 INVALID_SQL = re.compile(

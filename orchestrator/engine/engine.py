@@ -56,7 +56,7 @@ from orchestrator.domain.windows import (
     start_deadline,
 )
 from orchestrator.engine import failpoints, held, retention
-from orchestrator.engine.batching import TransitionBatcher
+from orchestrator.engine.batching import GuardBatcher, TransitionBatcher
 from orchestrator.engine.notifier import Notifier, NotifierConfig
 from orchestrator.engine.pace import AdaptivePace
 from orchestrator.engine.pacing import InstallTimes, ProgressBuffer
@@ -137,6 +137,10 @@ class EngineConfig:
     # transitions of the runners arriving within this many seconds share one statement
     # (0: each its own statement)
     write_batch_delay: float = 0.025
+    # the guarded install sends (the write right before each install POST) arriving within
+    # this many seconds share one statement (0: each its own statement); shorter than
+    # write_batch_delay: the send waits for it
+    guard_batch_delay: float = 0.01
     # runners in a phase of several appliance requests at once (RunnerContext.gate); the
     # database writes that end such a phase are made outside it
     active_runners: int = 200
@@ -281,13 +285,19 @@ class Engine:
         self.preflight = AutoPreflight(pool, http, owner=self.owner,
                                        policy=self.config.target_policy,
                                        lease_seconds=self.config.lease_seconds, wake=self.wake)
+        self._on_event = on_event
+        # runners whose task has left the in-flight states (an outcome, or back to PENDING)
+        # and that only finish up (log out) before they end: they do not count against
+        # max_tasks (`_busy_runners`)
+        self._settled: set[int] = set()
         self.ctx = RunnerContext(
             clock=self.clock, pool=pool, http=http, owner=self.owner, progress=ProgressBuffer(),
             install_times=InstallTimes(default=self.config.install_estimate),
             reboot_times=InstallTimes(default=self.config.reboot_estimate),
             lease_seconds=self.config.lease_seconds, min_poll=self.config.min_poll,
-            max_poll=self.config.max_poll, on_event=on_event,
+            max_poll=self.config.max_poll, on_event=self._runner_event,
             batcher=TransitionBatcher(pool, self.owner, delay=self.config.write_batch_delay),
+            guards=GuardBatcher(pool, self.owner, delay=self.config.guard_batch_delay),
             gate=asyncio.Semaphore(self.config.active_runners),
             target_policy=self.config.target_policy,
         )
@@ -454,6 +464,8 @@ class Engine:
             task.cancel()
         if handles:
             await asyncio.gather(*handles, return_exceptions=True)
+        if self.ctx.guards is not None:
+            await self.ctx.guards.aclose()
         if self.ctx.batcher is not None:
             await self.ctx.batcher.aclose()
         left = {tid: r.task.lease_token for tid, r in runners.items()
@@ -466,6 +478,7 @@ class Engine:
             except Exception as exc:  # their leases then simply run out
                 log.warning("lease_release_failed", error=repr(exc), tasks=len(left))
         self.runners.clear()
+        self._settled.clear()
         self._tasks.clear()
 
     # ------------------------------------------------------------------ ticks
@@ -475,7 +488,7 @@ class Engine:
         be: a refresh during the tick (a NOTIFY, as the tick's own state changes send)
         forgets the list, and the next tick, which it wakes, reads it again."""
         self.ticks += 1
-        capacity = self.config.max_tasks - len(self._tasks)
+        capacity = self.config.max_tasks - self._busy_runners()
         now = time.monotonic()
         if capacity > 0 and now >= self._next_reclaim:
             # leases last lease_seconds and are renewed every third of it: looking more
@@ -722,7 +735,7 @@ class Engine:
     ) -> list[ClaimedTask]:
         """Claim the PENDING tasks up to wave `current` that the limits let start now
         (`pace`: the adaptive pace's limit, in place of max_concurrency)."""
-        capacity = self.config.max_tasks - len(self._tasks)
+        capacity = self.config.max_tasks - self._busy_runners()
         if capacity <= 0 or self._stopping.is_set():
             return []
         max_in_flight = pace if pace is not None else resolve_max_concurrency(
@@ -849,9 +862,25 @@ class Engine:
             self._tasks[task.id] = handle
             handle.add_done_callback(functools.partial(self._runner_done, task.id))
 
+    def _busy_runners(self) -> int:
+        """The runners that count against max_tasks: those whose task is still in flight.
+        A runner whose task has its outcome only logs out of its appliance before it ends:
+        its slot is free for the next claim meanwhile (else a burst of task ends would wait
+        for as many logouts before a slot could be claimed again)."""
+        return len(self.runners) - len(self._settled)
+
+    def _runner_event(self, state: str, info: dict[str, Any]) -> None:
+        """Each transition a runner wrote (`RunnerContext.on_event`): note the runners
+        whose task left the in-flight states, then tell the engine's own listener."""
+        if state not in IN_FLIGHT_TASK_STATES and info["task"] in self.runners:
+            self._settled.add(info["task"])
+        if self._on_event is not None:
+            self._on_event(state, info)
+
     def _runner_done(self, task_id: int, handle: asyncio.Task[str]) -> None:
         self._tasks.pop(task_id, None)
         self.runners.pop(task_id, None)
+        self._settled.discard(task_id)
         self.ctx.lease_until.pop(task_id, None)
         if not handle.cancelled() and handle.exception() is not None:
             log.error("runner_crashed", task=task_id, error=repr(handle.exception()))

@@ -62,13 +62,13 @@ from orchestrator.domain.outcome import (
 from orchestrator.domain.strategy import Strategy, missing_services
 from orchestrator.engine import failpoints
 from orchestrator.engine.answers import answer_of, signals_restart
-from orchestrator.engine.batching import TransitionBatcher
+from orchestrator.engine.batching import GuardBatcher, TransitionBatcher
 from orchestrator.engine.pacing import InstallTimes, ProgressBuffer, ReturnOffsets
 from orchestrator.engine.preflight import preflight_task_ids
 from orchestrator.logs import bind_context, get_logger
 from orchestrator.store import tasks as task_store
 from orchestrator.store.db import DB_TRANSIENT
-from orchestrator.store.tasks import ClaimedTask, SendVerdict, TransitionRequest
+from orchestrator.store.tasks import ClaimedTask, GuardRequest, SendVerdict, TransitionRequest
 
 log = get_logger("orchestrator.engine.runner")
 _T = TypeVar("_T")
@@ -107,6 +107,8 @@ class RunnerContext:
     on_event: Callable[[str, dict[str, Any]], None] | None = None
     # None: every transition is its own statement
     batcher: TransitionBatcher | None = None
+    # None: every guarded install send is its own statement
+    guards: GuardBatcher | None = None
     # at most this many runners in a phase of several requests at once (the dispatch, the
     # look at the appliance after its install): first come, first served, so that the
     # tasks claimed together are dispatched one after the other rather than all
@@ -239,16 +241,20 @@ class TaskRunner:
         batcher = self.ctx.batcher
         if batcher is None:
             return await self._db(request.to_state, lambda conn: self._write_one(conn, request))
+        return await self._submit(request.to_state, lambda: batcher.submit(request))
+
+    async def _submit(self, what: str, submit: Callable[[], Awaitable[_T]]) -> _T:
+        """`submit()` to a batcher, waiting out a database outage (as `_db`)."""
         delay = 0.2
         started = time.monotonic()
         while True:
             try:
-                return await batcher.submit(request)
+                return await submit()
             except DB_TRANSIENT as exc:
                 if time.monotonic() - started > self.ctx.db_retry_deadline:
                     raise TaskLost() from exc
                 log.warning("database_unavailable", retry_in=round(delay, 2),
-                            error=type(exc).__name__, pending=request.to_state)
+                            error=type(exc).__name__, pending=what)
                 await self.ctx.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -407,7 +413,7 @@ class TaskRunner:
         await self._finish("SKIPPED", None, None, from_version=version, final_version=version)
 
     async def _guard_send(self) -> bool:
-        """The guarded write right before the install POST (`task_store.guard_install_send`):
+        """The guarded write right before the install POST (`task_store.guard_install_sends`):
         True when the install may be sent now (recorded as sent). Otherwise the task goes
         back to PENDING without a POST (paused, window closing, lease running out), is
         CANCELLED (rollout cancelled or tripped), or is dropped (no longer ours)."""
@@ -418,10 +424,7 @@ class TaskRunner:
         elif self.start_by is not None and self.ctx.clock() > self.start_by:
             verdict, why = SendVerdict.HOLD, "the maintenance window no longer lets it start"
         else:
-            verdict, why = await self._db("guard", lambda conn: task_store.guard_install_send(
-                conn, task_id=self.task.id, owner=self.ctx.owner, token=self.task.lease_token,
-                from_version=self.from_version, lease_margin=margin,
-            ))
+            verdict, why = await self._guard_write(margin)
         if verdict == SendVerdict.SEND:
             return True
         if verdict == SendVerdict.LOST:
@@ -435,6 +438,17 @@ class TaskRunner:
                        attempt=max(0, self.task.attempt - 1),
                        not_before=_now() + timedelta(seconds=1))
         return False
+
+    async def _guard_write(self, margin: float) -> tuple[str, str]:
+        """`task_store.guard_install_sends` for this task (through the engine's
+        `GuardBatcher` when there is one: one statement for the sends of a burst)."""
+        request = GuardRequest(self.task.id, self.task.lease_token, self.from_version, margin)
+        guards = self.ctx.guards
+        if guards is not None:
+            return await self._submit("guard", lambda: guards.submit(request))
+        verdicts = await self._db("guard", lambda conn: task_store.guard_install_sends(
+            conn, owner=self.ctx.owner, requests=[request]))
+        return verdicts.get(self.task.id, (SendVerdict.LOST, ""))
 
     def _lease_left(self) -> float:
         until = self.ctx.lease_until.get(self.task.id)

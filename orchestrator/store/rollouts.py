@@ -721,14 +721,21 @@ async def active_rollout_ids(conn: DB, states: Sequence[str]) -> list[int]:
 
 LOCK_FOR_TICK = """SELECT state, current_wave, strategy, abort_reason, schedule_at,
        pace_concurrency, extract(epoch FROM now() - pace_evaluated_at)::float8 AS pace_age
-FROM rollouts WHERE id = $1 FOR UPDATE"""
+FROM rollouts WHERE id = $1 FOR NO KEY UPDATE"""
 
 
 async def lock_for_tick(conn: DB, rollout_id: int) -> asyncpg.Record | None:
     """The rollout's row as a tick reads it (state, current_wave, strategy, abort_reason,
     schedule_at; the adaptive pace's `pace_concurrency` and `pace_age`, the seconds since
-    it was last decided: store/pace.py), locked FOR UPDATE until the transaction ends;
-    None: no such rollout."""
+    it was last decided: store/pace.py), locked until the transaction ends; None: no such
+    rollout.
+
+    FOR NO KEY UPDATE, not FOR UPDATE: it excludes every other writer of the row (an
+    operator's pause or cancel, the runners' guarded sends, which read it FOR SHARE) as
+    FOR UPDATE does, but not the foreign-key checks of the `task_events` that the runners'
+    transitions insert (FOR KEY SHARE of their rollout): under FOR UPDATE every batch of
+    transitions waited for the tick that held the row, and a busy rollout ticks back to
+    back while a burst of slots frees."""
     row: asyncpg.Record | None = await conn.fetchrow(LOCK_FOR_TICK, rollout_id)
     return row
 

@@ -93,6 +93,28 @@ def _claimed(row: asyncpg.Record, reclaimed: bool) -> ClaimedTask:
     return ClaimedTask(reclaimed=reclaimed, **dict(row))
 
 
+# A PENDING task of the claim's rollout (`t`) that may start now, in the claim's
+# parameters: its wave is open, it holds no slot and waits for no retry delay, its
+# appliance may start in a maintenance window, and no other task of its appliance is busy.
+_STARTABLE = """t.state = 'PENDING' AND t.wave <= $2 AND NOT t.holds_slot
+          AND (t.not_before IS NULL OR t.not_before <= now())
+          -- maintenance windows: only appliances of the groups (site, tags, time zone)
+          -- allowed to start now
+          AND ($9::jsonb IS NULL OR (
+              SELECT jsonb_build_array(a.site, a.tags, a.timezone) FROM appliances a
+              WHERE a.id = t.appliance_id) IN (SELECT jsonb_array_elements($9::jsonb)))
+          -- one install per appliance fleet-wide: not while another task of it is busy (in
+          -- flight, or a timed-out install still holding its slot), nor (after_overlapping)
+          -- while an earlier active rollout still has it to do
+          AND NOT EXISTS (
+              SELECT 1 FROM tasks o
+              WHERE o.appliance_id = t.appliance_id AND o.id <> t.id
+                AND (o.state IN ('DISPATCHING', 'INSTALLING', 'VERIFYING') OR o.holds_slot
+                     OR ($10::boolean AND o.state = 'PENDING' AND o.rollout_id < t.rollout_id
+                         AND EXISTS (SELECT 1 FROM rollouts orr WHERE orr.id = o.rollout_id
+                                     AND orr.state IN ('SCHEDULED', 'RUNNING', 'PAUSED',
+                                                       'WAITING_WINDOW')))))"""
+
 CLAIM = f"""
 WITH inflight AS (  -- this rollout's busy tasks per site: in flight, from its counters
                    -- (migration 0007: totals plus deltas not yet folded), and the few
@@ -151,33 +173,28 @@ site_room AS (  -- how many tasks each of those sites may start now: its per-sit
     FROM pending_sites ps LEFT JOIN inflight f ON f.site = ps.site
     LEFT JOIN fleet fl ON fl.site = ps.site
 ),
-picked AS (  -- per site, only as many PENDING tasks as it has room for, in plan order
+limited AS (  -- whether a per-site limit applies: the rollout's per_site_concurrency, or
+              -- some site's fleet-wide capacity
+    SELECT $3::int IS NOT NULL OR EXISTS (SELECT 1 FROM fleet) AS yes
+),
+picked AS (
+    -- with a per-site limit: per site, only as many PENDING tasks as it has room for, in
+    -- plan order
     SELECT p.id, p.wave, p.position
     FROM site_room sr CROSS JOIN LATERAL (
         SELECT t.id, t.wave, t.position FROM tasks t
-        WHERE t.rollout_id = $1 AND t.site = sr.site AND t.state = 'PENDING'
-          AND t.wave <= $2 AND NOT t.holds_slot
-          AND (t.not_before IS NULL OR t.not_before <= now())
-          -- maintenance windows: only appliances of the groups (site, tags, time zone)
-          -- allowed to start now
-          AND ($9::jsonb IS NULL OR (
-              SELECT jsonb_build_array(a.site, a.tags, a.timezone) FROM appliances a
-              WHERE a.id = t.appliance_id) IN (SELECT jsonb_array_elements($9::jsonb)))
-          -- one install per appliance fleet-wide: not while another task of it is busy (in
-          -- flight, or a timed-out install still holding its slot), nor (after_overlapping)
-          -- while an earlier active rollout still has it to do
-          AND NOT EXISTS (
-              SELECT 1 FROM tasks o
-              WHERE o.appliance_id = t.appliance_id AND o.id <> t.id
-                AND (o.state IN ('DISPATCHING', 'INSTALLING', 'VERIFYING') OR o.holds_slot
-                     OR ($10::boolean AND o.state = 'PENDING' AND o.rollout_id < t.rollout_id
-                         AND EXISTS (SELECT 1 FROM rollouts orr WHERE orr.id = o.rollout_id
-                                     AND orr.state IN ('SCHEDULED', 'RUNNING', 'PAUSED',
-                                                       'WAITING_WINDOW')))))
+        WHERE t.rollout_id = $1 AND t.site = sr.site AND {_STARTABLE}
         ORDER BY t.wave, t.position  -- plan order: positions are wave-major
         LIMIT sr.room
     ) AS p
-    WHERE sr.room > 0
+    WHERE sr.room > 0 AND (SELECT yes FROM limited)
+    UNION ALL
+    -- without one (a condition of the statement alone: the branch not taken is never
+    -- run): the first PENDING tasks in plan order, as many as the rollout may start
+    (SELECT t.id, t.wave, t.position FROM tasks t
+     WHERE t.rollout_id = $1 AND {_STARTABLE} AND NOT (SELECT yes FROM limited)
+     ORDER BY t.wave, t.position
+     LIMIT (SELECT room FROM total_room))
 ),
 eligible AS (
     SELECT id FROM picked
@@ -356,7 +373,7 @@ async def release_leases(conn: DB, *, owner: str, leases: dict[int, UUID]) -> in
 
 
 class SendVerdict:
-    """What `guard_install_send` decided."""
+    """What `guard_install_sends` decided for a task."""
 
     SEND = "send"  # recorded as sent: POST the install now
     HOLD = "hold"  # the rollout is paused / waiting for a window, or the lease runs out
@@ -365,16 +382,21 @@ class SendVerdict:
 
 
 GUARD_SEND = """
-WITH g AS (
-    SELECT t.state = 'DISPATCHING' AND t.lease_owner = $2 AND t.lease_token = $3 AS mine,
-           t.lease_expires_at > now() + make_interval(secs => $5) AS fresh,
+WITH u AS (
+    SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::float8[])
+        AS u(id, tok, fv, margin)
+),
+g AS (
+    SELECT u.id, u.tok, u.fv,
+           t.state = 'DISPATCHING' AND t.lease_owner = $5 AND t.lease_token = u.tok AS mine,
+           t.lease_expires_at > now() + make_interval(secs => u.margin) AS fresh,
            r.state AS rollout_state, r.abort_reason
-    FROM tasks t JOIN rollouts r ON r.id = t.rollout_id
-    WHERE t.id = $1
+    FROM u JOIN tasks t ON t.id = u.id JOIN rollouts r ON r.id = t.rollout_id
+    ORDER BY r.id
     FOR SHARE OF r  -- a pause or cancel being written is waited for, then seen
 ),
 v AS (
-    SELECT CASE
+    SELECT id, tok, fv, CASE
         WHEN NOT mine THEN 'lost'
         WHEN rollout_state IN ('CANCELLED', 'FAILED') OR abort_reason IS NOT NULL
             THEN 'cancel:rollout is ' || rollout_state
@@ -383,32 +405,73 @@ v AS (
         ELSE 'send' END AS verdict
     FROM g
 ),
+lk AS (  -- rows locked in id order, as every other batch of task writes: two never wait
+         -- on each other in a cycle; the lock re-reads a row changed meanwhile
+    SELECT tasks.id, v.fv FROM tasks JOIN v ON v.id = tasks.id
+    WHERE v.verdict = 'send' AND tasks.state = 'DISPATCHING' AND tasks.lease_owner = $5
+      AND tasks.lease_token = v.tok
+    ORDER BY tasks.id FOR UPDATE OF tasks
+),
 sent AS (
     UPDATE tasks SET install_sent_at = now(), installs_sent = installs_sent + 1,
-           from_version = $4, updated_at = now()
-    WHERE id = $1 AND (SELECT verdict FROM v) = 'send'
-    RETURNING id
+           from_version = lk.fv, updated_at = now()
+    FROM lk WHERE tasks.id = lk.id
+    RETURNING tasks.id
 )
-SELECT coalesce((SELECT verdict FROM v), 'lost') AS verdict, (SELECT count(*) FROM sent) AS n
+SELECT u.id, CASE
+    WHEN v.verdict IS NULL THEN 'lost'  -- no such task
+    WHEN v.verdict = 'send' AND NOT EXISTS (SELECT 1 FROM sent WHERE sent.id = u.id)
+        THEN 'lost'
+    ELSE v.verdict END AS verdict
+FROM u LEFT JOIN v ON v.id = u.id
 """
+
+
+@dataclass(frozen=True, slots=True)
+class GuardRequest:
+    """One guarded send of `guard_install_sends`: the task, the lease token of its claim,
+    the version the appliance reported before the send, and how many seconds the lease
+    must still run (the install call must not outlive it)."""
+
+    task_id: int
+    token: UUID
+    from_version: str | None
+    lease_margin: float
+
+
+async def guard_install_sends(
+    conn: DB, *, owner: str, requests: Sequence[GuardRequest]
+) -> dict[int, tuple[str, str]]:
+    """The guarded write right before install POSTs, for several tasks in ONE statement
+    (the engine's runners share it: `engine/batching.py`), each task guarded on its own:
+    records that the install is being sent (`install_sent_at`, `installs_sent`, the version
+    seen before) only if the task is still this owner's (owner and lease token, still
+    DISPATCHING), its lease outlives its `lease_margin`, and its rollout is RUNNING and not
+    tripped (the runner checks the maintenance window itself, on the engine's clock).
+    Returns task id -> (verdict, why): a `SendVerdict` value and the reason of a hold or a
+    cancel; nothing else is written."""
+    if not requests:
+        return {}
+    rows = await conn.fetch(
+        GUARD_SEND, [r.task_id for r in requests], [r.token for r in requests],
+        [clean_text(r.from_version) for r in requests], [r.lease_margin for r in requests],
+        owner,
+    )
+    verdicts: dict[int, tuple[str, str]] = {}
+    for row in rows:
+        kind, _, why = str(row["verdict"]).partition(":")
+        verdicts[int(row["id"])] = (kind, why)
+    return verdicts
 
 
 async def guard_install_send(
     conn: DB, *, task_id: int, owner: str, token: UUID, from_version: str | None,
     lease_margin: float,
 ) -> tuple[str, str]:
-    """The guarded write right before an install POST: records that the install is being
-    sent (`install_sent_at`, `installs_sent`, the version seen before) only if the task is
-    still this runner's (owner and lease token), its lease outlives `lease_margin` seconds,
-    and the rollout is RUNNING and not tripped (the runner checks the maintenance window
-    itself, on the engine's clock). Returns (verdict, why): a `SendVerdict` value and the reason of
-    a hold or a cancel; nothing else is written."""
-    row = await conn.fetchrow(
-        GUARD_SEND, task_id, owner, token, clean_text(from_version), lease_margin
-    )
-    verdict = str(row["verdict"]) if row is not None else SendVerdict.LOST
-    kind, _, why = verdict.partition(":")
-    return kind, why
+    """`guard_install_sends` for one task: (verdict, why)."""
+    verdicts = await guard_install_sends(conn, owner=owner, requests=[
+        GuardRequest(task_id, token, from_version, lease_margin)])
+    return verdicts.get(task_id, (SendVerdict.LOST, ""))
 
 
 async def write_progress(conn: DB, *, owner: str, progress: dict[int, int]) -> None:

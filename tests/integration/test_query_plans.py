@@ -226,36 +226,55 @@ async def test_lease_renewal_changes_no_indexed_column(pool: asyncpg.Pool) -> No
     assert update.group(1) == "lease_expires_at = now() + make_interval(secs => $4)"
 
 
+async def _claim_reads(conn: asyncpg.Connection, big: int, room: int, *,
+                       site_limits: bool) -> tuple[dict[str, float], int]:
+    """Run the claim for real (EXPLAIN ANALYZE, in a transaction rolled back) with room for
+    `room` more tasks: (rows read from tasks per index, tasks claimed). `site_limits`:
+    keep the fleet-wide capacities of five sites (else cleared: no per-site limit)."""
+    in_flight = await conn.fetchval(
+        """SELECT count(*) FROM tasks WHERE rollout_id = $1
+           AND (state IN ('DISPATCHING', 'INSTALLING', 'VERIFYING') OR holds_slot)""", big)
+    args = (big, 1, None, in_flight + room, 1000, None, OWNER, 60.0, None, False)
+    tr = conn.transaction()
+    await tr.start()
+    try:
+        if not site_limits:
+            await conn.execute("UPDATE sites SET max_in_flight = NULL")
+        raw = await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {task_store.CLAIM}", *args)
+        claimed = await conn.fetchval(
+            """SELECT count(*) FROM tasks WHERE rollout_id = $1 AND state = 'DISPATCHING'
+               AND lease_owner = $2 AND dispatched_at = now()""", big, OWNER)
+    finally:
+        await tr.rollback()
+    plan = (json.loads(raw) if isinstance(raw, str) else raw)[0]["Plan"]
+    reads: dict[str, float] = {}
+    for n in _nodes(plan):
+        if n.get("Relation Name") == "tasks" and n.get("Index Name") in (
+                "tasks_pending_site_idx", "tasks_pending_idx"):
+            reads[n["Index Name"]] = reads.get(n["Index Name"], 0) + \
+                n["Actual Rows"] * n["Actual Loops"]
+    return reads, int(claimed)
+
+
 async def test_claim_reads_as_many_pending_tasks_as_it_may_start(pool: asyncpg.Pool) -> None:
-    """The claim reads, per site, only as many PENDING tasks as that site may start now,
-    not every PENDING task of the rollout (98,600 here): run for real (EXPLAIN ANALYZE, in
-    a transaction rolled back), the index scans of PENDING tasks return at most
-    sites x room rows, and the claim takes exactly the room."""
+    """The claim reads only as many PENDING tasks as it may start now, not every PENDING
+    task of the rollout (98,600 here): run for real, the index scans of PENDING tasks
+    return at most sites x room rows with per-site limits (some sites have a fleet-wide
+    capacity: read per site), about the room without (read in plan order across sites),
+    and the claim takes exactly the room."""
+    room = 30
     async with pool.acquire() as conn:
         big, _ = await _populate(conn)
-        in_flight = await conn.fetchval(
-            """SELECT count(*) FROM tasks WHERE rollout_id = $1
-               AND (state IN ('DISPATCHING', 'INSTALLING', 'VERIFYING') OR holds_slot)""", big)
-        room = 30
-        args = (big, 1, None, in_flight + room, 1000, None, OWNER, 60.0, None, False)
-        tr = conn.transaction()
-        await tr.start()
-        try:
-            raw = await conn.fetchval(
-                f"EXPLAIN (ANALYZE, FORMAT JSON) {task_store.CLAIM}", *args)
-            claimed = await conn.fetchval(
-                """SELECT count(*) FROM tasks WHERE rollout_id = $1 AND state = 'DISPATCHING'
-                   AND lease_owner = $2 AND dispatched_at = now()""", big, OWNER)
-        finally:
-            await tr.rollback()
-    plan = (json.loads(raw) if isinstance(raw, str) else raw)[0]["Plan"]
-    pending_reads = [n["Actual Rows"] * n["Actual Loops"] for n in _nodes(plan)
-                     if n.get("Relation Name") == "tasks"
-                     and n.get("Index Name") == "tasks_pending_site_idx"]
-    assert pending_reads, "the claim no longer reads PENDING tasks per site"
-    assert claimed == room
-    assert sum(pending_reads) <= SITES * room, pending_reads
-
+        per_site, claimed = await _claim_reads(conn, big, room, site_limits=True)
+        assert claimed == room
+        assert per_site.get("tasks_pending_site_idx"), \
+            f"with site limits the claim no longer reads PENDING tasks per site: {per_site}"
+        assert sum(per_site.values()) <= SITES * room, per_site
+        plain, claimed = await _claim_reads(conn, big, room, site_limits=False)
+        assert claimed == room
+        assert not plain.get("tasks_pending_site_idx"), \
+            f"without a per-site limit the claim still reads per site: {plain}"
+        assert 0 < plain.get("tasks_pending_idx", 0) <= 2 * room, plain
 
 
 async def test_a_page_of_tasks_in_one_state(pool: asyncpg.Pool) -> None:

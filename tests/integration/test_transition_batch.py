@@ -1,18 +1,20 @@
-"""Transitions written together: `transition_many` (one statement, each task guarded on its
-own) and the engine's `TransitionBatcher` in front of it; and the runner's learned timings."""
+"""Writes of many runners made together: `transition_many` (one statement, each task guarded
+on its own) and the engine's `TransitionBatcher` in front of it; the guarded install sends
+(`guard_install_sends`) and the `GuardBatcher`; and the runner's learned timings."""
 
 from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
 from typing import Any
+from uuid import uuid4
 
 import asyncpg
 
-from orchestrator.engine.batching import TransitionBatcher
+from orchestrator.engine.batching import GuardBatcher, TransitionBatcher
 from orchestrator.engine.pacing import InstallTimes, ReturnOffsets
 from orchestrator.store import tasks as task_store
-from orchestrator.store.tasks import TransitionRequest
+from orchestrator.store.tasks import GuardRequest, TransitionRequest
 from tests.fleet import TARGET, create, events_of, fleet
 
 OWNER = "test-owner"
@@ -97,6 +99,49 @@ async def test_batcher_writes_concurrent_transitions_in_one_statement(
             "SELECT count(*) FROM tasks WHERE rollout_id = $1 AND state = 'PENDING' "
             "AND lease_owner IS NULL", rid) == 5
         await batcher.aclose()
+
+
+async def test_guard_batcher_judges_each_send_of_a_burst_in_one_statement(
+    pool: asyncpg.Pool, db_url: str
+) -> None:
+    """The guarded writes right before install POSTs of four runners share one statement,
+    each task judged on its own: ours with a fresh lease -> send (recorded as sent, with the
+    version seen before); a stale lease token -> lost; a lease that would run out during
+    the install call -> hold. Nothing is written for the last two. Then a paused rollout
+    holds every send, and a cancelled one cancels them."""
+    async with fleet(pool, db_url, appliances=4, sites=1):
+        rid = await create(pool)
+        a, b, c, d = await _claim(pool, rid, 4)  # leases of 60 s
+        guards = GuardBatcher(pool, OWNER, delay=0.05)
+        results = await asyncio.gather(
+            guards.submit(GuardRequest(a.id, a.lease_token, "9.0.0-10010", 5.0)),
+            guards.submit(GuardRequest(b.id, uuid4(), "9.0.0-10010", 5.0)),
+            guards.submit(GuardRequest(c.id, c.lease_token, "9.0.0-10010", 3600.0)),
+            guards.submit(GuardRequest(d.id, d.lease_token, None, 5.0)),
+        )
+        assert results == [
+            ("send", ""), ("lost", ""),
+            ("hold", "the lease would expire during the install call"), ("send", ""),
+        ]
+        assert guards.statements == 1
+        rows = {r["id"]: r for r in await pool.fetch(
+            "SELECT id, install_sent_at, installs_sent, from_version FROM tasks "
+            "WHERE rollout_id = $1", rid)}
+        assert rows[a.id]["installs_sent"] == 1 and rows[a.id]["install_sent_at"] is not None
+        assert rows[a.id]["from_version"] == "9.0.0-10010"
+        assert rows[d.id]["installs_sent"] == 1 and rows[d.id]["from_version"] is None
+        for task in (b, c):
+            assert rows[task.id]["installs_sent"] == 0
+            assert rows[task.id]["install_sent_at"] is None
+        await pool.execute("UPDATE rollouts SET state = 'PAUSED' WHERE id = $1", rid)
+        assert await guards.submit(GuardRequest(c.id, c.lease_token, None, 5.0)) == (
+            "hold", "rollout is PAUSED")
+        await pool.execute("UPDATE rollouts SET state = 'CANCELLED' WHERE id = $1", rid)
+        assert await guards.submit(GuardRequest(c.id, c.lease_token, None, 5.0)) == (
+            "cancel", "rollout is CANCELLED")
+        assert await pool.fetchval(
+            "SELECT installs_sent FROM tasks WHERE id = $1", c.id) == 0
+        await guards.aclose()
 
 
 def test_install_times_steady_and_low() -> None:
