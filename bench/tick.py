@@ -63,7 +63,10 @@ async def populate(conn: asyncpg.Connection, size: int, in_flight: int) -> int:
            SELECT 'app-' || i, 'https://app-' || i || '.invalid/api', 'site-' || (i % $2),
                   ARRAY['tier-' || (i % 3)]
            FROM generate_series(1, $1) AS i""", size, SITES)
-    strategy = {"waves": ["1%", "10%", "100%"], "max_concurrency": in_flight}
+    # no pre-flight: by default (`warn`) the first tick would start one over the whole
+    # rollout, and the ticks measured would carry its work
+    strategy = {"waves": ["1%", "10%", "100%"], "max_concurrency": in_flight,
+                "preflight": "off"}
     rid = await conn.fetchval(
         """INSERT INTO rollouts (name, target_version, strategy, state, current_wave,
                                  created_by, started_at)
