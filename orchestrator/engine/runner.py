@@ -424,7 +424,17 @@ class TaskRunner:
         elif self.start_by is not None and self.ctx.clock() > self.start_by:
             verdict, why = SendVerdict.HOLD, "the maintenance window no longer lets it start"
         else:
-            verdict, why = await self._guard_write(margin)
+            # from the guarded write until the install is sent and recorded, a draining
+            # engine waits for this runner: stopped in between (the write is made by the
+            # batcher's statement, whoever waits for it), the task would stay recorded as
+            # sent though it never was, and its next owner could only call it a lost answer
+            self.critical = True
+            sending = False
+            try:
+                verdict, why = await self._guard_write(margin)
+                sending = verdict == SendVerdict.SEND
+            finally:
+                self.critical = sending
         if verdict == SendVerdict.SEND:
             return True
         if verdict == SendVerdict.LOST:

@@ -96,7 +96,10 @@ async def test_failures_rising_part_way_halve_the_pace_before_the_policy_trips(
         # a bad batch: every appliance after the first 50 of the plan (name order) fails
         for n in range(51, 101):
             f.sim.set_faults(f"sim-{n:05d}", ["install_error"])
-        rid = await create(pool, {**PACE, "max_failures": "30%", "min_executed": 10})
+        # a loaded machine slows the installs as the engine sees them: a duration band
+        # wide enough that only the failures halve the pace, which is what this is about
+        rid = await create(pool, {**PACE, "max_failures": "30%", "min_executed": 10,
+                                  "pace_duration_band": 2000})
         async with engine(f):
             rollout = await wait_until_terminal(pool, rid, timeout=120)
         assert rollout.state == "FAILED"
