@@ -114,6 +114,11 @@ class ApplianceClient:
         self._basic_auth: str | None = None
         self._session_id: str | None = None
         self._login_at = 0.0
+        # sessions this client stopped using without logging them out, logged out with
+        # the current one (`logout`): replaced ones (age, an explicit login) and forgotten
+        # ones (a restart, perhaps, ended them: dropped from here once one is proven)
+        self._replaced: list[str] = []
+        self._forgotten: list[str] = []
         self._lock = asyncio.Lock()
         self.requests = 0
         self.logins = 0
@@ -128,11 +133,25 @@ class ApplianceClient:
 
     @property
     def has_session(self) -> bool:
-        return self._session_id is not None
+        """Whether `logout` has a session to end (the current one, or one dropped without a
+        logout that may still be open on the appliance)."""
+        return self._session_id is not None or bool(self._replaced or self._forgotten)
 
     def forget_session(self) -> None:
-        """Drop the session without logging out (e.g. the appliance is known to have rebooted)."""
-        self._session_id = None
+        """Stop using the session without logging out: the appliance seems to restart, and
+        a restart ends its sessions (the next call logs in rather than meeting a 401). A
+        sign of a restart can be wrong (an install that ran longer than predicted, a slow
+        answer), so the session is still logged out by `logout` unless `restart_proven`
+        says the appliance did restart since."""
+        sid, self._session_id = self._session_id, None
+        if sid is not None:
+            _keep(self._forgotten, sid)
+
+    def restart_proven(self) -> None:
+        """The appliance has restarted since the sessions `forget_session` dropped (it
+        reports another version than before the install): they ended with it, and
+        `logout` leaves them alone."""
+        self._forgotten.clear()
 
     # --- session -------------------------------------------------------------------------
 
@@ -146,20 +165,28 @@ class ApplianceClient:
         await self._retrying(attempt, op="login", safe=True)
 
     async def logout(self, *, request_timeout: float | None = None) -> None:
-        """`DELETE /session`. No-op without a session; 401/404 (already gone) are ignored."""
+        """`DELETE /session` for the current session and for every session this client
+        dropped without a logout that may still be open (see `forget_session`). No-op
+        without any; 401/404 (already gone) are ignored. Every session is tried; the first
+        error is raised after."""
         async with self._lock:
-            sid, self._session_id = self._session_id, None
-        if sid is None:
-            return
-        try:
-            answer = await self._send(
-                "DELETE", "/session", op="logout", sid=sid, request_timeout=request_timeout
-            )
-            if answer.status not in (401, 404):
-                self._checked(answer, "logout")
-        except ApplianceError as exc:
-            self._count(exc)
-            raise
+            sids = [s for s in (self._session_id, *self._replaced, *self._forgotten) if s]
+            self._session_id = None
+            self._replaced.clear()
+            self._forgotten.clear()
+        first: ApplianceError | None = None
+        for sid in sids:
+            try:
+                answer = await self._send(
+                    "DELETE", "/session", op="logout", sid=sid, request_timeout=request_timeout
+                )
+                if answer.status not in (401, 404):
+                    self._checked(answer, "logout")
+            except ApplianceError as exc:
+                self._count(exc)
+                first = first or exc
+        if first is not None:
+            raise first
 
     def _expired(self) -> bool:
         return self._http.clock() - self._login_at >= self._http.session_max_age
@@ -183,11 +210,14 @@ class ApplianceClient:
             if sid is not None and sid != stale and not self._expired():
                 return sid
             log.debug("appliance_session_renew", appliance=self.name, reason="401")
-            self._session_id = None
+            if sid == stale:
+                self._session_id = None  # refused: it is over, nothing to log out
             return await self._login_locked(request_timeout)
 
     async def _login_locked(self, request_timeout: float | None) -> str:
-        self._session_id = None
+        if self._session_id is not None:  # replaced (its age, an explicit login): still open
+            _keep(self._replaced, self._session_id)
+            self._session_id = None
         answer = await self._send(
             "POST",
             "/session",
@@ -628,3 +658,11 @@ def _response_error_fields(body: bytes) -> dict[str, str | None]:
 
 
 __all__ = ["SESSION_HEADER", "ApplianceClient", "ApplianceHttp", "ApplianceTarget"]
+
+
+_KEPT_SESSIONS = 8  # dropped sessions remembered for the logout, per kind (oldest go first)
+
+
+def _keep(sids: list[str], sid: str) -> None:
+    sids.append(sid)
+    del sids[:-_KEPT_SESSIONS]

@@ -294,21 +294,21 @@ class Notifier:
             await self._abandon(in_flight)
 
     async def _abandon(self, in_flight: dict[asyncio.Task[bool], Outgoing]) -> None:
-        """Cancel the requests still running and hand their leases back (pending again,
-        due now): each may have reached its receiver, which then sees it twice, with the
-        same event id."""
+        """Cancel the requests still running and hand back every lease this notifier
+        holds (pending again, due now). A request in flight may have reached its
+        receiver, which then sees it twice, with the same event id. The hand-back is by
+        owner, not by the requests in flight: a claim cancelled while it committed took
+        leases whose answer the loop never saw, and they would otherwise wait for their
+        lease to run out (`webhook_lease_seconds`)."""
         tasks = dict(in_flight)
         for task in tasks:
             task.cancel()
-        if not tasks:
-            return
-        await asyncio.gather(*tasks, return_exceptions=True)
-        ids = [i for out in tasks.values() for i in out.ids]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
         with contextlib.suppress(Exception):
             async with asyncio.timeout(_RELEASE_TIMEOUT):
-                await webhook_store.settle(
-                    self.pool, ids, owner=self.owner, outcome="retry",
-                    error="the notifier stopped before the answer", retry_in=0.0)
+                await webhook_store.release_leases(
+                    self.pool, self.owner, error="the notifier stopped before the answer")
 
     async def deliver_once(self) -> int:
         """One round: claim what is due (up to `concurrency` requests), send them all at

@@ -651,6 +651,14 @@ class TaskRunner:
             self.install_end = now
         self._client().forget_session()
 
+    def _version_seen(self, client: ApplianceClient, version: str) -> None:
+        """The appliance reports `version` after the install: another version than before
+        it proves that it restarted, which ended the sessions forgotten on the way
+        (`ApplianceClient.restart_proven`); otherwise they are logged out at the end."""
+        before = self.from_version or self.task.from_version
+        if before is not None and not same_version(version, before):
+            client.restart_proven()
+
     async def _monitor(self) -> None:
         """Follow an accepted install until the appliance answers again after it.
 
@@ -774,8 +782,11 @@ class TaskRunner:
         end = self.install_end if self.install_end is not None else time.monotonic()
         first, step, scout = self._probe_plan()
         # the restart ends the session: log in at the first probe instead of meeting a 401
-        client.forget_session()
-        self.session_reset = True
+        # (once: the session of a probe that found the install still running is kept, and
+        # a later restart shows as its 401)
+        if not self.session_reset:
+            client.forget_session()
+            self.session_reset = True
         await self._pause(end + first - time.monotonic())
         down_since: float | None = None
         while True:
@@ -831,6 +842,8 @@ class TaskRunner:
                 info = await self._bounded(client.get_appliance(retries=0))
             except ApplianceError as failed:
                 error = failed
+            else:
+                self._version_seen(client, info.appliance_version)
             if info is not None and same_version(info.appliance_version, self.version):
                 if scout:
                     ctx.returns.add(sent - end)
@@ -884,6 +897,7 @@ class TaskRunner:
             return True
         except ApplianceError:
             return None
+        self.looked = True  # from now on its end comes from the task, not the usual time
         if remote.status in (TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.UNKNOWN):
             self.install_end = None  # slower than expected: follow the task again
             if not await self._task_seen(remote, sent):
@@ -949,6 +963,7 @@ class TaskRunner:
                 if outage_since is not None and self.saw_outage:
                     self.ctx.reboot_times.add(now - (self.outage_mono or verify_started))
                 outage_since = None
+                self._version_seen(client, info.appliance_version)
                 up = not missing_services(self.strategy.verify_services, running)
                 watch = outcome.saw_version(watch, now, info.appliance_version, up)
                 if not same_version(info.appliance_version, self.version) and up:

@@ -575,6 +575,19 @@ async def claim_deliveries(
         return out
 
 
+async def release_leases(db: DB, owner: str, *, error: str) -> int:
+    """Hand back every pending delivery this owner holds a lease on (pending again, due
+    now), for a notifier that stops with nothing of its own in flight: this includes a
+    claim that committed while its caller was cancelled, whose answer was never seen.
+    Returns how many it handed back."""
+    rows = await db.fetch(
+        """UPDATE webhook_deliveries SET next_attempt_at = now(), last_error = $2,
+               lease_owner = NULL, lease_expires_at = NULL
+           WHERE lease_owner = $1 AND state = 'pending' RETURNING id""",
+        owner, error[:500])
+    return len(rows)
+
+
 async def settle(
     db: DB, ids: Sequence[int], *, owner: str, outcome: str, status: int | None = None,
     error: str | None = None, retry_in: float | None = None,

@@ -44,7 +44,7 @@ async def test_the_demo_delivers_its_rollouts_events_to_a_webhook(pg_server_url:
                      "wave.started", "wave.finished",
                      "wave.started", "wave.finished",
                      "wave.started", "wave.finished",
-                     "rollout.finished"], types
+                     "rollout.finished"], (types, summary.get("webhook"))
     assert [e["data"]["wave"] for e in received if e["type"] == "wave.started"] == [0, 1, 2]
     assert all(e["rollout"]["id"] == rollout_id for e in received)
     # each event once (the demo's receiver answered 200 at once: no repeat), ids ascending

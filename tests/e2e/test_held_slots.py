@@ -105,8 +105,11 @@ async def test_a_timed_out_install_holds_its_site_slot_until_the_appliance_is_ba
         released = [e for e in await _events(pool, held["id"])
                     if e["detail"].get("slot_released")]
         assert len(released) == 1 and released[0]["detail"]["version"] == TARGET
-        # and the next install was sent only after the slot was free
-        second = min(r["dispatched_at"] for n, r in rows.items() if n != SLOW)
+        # and the next install was sent only after the slot was free. install_sent_at is
+        # written after the claim that saw the free slot committed; dispatched_at is not a
+        # send time (it is the claiming transaction's start, which may have begun before
+        # the release committed)
+        second = min(r["install_sent_at"] for n, r in rows.items() if n != SLOW)
         assert second >= released[0]["at"]
         assert rollout.state == "COMPLETED_WITH_FAILURES"
         assert await pool.fetchval(

@@ -76,8 +76,60 @@ async def test_rollout_leaves_no_client_and_no_session(pool: asyncpg.Pool,
         seen = kinds(f.sim)
         # one session per task, and one per appliance for the pre-flight the rollout runs
         # at start (strategy preflight: warn by default): each logged out
-        assert seen["logout"] == 2 * n
+        # at least 2n logouts: a session forgotten on a wrong sign of a restart (the
+        # failed install did not restart its appliance) is logged out too
+        assert seen["logout"] >= 2 * n
         assert seen["login"] >= 2 * n  # one before the install, more after the reboot
+        assert open_sessions(f.sim) == 0
+
+
+async def test_a_session_forgotten_without_a_restart_is_logged_out(pool: asyncpg.Pool,
+                                                                   db_url: str) -> None:
+    """The install runs longer than the steady install times predict, then fails without
+    a restart. At the predicted end the runner stops using its session (a restart would
+    have ended it) and logs in again to look; the appliance never restarted, so the first
+    session is still open there. The runner's end logs out both."""
+    async with fleet(pool, db_url, appliances=1, sites=1, install_seconds=1.5,
+                     install_jitter=0.0) as f:
+        f.sim.set_faults(NAME, ["install_error"])
+        task = await _claim(pool, await create(pool))
+        async with http_client() as http:
+            h = _context(pool, http, OWNER)
+            for _ in range(5):  # steady and shorter than this install: no look at its task
+                h.ctx.install_times.add(0.3)
+            for _ in range(3):  # returns measured: the runner does not scout
+                h.ctx.returns.add(0.1)
+            try:
+                assert await _run(h, task) == "FAILED"
+                assert http.cached_clients == 0
+            finally:
+                assert h.ctx.batcher is not None
+                await h.ctx.batcher.aclose()
+        seen = kinds(f.sim)
+        # the fault happened: a second login while the first session was open (no restart);
+        # and only one: the runner follows the overrunning install from its task, paced,
+        # rather than probing again at once (it used to spin, logging in each time)
+        assert seen["login"] == 2 and f.sim.stats()["appliances"][NAME]["version"] != TARGET
+        assert seen["logout"] == 2
+        assert open_sessions(f.sim) == 0
+
+
+async def test_sessions_a_restart_ended_are_not_logged_out(pool: asyncpg.Pool,
+                                                           db_url: str) -> None:
+    """The common case: the appliance restarts onto the target version, which proves the
+    session the runner dropped at the restart is over. One logout (the session after the
+    restart), no DELETE of a session the appliance already ended."""
+    async with fleet(pool, db_url, appliances=1, sites=1) as f:
+        task = await _claim(pool, await create(pool))
+        async with http_client() as http:
+            h = _context(pool, http, OWNER)
+            try:
+                assert await _run(h, task) == "SUCCEEDED"
+            finally:
+                assert h.ctx.batcher is not None
+                await h.ctx.batcher.aclose()
+        seen = kinds(f.sim)
+        assert seen["login"] >= 2 and seen["logout"] == 1
         assert open_sessions(f.sim) == 0
 
 

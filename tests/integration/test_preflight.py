@@ -128,8 +128,10 @@ async def test_required_leaves_the_failing_appliances_out_and_succeeds_on_the_re
     run = await preflight_store.latest_run(pool, rid)
     assert run is not None and run.trigger == "start" and run.left_out == len(PLANTED)
     assert run.finished_at is not None
-    assert run.finished_at <= min(t["dispatched_at"] for t in tasks.values()
-                                  if t["dispatched_at"]), "checked before the first install"
+    # install_sent_at, not dispatched_at (the claiming transaction's start, which may
+    # precede the pre-flight's commit that the claim then saw)
+    assert run.finished_at <= min(t["install_sent_at"] for t in tasks.values()
+                                  if t["install_sent_at"]), "checked before the first install"
 
 
 async def test_warn_records_the_problems_and_installs_anyway(
@@ -258,7 +260,7 @@ async def test_required_checks_again_before_the_window_opens(
     tasks = await task_by_appliance(pool, rid)
     assert tasks["sim-00002"]["state"] == "SKIPPED"
     assert tasks["sim-00002"]["error_code"] == "PREFLIGHT_REPOSITORY_UNREACHABLE"
-    first_install = min(t["dispatched_at"] for t in tasks.values() if t["dispatched_at"])
+    first_install = min(t["install_sent_at"] for t in tasks.values() if t["install_sent_at"])
     assert runs[1]["finished_at"] <= first_install
 
 
@@ -341,7 +343,7 @@ async def test_an_abandoned_run_is_taken_over_and_holds_the_installs_meanwhile(
     assert taken.counts == {"ok": 3, "fail": 1} and taken.left_out == 1
     tasks = await task_by_appliance(pool, rid)
     assert tasks["sim-00003"]["error_code"] == "PREFLIGHT_VERSION_NOT_OFFERED"
-    first_install = min(t["dispatched_at"] for t in tasks.values() if t["dispatched_at"])
+    first_install = min(t["install_sent_at"] for t in tasks.values() if t["install_sent_at"])
     runs = await pool.fetch("SELECT trigger, finished_at FROM preflight_runs "
                             "WHERE rollout_id = $1 ORDER BY id", rid)
     # the start run waited for the operator's, then ran; both before the first install

@@ -492,6 +492,48 @@ async def test_run_a_slow_receiver_holds_only_its_own_queue(
     assert "stopped" in slow["last_error"] and slow["due_in"] <= 0.1
 
 
+async def test_a_claim_cancelled_as_it_commits_is_handed_back(
+        pool: asyncpg.Pool, receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine stops its notifier right as the notifier claims (the last transition
+    wrote rollout.finished and woke it): the claim commits its lease, but the cancellation
+    reaches the loop before the answer does. The loop never sees that delivery, yet the
+    stopped notifier hands it back, due at once, rather than leaving it leased for
+    `webhook_lease_seconds` (the demo, which delivers what its engine left, gave up)."""
+    await hook(pool, receiver, "ops")
+    event = await emit(pool, "rollout.finished", {"state": "SUCCEEDED"})
+    real_claim = webhook_store.claim_deliveries
+    lost: list[int] = []
+
+    async def claim_then_cancelled(*args: Any, **kwargs: Any) -> list[Any]:
+        claimed = await real_claim(*args, **kwargs)  # committed
+        lost.extend(i for out in claimed for i in out.ids)
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()  # the stop arrives before the loop sees the answer
+        await asyncio.sleep(0)
+        raise AssertionError("not cancelled")
+
+    monkeypatch.setattr(webhook_store, "claim_deliveries", claim_then_cancelled)
+    notifier = Notifier(pool, owner="n1", config=config(lease_seconds=60.0))
+    runner = asyncio.create_task(notifier.run())
+    with pytest.raises(asyncio.CancelledError):
+        async with asyncio.timeout(5.0):
+            await runner
+    await notifier.aclose()
+    # the fault happened: a lease was taken, and no request was sent
+    assert len(lost) == 1 and receiver.seen == []
+    [row] = await deliveries(pool)
+    assert (row["id"], row["state"], row["attempts"]) == (lost[0], "pending", 1)
+    assert row["lease_owner"] is None and row["due_in"] <= 0.1
+    assert "stopped" in row["last_error"]
+    # so the next notifier sends it now, not a lease (60 s) later
+    monkeypatch.setattr(webhook_store, "claim_deliveries", real_claim)
+    async with Notifier(pool, owner="n2", config=config()) as other:
+        assert await other.deliver_once() == 1
+    assert [s.event_id for s in receiver.at("/ops")] == [str(event)]
+    assert [r["state"] for r in await deliveries(pool)] == ["delivered"]
+
+
 async def test_run_survives_a_database_error(pool: asyncpg.Pool, receiver: Receiver,
                                              db_url: str) -> None:
     await hook(pool, receiver, "ops")

@@ -11,15 +11,17 @@ import pytest
 from aioresponses import aioresponses
 from structlog.testing import capture_logs
 
-from orchestrator.appliance import ApplianceClient, ApplianceHttp, ApplianceTarget
+from orchestrator.appliance import ApplianceClient, ApplianceHttp, ApplianceTarget, Unreachable
 from orchestrator.appliance.client import SESSION_HEADER
 from orchestrator.appliance.http import LOGOUT_TIMEOUT
 from tests.helpers import eventually
 from tests.unit.test_appliance_client import (
+    APPLIANCE,
     BASE,
     NAME,
     SECRETS,
     SID,
+    SID2,
     CompatAioresponses,
     calls,
     connector_error,
@@ -173,3 +175,80 @@ async def test_close_cancels_the_background_logouts(mock: aioresponses) -> None:
         http.release_soon(client)  # not started yet when the transport closes
     assert http.cached_clients == 0 and deletes(mock) == 0
     assert client.has_session  # never logged out: shutdown does not wait on appliances
+
+
+# ------------------------------------------------------------------ sessions dropped on the way
+def deleted_sids(mock: aioresponses) -> list[str]:
+    return [sent(c)[SESSION_HEADER] for c in calls(mock, "DELETE", "/session")]
+
+
+async def test_a_forgotten_session_is_logged_out_unless_a_restart_is_proven(
+    mock: aioresponses, http: ApplianceHttp
+) -> None:
+    """`forget_session` (a restart seems to be under way) stops using the session; if
+    nothing proves the restart, the logout ends it too: it may still be open."""
+    client = await logged_in(mock, http)
+    client.forget_session()
+    assert client.has_session  # something is left to log out
+    login_ok(mock, SID2)
+    mock.get(url("/appliance"), payload=APPLIANCE)
+    await client.get_appliance()  # logs in anew
+    mock.delete(url("/session"), status=204, repeat=True)
+    await client.logout()
+    assert deleted_sids(mock) == [SID2, SID] and not client.has_session
+
+
+async def test_a_session_a_proven_restart_ended_is_left_alone(
+    mock: aioresponses, http: ApplianceHttp
+) -> None:
+    client = await logged_in(mock, http)
+    client.forget_session()
+    login_ok(mock, SID2)
+    mock.get(url("/appliance"), payload=APPLIANCE)
+    await client.get_appliance()
+    client.restart_proven()
+    mock.delete(url("/session"), status=204, repeat=True)
+    await client.logout()
+    assert deleted_sids(mock) == [SID2]
+
+
+async def test_a_session_replaced_for_its_age_is_logged_out_and_a_refused_one_is_not(
+    mock: aioresponses
+) -> None:
+    """Renewed at `appliance_session_max_age`: the old session was never refused, so it is
+    still open and the logout ends it. Renewed after a 401: the refused one is over."""
+    now = [0.0]
+    async with make_http(session_max_age=10.0, clock=lambda: now[0]) as http:
+        client = await logged_in(mock, http)
+        now[0] = 11.0  # older than the max age
+        login_ok(mock, SID2)
+        mock.get(url("/appliance"), payload=APPLIANCE)
+        await client.get_appliance()
+        mock.delete(url("/session"), status=204, repeat=True)
+        await client.logout()
+        assert deleted_sids(mock) == [SID2, SID]
+
+        other = http.client(ApplianceTarget(NAME, BASE))
+        login_ok(mock, "SESSION-ID-third")
+        await other.login()
+        mock.get(url("/appliance"), status=401)  # the session is refused
+        login_ok(mock, "SESSION-ID-fourth")
+        mock.get(url("/appliance"), payload=APPLIANCE)
+        await other.get_appliance()
+        await other.logout()
+        assert deleted_sids(mock)[2:] == ["SESSION-ID-fourth"]
+
+
+async def test_a_failed_logout_still_tries_every_session(
+    mock: aioresponses, http: ApplianceHttp
+) -> None:
+    client = await logged_in(mock, http)
+    client.forget_session()
+    login_ok(mock, SID2)
+    mock.get(url("/appliance"), payload=APPLIANCE)
+    await client.get_appliance()
+    mock.delete(url("/session"), exception=connector_error())
+    mock.delete(url("/session"), status=204)
+    with pytest.raises(Unreachable):
+        await client.logout()
+    assert deleted_sids(mock) == [SID2, SID] and not client.has_session
