@@ -13,6 +13,10 @@ Sessions: the client logs in lazily (`POST /session` with HTTP Basic auth), send
 `appliance_session_max_age`, and on a 401 logs in again once and repeats the call (a second
 401 raises `Unauthorized`). A 401 on the login itself is `Unauthorized` (wrong
 credentials) and is not retried. Concurrent callers on one client share one login.
+`logout()` ends the current session and every session the client stopped using without a
+logout that may still be open: one replaced for its age, and one `forget_session()` dropped
+at a sign of a restart, unless `restart_proven()` said the appliance restarted since (a
+restart ends sessions; the appliance then answers 401 to them).
 
 Retries: calls that are safe to repeat (GETs, the login) are retried on transient errors
 (unreachable, timeout, 5xx) with exponential backoff and full jitter, `retries` extra
