@@ -156,12 +156,14 @@ pending_sites AS (  -- the rollout's sites with PENDING tasks in the waves up to
 ),
 total_room AS (  -- how many tasks the rollout may start now: max_in_flight less its busy
                  -- tasks, the claim's own limit, max_starts_per_minute less the last
-                 -- minute's starts
+                 -- minute's starts (counted only with such a limit: in a CASE, since the
+                 -- generic plan of a prepared statement runs a subquery beside a NULL)
     SELECT greatest(0, least(
         $4::int - (SELECT coalesce(sum(n), 0) FROM inflight),
         $5::int,
-        coalesce($6::int - (SELECT count(*) FROM tasks WHERE rollout_id = $1
-                            AND dispatched_at > now() - interval '60 seconds'), 2147483647)
+        CASE WHEN $6::int IS NULL THEN 2147483647
+             ELSE $6::int - (SELECT count(*) FROM tasks WHERE rollout_id = $1
+                             AND dispatched_at > now() - interval '60 seconds')::int END
     ))::int AS room
 ),
 site_room AS (  -- how many tasks each of those sites may start now: its per-site room and

@@ -277,6 +277,43 @@ async def test_claim_reads_as_many_pending_tasks_as_it_may_start(pool: asyncpg.P
         assert 0 < plain.get("tasks_pending_idx", 0) <= 2 * room, plain
 
 
+async def test_the_claim_counts_recent_starts_only_with_a_start_limit(
+        pool: asyncpg.Pool) -> None:
+    """The generic plan a prepared claim gets after five runs (asyncpg prepares every
+    statement) still runs a subquery whose value meets a NULL parameter. Without
+    `max_starts_per_minute` the claim must not count the rollout's starts of the last
+    minute (thousands of index entries at concurrency 5,000, on every claim); with it,
+    it must."""
+    async with pool.acquire() as conn:
+        big, _ = await _populate(conn)
+        in_flight = await conn.fetchval(
+            """SELECT count(*) FROM tasks WHERE rollout_id = $1
+               AND (state IN ('DISPATCHING', 'INSTALLING', 'VERIFYING') OR holds_slot)""",
+            big)
+
+        async def dispatched_index_loops(starts_per_minute: str) -> float:
+            tr = conn.transaction()
+            await tr.start()
+            try:
+                await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+                await conn.execute(
+                    "PREPARE claim_generic(bigint, int, int, int, int, int, text, float8, "
+                    f"jsonb, boolean) AS {task_store.CLAIM}")
+                raw = await conn.fetchval(
+                    "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE claim_generic("
+                    f"{big}, 1, NULL, {in_flight + 30}, 1000, {starts_per_minute}, "
+                    f"'{OWNER}', 60.0, NULL, false)")
+            finally:
+                await tr.rollback()
+                await conn.execute("DEALLOCATE claim_generic")
+            plan = (json.loads(raw) if isinstance(raw, str) else raw)[0]["Plan"]
+            return sum(n["Actual Loops"] for n in _nodes(plan)
+                       if n.get("Index Name") == "tasks_rollout_dispatched_idx")
+
+        assert await dispatched_index_loops("NULL") == 0
+        assert await dispatched_index_loops("100000") >= 1
+
+
 async def test_a_page_of_tasks_in_one_state(pool: asyncpg.Pool) -> None:
     """A dashboard's "what is installing now" (`GET .../tasks?state=INSTALLING`), the
     statement of its own (equality on the state, so that (rollout_id, state, id) can give
