@@ -159,9 +159,11 @@ async def test_rollouts_sharing_a_capped_site_take_turns(pool: asyncpg.Pool, db_
     rollout taking every slot first (A A B B) and the other finishing on a tail."""
     async with fleet(pool, db_url, appliances=4, sites=1) as f:
         await site_store.set_site_limit(pool, "site-01", 1, ACTOR)
-        first = await create(pool, {"order": "name"},
+        # no pre-flight: each rollout's would run on its own, and the one that ended first
+        # would claim first, whichever rollout is older
+        first = await create(pool, {"order": "name", "preflight": "off"},
                              selector={"names": ["sim-00001", "sim-00002"]})
-        second = await create(pool, {"order": "name"},
+        second = await create(pool, {"order": "name", "preflight": "off"},
                               selector={"names": ["sim-00003", "sim-00004"]})
         # ticks only when a task's end has committed (its runner's end, its NOTIFY), never
         # on the poll timer: a tick that ran while an install's end was committing could
