@@ -272,6 +272,7 @@ class Engine:
         self.reclaimed = 0
         # what the ticks cache between refreshes (every poll_interval, or on NOTIFY)
         self._active: list[int] | None = None
+        self._refreshes = 0  # how many times refresh() forgot the list (see tick)
         self._refresh_at = 0.0
         self._next_reclaim = 0.0
         self._waves: dict[tuple[int, int], tuple[asyncpg.Record | None, int]] = {}
@@ -315,6 +316,7 @@ class Engine:
         """Forget what the ticks cache (active rollouts, wave rows, whether maintenance
         windows exist) and tick now: something changed outside this process."""
         self._active = None
+        self._refreshes += 1
         self._waves.clear()
         self._groups.clear()
         self._windows_exist = None
@@ -504,18 +506,24 @@ class Engine:
                 self.reclaimed += len(stale)
                 log.info("tasks_reclaimed", count=len(stale))
                 self._spawn(stale)
-        if self._active is None or now >= self._refresh_at:
-            self._active = await rollout_store.active_rollout_ids(self.pool, ACTIVE_STATES)
-            self._refresh_at = now + self.config.poll_interval
+        active = self._active
+        if active is None or now >= self._refresh_at:
+            refreshes = self._refreshes
+            active = await rollout_store.active_rollout_ids(self.pool, ACTIVE_STATES)
             self._waves.clear()
             self._groups.clear()
             self._windows_exist = None
             self.preflight.refresh()
             await self.preflight.pick_up()  # runs asked for through the API, or abandoned
+            # a refresh (a NOTIFY) while this read ran: this tick works on what it read,
+            # the next one (the refresh woke it) reads the list again
+            if self._refreshes == refreshes:
+                self._active = active
+                self._refresh_at = now + self.config.poll_interval
         # the rollout this engine served longest ago claims first: rollouts that share a
         # site with a fleet-wide capacity take turns at its free slots, instead of the
         # lowest id taking every slot that frees and the others finishing on a long tail
-        for rollout_id in sorted(self._active, key=lambda r: (self._served.get(r, 0), r)):
+        for rollout_id in sorted(active, key=lambda r: (self._served.get(r, 0), r)):
             if self._stopping.is_set():
                 break
             while True:

@@ -862,3 +862,42 @@ async def test_a_tick_claims_free_slots_in_bounded_batches(
         finally:
             eng.stop()
             await asyncio.wait_for(eng.run(), 60)
+
+
+async def test_a_refresh_while_the_tick_reads_its_rollouts_is_not_lost(
+    pool: asyncpg.Pool, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A NOTIFY (`Engine.refresh`) that arrives while the tick reads the active rollouts and
+    picks up pre-flight runs: the tick still claims from what it read, and the next tick
+    reads the list again. (It failed with a TypeError, and the engine ticked again only
+    after poll_interval: seen at the start of bench/multi_rollout.py, as ten rollouts
+    started at once.)"""
+    async with fleet(pool, db_url, appliances=4), http_client() as client:
+        rid = await create(pool, {"preflight": "off"})
+        eng = Engine(pool, client, fast_engine_config(poll_interval=30.0),
+                     database_url=db_url)
+        real_read = rollout_store.active_rollout_ids
+        reads: list[list[int]] = []
+
+        async def read(*args: Any, **kwargs: Any) -> list[int]:
+            ids = await real_read(*args, **kwargs)
+            reads.append(list(ids))
+            return ids
+
+        real_pick_up = eng.preflight.pick_up
+
+        async def pick_up_then_notified() -> None:
+            await real_pick_up()
+            if len(reads) == 1:
+                eng.refresh()  # a NOTIFY handled while the tick awaited
+
+        monkeypatch.setattr(rollout_store, "active_rollout_ids", read)
+        monkeypatch.setattr(eng.preflight, "pick_up", pick_up_then_notified)
+        try:
+            assert await asyncio.wait_for(eng.tick(), 60) is True
+            assert eng.claimed == 4 and reads == [[rid]]
+            await asyncio.wait_for(eng.tick(), 60)  # within poll_interval: only the refresh
+            assert len(reads) == 2  # reads again
+        finally:
+            eng.stop()
+            await asyncio.wait_for(eng.run(), 60)
