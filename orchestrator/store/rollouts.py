@@ -7,6 +7,7 @@ writes `audit_log`, and notifies the engines (`NOTIFY orchestrator`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -318,7 +319,27 @@ async def create_rollout(
             {"name": name, "target_version": plan.target_version, "targeted": plan.targeted},
         )
         await _notify(conn, rollout_id)
-        return await _get(conn, rollout_id), True
+        created = await _get(conn, rollout_id)
+    planned = sum(len(wave.appliances) for wave in plan.waves)
+    if planned >= ANALYZE_AFTER_TASKS:
+        await _analyze_tasks(pool)
+    return created, True
+
+
+# A rollout of at least this many tasks refreshes the planner's statistics of `tasks` as
+# soon as it is created (see _analyze_tasks).
+ANALYZE_AFTER_TASKS: Final = 1000
+
+
+async def _analyze_tasks(pool: asyncpg.Pool) -> None:
+    """`ANALYZE tasks` after a large rollout was planned. Until autovacuum gets to it (up
+    to a minute later), the planner plans the claims of the new rollout from statistics
+    without its tasks: at 100,000 tasks its first claims took 65-120 ms instead of about
+    6 ms (bench/rollout.py, docs/benchmarks.md). Best effort: a role that may not analyze
+    the table gets a warning from PostgreSQL, and any error is left to autovacuum."""
+    with contextlib.suppress(asyncpg.PostgresError, OSError):
+        async with pool.acquire() as conn:
+            await conn.execute("ANALYZE tasks")
 
 
 async def _created_before(conn: DB, idempotency_key: str, digest: str) -> Rollout | None:
