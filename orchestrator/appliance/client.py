@@ -117,12 +117,17 @@ class ApplianceClient:
         self._proxy: tuple[URL | None, str | None] | None = None  # looked up on first use
         self._basic_auth: str | None = None
         self._session_id: str | None = None
+        self._session_ordinal = 0  # the current session's login: `logins` once it was opened
         self._login_at = 0.0
         # sessions this client stopped using without logging them out, logged out with
         # the current one (`logout`): replaced ones (age, an explicit login) and forgotten
-        # ones (a restart, perhaps, ended them: dropped from here once one is proven)
+        # ones (a restart, perhaps, ended them: dropped from here once one is proven), each
+        # forgotten one with its login's ordinal (`logins` once it was opened)
         self._replaced: list[str] = []
-        self._forgotten: list[str] = []
+        self._forgotten: list[tuple[str, int]] = []
+        # `logins` when the appliance last accepted an install: sessions opened up to
+        # then are older than any restart that install caused
+        self._logins_at_install: int | None = None
         self._lock = asyncio.Lock()
         self.requests = 0
         self.logins = 0
@@ -141,21 +146,32 @@ class ApplianceClient:
         logout that may still be open on the appliance)."""
         return self._session_id is not None or bool(self._replaced or self._forgotten)
 
+    @property
+    def forgotten_sessions(self) -> int:
+        """Sessions dropped by `forget_session` that `logout` will still end."""
+        return len(self._forgotten)
+
     def forget_session(self) -> None:
         """Stop using the session without logging out: the appliance seems to restart, and
         a restart ends its sessions (the next call logs in rather than meeting a 401). A
         sign of a restart can be wrong (an install that ran longer than predicted, a slow
         answer), so the session is still logged out by `logout` unless `restart_proven`
-        says the appliance did restart since."""
+        says the appliance did restart after it was opened."""
         sid, self._session_id = self._session_id, None
         if sid is not None:
-            _keep(self._forgotten, sid)
+            _keep(self._forgotten, (sid, self._session_ordinal))
 
     def restart_proven(self) -> None:
-        """The appliance has restarted since the sessions `forget_session` dropped (it
-        reports another version than before the install): they ended with it, and
-        `logout` leaves them alone."""
-        self._forgotten.clear()
+        """The appliance has restarted since it accepted this client's install (it reports
+        another version than before): the forgotten sessions opened before that install
+        was accepted ended with the restart, and `logout` leaves them alone. One opened
+        after it may have been opened after the restart too (a login as the appliance came
+        back, then a wrong sign of a restart): it is still logged out. Without an install
+        sent by this client (a task taken over from another engine) nothing is known to
+        be older than the restart."""
+        before = self._logins_at_install
+        if before is not None:
+            self._forgotten = [(s, n) for s, n in self._forgotten if n > before]
 
     # --- session -------------------------------------------------------------------------
 
@@ -174,7 +190,8 @@ class ApplianceClient:
         without any; 401/404 (already gone) are ignored. Every session is tried; the first
         error is raised after."""
         async with self._lock:
-            sids = [s for s in (self._session_id, *self._replaced, *self._forgotten) if s]
+            forgotten = [s for s, _ in self._forgotten]
+            sids = [s for s in (self._session_id, *self._replaced, *forgotten) if s]
             self._session_id = None
             self._replaced.clear()
             self._forgotten.clear()
@@ -250,6 +267,7 @@ class ApplianceClient:
         self._session_id = sid
         self._login_at = self._http.clock()
         self.logins += 1
+        self._session_ordinal = self.logins
         log.debug("appliance_login", appliance=self.name)
         return sid
 
@@ -263,7 +281,7 @@ class ApplianceClient:
         any 5xx, the install may or may not have started. Only a failure to connect
         (`request_sent` False) is retried.
         """
-        return await self._call(
+        task = await self._call(
             "POST",
             f"/appliance/update-manager/updates/{quote(version, safe='')}/actions/install",
             op=f"install of {version}",
@@ -271,6 +289,8 @@ class ApplianceClient:
             safe=False,
             request_timeout=request_timeout,
         )
+        self._logins_at_install = self.logins
+        return task
 
     async def retrieve_updates(self, *, request_timeout: float | None = None) -> Task:
         """`POST .../actions/retrieve-updates` -> Task (not repeated once possibly sent).
@@ -667,6 +687,6 @@ __all__ = ["SESSION_HEADER", "ApplianceClient", "ApplianceHttp", "ApplianceTarge
 _KEPT_SESSIONS = 8  # dropped sessions remembered for the logout, per kind (oldest go first)
 
 
-def _keep(sids: list[str], sid: str) -> None:
+def _keep(sids: list[_T], sid: _T) -> None:
     sids.append(sid)
     del sids[:-_KEPT_SESSIONS]
