@@ -17,10 +17,8 @@ from typing import Any
 
 import asyncpg
 
-from orchestrator.appliance import ApplianceHttp
 from orchestrator.cli.common import CommandError, cli_actor, print_table, run_with_database
 from orchestrator.domain.preflight import Result, Verdict, summary_line
-from orchestrator.engine.preflight import execute_run
 from orchestrator.inventory import target_policy
 from orchestrator.settings import Settings
 from orchestrator.store import preflight as preflight_store
@@ -70,6 +68,9 @@ def summary_lines(summary: Summary | None, *, indent: str = "  ") -> list[str]:
 
 
 def cmd_preflight(settings: Settings, args: argparse.Namespace) -> int:
+    from orchestrator.appliance import ApplianceHttp  # here: the other commands start faster
+    from orchestrator.engine.preflight import execute_run
+
     owner = f"cli:{socket.gethostname()}:{os.getpid()}"
 
     async def body(pool: asyncpg.Pool) -> int:

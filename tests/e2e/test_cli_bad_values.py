@@ -2,8 +2,9 @@
 file, an unknown id or name, negative numbers, empty strings, a database that is down.
 
 Each command line ends with one line naming the problem (or, for what argparse refuses, the
-subcommand's usage and one error line) and a non-zero exit code, never a traceback. The
-command lines run as processes, several at once, against one database for the module.
+subcommand's usage and one error line) and a non-zero exit code, never a traceback. Each
+command line runs as a process of its own when its case runs (the cases spread over the
+suite's workers), against one database per worker for the module.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -195,21 +195,11 @@ def _run(setting: Setting, argv: tuple[str, ...], env_kind: str) -> Result:
     return run_cli(*(setting.fill(a) for a in argv), env=env, timeout=60)
 
 
-@pytest.fixture(scope="module")
-def results(setting: Setting) -> dict[tuple[tuple[str, ...], str], Result]:
-    """Every command line of CASES, run 4 at a time (each waits for its process to end)."""
-    keys = [(p.values[0], p.values[1]) for p in CASES]
-    with ThreadPoolExecutor(4) as pool:
-        done = list(pool.map(lambda key: _run(setting, *key), keys))
-    return dict(zip(keys, done, strict=True))
-
-
 @pytest.mark.parametrize(("argv", "env_kind", "names"), CASES)
 def test_a_bad_value_ends_in_one_line_naming_it(
     argv: tuple[str, ...], env_kind: str, names: tuple[str, ...], setting: Setting,
-    results: dict[tuple[tuple[str, ...], str], Result],
 ) -> None:
-    result = results[(argv, env_kind)]
+    result = _run(setting, argv, env_kind)
     stderr = result.stderr
     assert result.returncode != 0, (result.stdout, stderr)
     assert "Traceback" not in stderr, stderr
