@@ -79,7 +79,7 @@ FOR UPDATE OF r SKIP LOCKED
 
 MARK = "UPDATE rollouts SET pruned_at = now() WHERE id = $1 AND pruned_at IS NULL"
 
-# Held FOR SHARE by each chunk's transaction: a retry-failed (which locks the row FOR
+# Held FOR SHARE by each chunk's transaction: a retry-failed (which locks the row FOR NO KEY
 # UPDATE) waits for the chunk, and a chunk never runs on a rollout that is not terminal.
 STILL_PRUNABLE = """
 SELECT 1 FROM rollouts

@@ -397,8 +397,14 @@ async def _notify(conn: DB, rollout_id: int) -> None:
 
 
 async def _get(conn: DB, rollout_id: int, *, lock: bool = False) -> Rollout:
+    """The rollout; with `lock`, its row locked until the transaction ends, FOR NO KEY
+    UPDATE (as `lock_for_tick`): every other writer of the row and every FOR SHARE reader
+    waits, but not the foreign-key checks of rows inserted for the rollout (FOR KEY SHARE).
+    Under FOR UPDATE, a retry-failed that waited for a task row deadlocked with the
+    engine's transaction holding that row and inserting the task's event."""
     if lock:
-        await conn.execute("SELECT 1 FROM rollouts WHERE id = $1 FOR UPDATE", rollout_id)
+        await conn.execute("SELECT 1 FROM rollouts WHERE id = $1 FOR NO KEY UPDATE",
+                           rollout_id)
     row = await conn.fetchrow(
         f"SELECT {_ROLLOUT_COLUMNS} FROM rollouts r WHERE r.id = $1", rollout_id
     )
