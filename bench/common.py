@@ -298,6 +298,13 @@ class Database:
     kind: str  # "embedded" or "external"
     postmaster_pid: int | None
     stat_statements: bool
+    # the embedded server's log, where every statement slower than SLOW_STATEMENT_MS is
+    # written with its duration (None for an external server: its log is not ours)
+    log_path: Path | None = None
+
+
+# statements slower than this are logged by the embedded server (the claim's goal: max 50 ms)
+SLOW_STATEMENT_MS = 50
 
 
 def _enable_stat_statements(embedded: Any) -> bool:
@@ -306,7 +313,9 @@ def _enable_stat_statements(embedded: Any) -> bool:
     try:
         asyncio.run(_admin(url, "ALTER SYSTEM SET shared_preload_libraries = "
                                 "'pg_stat_statements'",
-                           "ALTER SYSTEM SET pg_stat_statements.track_utility = on"))
+                           "ALTER SYSTEM SET pg_stat_statements.track_utility = on",
+                           f"ALTER SYSTEM SET log_min_duration_statement = {SLOW_STATEMENT_MS}",
+                           "ALTER SYSTEM SET log_timezone = 'UTC'"))
         embedded.stop()
         embedded.restart_same_port()
         return True
@@ -356,6 +365,7 @@ def database(prefix: str, tmp: Path) -> Iterator[Database]:
             kind="embedded" if embedded else "external",
             postmaster_pid=_postmaster_pid(embedded.pgdata) if embedded else None,
             stat_statements=stat,
+            log_path=embedded.pgdata / "server.log" if embedded else None,
         )
     finally:
         with contextlib.suppress(Exception):
@@ -556,3 +566,10 @@ def run_bench(name: str, run: Callable[..., int], opts: Any) -> int:
         return 130
     finally:
         remove(tmp)
+
+
+def listening_engines(db_url: str) -> int:
+    """Engine processes listening for operator actions in this database (one LISTEN each)."""
+    rows = fetch(db_url, "SELECT count(*) AS n FROM pg_stat_activity "
+                         "WHERE datname = current_database() AND query ILIKE 'LISTEN%'")
+    return int(rows[0]["n"])

@@ -69,6 +69,7 @@ from common import (
     cli,
     fetch,
     git_state,
+    listening_engines,
     machine,
     orchestrator_env,
     rollout_outcome,
@@ -202,12 +203,6 @@ def write_inventory(source: Path, target: Path, per_rollout: int) -> dict[str, i
             member[row["name"]] = number
             writer.writerow(row)
     return member
-
-
-def listening_engines(db_url: str) -> int:
-    rows = fetch(db_url, "SELECT count(*) AS n FROM pg_stat_activity "
-                         "WHERE datname = current_database() AND query ILIKE 'LISTEN%'")
-    return int(rows[0]["n"])
 
 
 def watch_backends(sampler: ProcSampler, db_url: str) -> None:

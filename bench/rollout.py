@@ -11,7 +11,9 @@ PostgreSQL, the simulator and the orchestrator run as separate processes:
   measured, `orchestrator run`, is started and listening before `orchestrator rollout start`,
   as a service is in production, and is stopped (SIGTERM) once the rollout has ended.
   `--cold-start` instead starts `orchestrator run --until-idle` after `rollout create
-  --start`, so that the engine's start-up (~1.5 s) falls inside `wall_s`.
+  --start`, so that the engine's start-up (~1.5 s) falls inside `wall_s`. `--replicas N`
+  starts N such engine processes (replicas sharing the rollout, as in a deployment of
+  several); the CPU figures are then their sum, `peak_rss_mb` the largest.
 
     .venv/bin/python bench/rollout.py                                  # 10,000 appliances
     .venv/bin/python bench/rollout.py --appliances 2000 --concurrency 200   # quick
@@ -30,6 +32,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -39,6 +42,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     BIN,
     ROOT,
+    SLOW_STATEMENT_MS,
     TARGET_VERSION,
     ChildResult,
     Processes,
@@ -56,6 +61,7 @@ from common import (
     create_rollout,
     fetch,
     git_state,
+    listening_engines,
     machine,
     orchestrator_env,
     proc_children,
@@ -98,6 +104,59 @@ def statement_times(db: Any) -> dict[str, Any] | None:
         out[name] = {"calls": int(r["calls"] or 0),
                      "mean": round(float(r["mean"]), 3) if r["mean"] is not None else None,
                      "max": round(float(r["max"]), 3) if r["max"] is not None else None}
+    return out
+
+
+# a line of the embedded server's log that starts an entry (log_line_prefix '%m [%p] ', UTC)
+LOG_ENTRY = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) UTC \[\d+\] ")
+SLOW_ENTRY = re.compile(r"LOG:  duration: ([\d.]+) ms  (.*)$")
+
+
+def slow_statements(db: Any, rollout_id: int, top: int = 10) -> dict[str, Any] | None:
+    """The statements slower than SLOW_STATEMENT_MS during the run, from the embedded
+    server's log (`parse_slow_log`). None for an external server."""
+    if db.log_path is None or not db.log_path.exists():
+        return None
+    started = fetch(db.url, "SELECT started_at FROM rollouts WHERE id = $1",
+                    rollout_id)[0]["started_at"]
+    return parse_slow_log(db.log_path.read_text(errors="replace"), started, top)
+
+
+def parse_slow_log(text: str, started: datetime | None, top: int = 10) -> dict[str, Any]:
+    """From a server log with log_min_duration_statement: per timed statement (the claim,
+    the tick's counts) how many and the slowest, each with when it ran (seconds since
+    `started`, the rollout's start); the other slow statements by their first words."""
+    entries: list[list[Any]] = []  # [at_s, ms, statement text]
+    current: list[Any] | None = None
+    for line in text.splitlines():
+        head = LOG_ENTRY.match(line)
+        if head is None:  # a statement's text goes on over several lines
+            if current is not None:
+                current[2] += " " + line.strip()
+            continue
+        slow = SLOW_ENTRY.search(line)
+        current = None
+        if slow is not None:
+            at = datetime.strptime(head[1], "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC)
+            current = [round((at - started).total_seconds(), 1) if started else None,
+                       float(slow[1]), slow[2]]
+            entries.append(current)
+    out: dict[str, Any] = {"threshold_ms": SLOW_STATEMENT_MS}
+    named: set[int] = set()
+    for name, fragment in TIMED_STATEMENTS.items():
+        mine = [e for e in entries if fragment in e[2]]
+        named.update(id(e) for e in mine)
+        out[name] = {"count": len(mine), "slowest": [
+            {"at_s": at, "ms": round(ms, 1)}
+            for at, ms, _ in sorted(mine, key=lambda e: -e[1])[:top]]}
+    others: Counter[str] = Counter()
+    worst: dict[str, float] = {}
+    for _, ms, statement in (e for e in entries if id(e) not in named):
+        key = " ".join(statement.split(":", 1)[-1].split())[:90]
+        others[key] += 1
+        worst[key] = max(worst.get(key, 0.0), ms)
+    out["other"] = [{"statement": k, "count": n, "max_ms": round(worst[k], 1)}
+                    for k, n in others.most_common(top)]
     return out
 
 
@@ -311,26 +370,33 @@ def webhook_deliveries(db_url: str) -> dict[str, Any]:
 
 
 def start_when_listening(env: dict[str, str], db_url: str, rollout_id: int,
-                         engine: subprocess.Popen[Any], deadline: float) -> float:
-    """Wait until the engine process LISTENs for operator actions, then start the rollout
-    (`orchestrator rollout start`, whose NOTIFY wakes it); seconds from spawn to ready."""
+                         engines: list[subprocess.Popen[Any]], deadline: float) -> float:
+    """Wait until every engine process LISTENs for operator actions, then start the rollout
+    (`orchestrator rollout start`, whose NOTIFY wakes them); seconds from spawn to ready."""
     spawned = time.monotonic()
     while True:
-        if engine.poll() is not None:
-            raise RuntimeError("the engine exited before the rollout started")
-        if fetch(db_url, "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() "
-                         "AND query ILIKE 'LISTEN%'"):
+        if any(engine.poll() is not None for engine in engines):
+            raise RuntimeError("an engine exited before the rollout started")
+        if listening_engines(db_url) >= len(engines):
             break
         if time.monotonic() > deadline:
-            raise RuntimeError("the engine did not listen within 120 s")
+            raise RuntimeError("the engines did not listen within 120 s")
         time.sleep(0.05)
     ready = time.monotonic() - spawned
     cli(env, "rollout", "start", str(rollout_id))
     return ready
 
 
-def stop_when_ended(db_url: str, rollout_id: int, engine_pid: int) -> Any:
-    """An on_poll for wait_child: SIGTERM to the engine process (not to py-spy, which then
+def dispatches_by_pid(db_url: str) -> dict[int, int]:
+    """Engine process id -> the installs it dispatched (task events' owner: host:pid:tag)."""
+    rows = fetch(db_url, """SELECT detail->>'owner' AS owner, count(*) AS n FROM task_events
+                            WHERE to_state = 'DISPATCHING' GROUP BY 1""")
+    return {int(str(r["owner"]).split(":")[1]): int(r["n"]) for r in rows
+            if r["owner"] and str(r["owner"]).count(":") == 2}
+
+
+def stop_when_ended(db_url: str, rollout_id: int, engine_pids: list[int]) -> Any:
+    """An on_poll for wait_child: SIGTERM to the engine processes (not to py-spy, which then
     writes its profile) once the rollout is in a terminal state (checked every 0.5 s)."""
     state = {"next": 0.0, "sent": False}
 
@@ -343,8 +409,9 @@ def stop_when_ended(db_url: str, rollout_id: int, engine_pid: int) -> Any:
                              "WHERE id = $1", rollout_id)
         if rows and rows[0]["done"]:
             state["sent"] = True
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(engine_pid, signal.SIGTERM)
+            for pid in engine_pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
 
     return poll
 
@@ -382,7 +449,20 @@ def main() -> int:
     parser.add_argument("--uvloop", action="store_true",
                         help="what-if: run the engine on uvloop's event loop (uvloop must be "
                              "importable by the engine, e.g. on PYTHONPATH)")
-    return run_bench("rollout", run, parser.parse_args())
+    parser.add_argument("--replicas", type=int, default=1,
+                        help="engine processes sharing the rollout (as replicas of a "
+                             "deployment); CPU is their sum, peak RSS the largest")
+    opts = parser.parse_args()
+    if opts.replicas < 1:
+        parser.error(f"--replicas must be at least 1, got {opts.replicas}")
+    if opts.replicas > 1:
+        clash = [flag for flag, given in (("--profile-out", opts.profile_out),
+                                          ("--cold-start", opts.cold_start),
+                                          ("--uvloop", opts.uvloop)) if given]
+        if clash:
+            parser.error(f"--replicas {opts.replicas} measures plain engine processes: "
+                         f"not with {', '.join(clash)}")
+    return run_bench("rollout", run, opts)
 
 
 def run(opts: argparse.Namespace, procs: Processes, db: Any, tmp: Path,
@@ -433,10 +513,15 @@ def run(opts: argparse.Namespace, procs: Processes, db: Any, tmp: Path,
     sampler.watch("simulator", sim.proc.pid)
     if db.postmaster_pid:
         sampler.watch("postgres", db.postmaster_pid, tree=True)
-    err_path = tmp / "engine.stderr"
+    err_paths = [tmp / ("engine.stderr" if r == 0 else f"engine-{r + 1}.stderr")
+                 for r in range(opts.replicas)]
     started = time.monotonic()
-    with err_path.open("w") as err:
-        engine = procs.popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
+    engines: list[subprocess.Popen[Any]] = []
+    for err_path in err_paths:
+        with err_path.open("w") as err:
+            engines.append(procs.popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                                       stderr=err))
+    engine = engines[0]
     engine_pid = engine.pid
     if profile:  # measure the orchestrator under py-spy, not py-spy itself
         for _ in range(200):
@@ -446,13 +531,25 @@ def run(opts: argparse.Namespace, procs: Processes, db: Any, tmp: Path,
                 break
             time.sleep(0.01)
     sampler.watch("orchestrator", engine_pid)
+    for r, other in enumerate(engines[1:], start=2):
+        sampler.watch(f"orchestrator-{r}", other.pid)
     sampler.start()
     on_poll = None
     if not opts.cold_start:
-        engine_ready_s = start_when_listening(env, db.url, rollout_id, engine, started + 120)
-        on_poll = stop_when_ended(db.url, rollout_id, engine_pid)
+        engine_ready_s = start_when_listening(env, db.url, rollout_id, engines, started + 120)
+        on_poll = stop_when_ended(db.url, rollout_id,
+                                  [engine_pid, *(e.pid for e in engines[1:])])
     with hanging:
-        result: ChildResult = wait_child(engine, started + opts.timeout, started, on_poll)
+        results = [wait_child(engine, started + opts.timeout, started, on_poll)]
+        # the others were sent SIGTERM with the first (or are stopped now, after a timeout)
+        results += [wait_child(e, time.monotonic() + 30, started) for e in engines[1:]]
+    result = ChildResult(
+        returncode=next((r.returncode for r in results if r.returncode != 0), 0),
+        wall_s=max(r.wall_s for r in results),
+        cpu_user_s=sum(r.cpu_user_s for r in results),
+        cpu_sys_s=sum(r.cpu_sys_s for r in results),
+        maxrss_mb=max(r.maxrss_mb for r in results),
+        timed_out=any(r.timed_out for r in results))
     sampler.stop()
     statements = counter.after()
     stats = sim.stats()
@@ -472,9 +569,10 @@ def run(opts: argparse.Namespace, procs: Processes, db: Any, tmp: Path,
     ideal = ideal_seconds(sizes, opts.concurrency, slot)
     jitter_ideal = jitter_ideal_seconds(sizes, opts.concurrency, opts)
     wall = outcome["wall_s"]
-    stopped = [json.loads(line) for line in err_path.read_text().splitlines()
-               if '"engine_stopped"' in line]
-    errors = [line for line in err_path.read_text().splitlines()
+    dispatched = dispatches_by_pid(db.url) if opts.replicas > 1 else {}
+    lines = [line for path in err_paths for line in path.read_text().splitlines()]
+    stopped = [json.loads(line) for line in lines if '"engine_stopped"' in line]
+    errors = [line for line in lines
               if '"level": "error"' in line or '"level":"error"' in line]
     on_target = int(stats["versions"].get(TARGET_VERSION, 0))
     report: dict[str, Any] = {
@@ -517,6 +615,7 @@ def run(opts: argparse.Namespace, procs: Processes, db: Any, tmp: Path,
             {"per_appliance": round(s["calls"] / n, 2), "query": s["query"]}
             for s in statements["top"]],
         "db_statement_times_ms": statement_times(db),
+        "db_slow_statements": slow_statements(db, rollout_id),
         "duplicate_installs": stats["duplicate_installs"],
         "installs_accepted": stats["installs_accepted"],
         "install_responses": stats["install_responses"],
@@ -532,8 +631,15 @@ def run(opts: argparse.Namespace, procs: Processes, db: Any, tmp: Path,
         "engine_exit_code": result.returncode,
         "engine_timed_out": result.timed_out,
         "engine_error_lines": len(errors),
-        "max_loop_lag_ms": stopped[-1].get("max_loop_lag_ms") if stopped else None,
-        "other_cpu_s": {k: v for k, v in sampler.totals().items() if k != "orchestrator"},
+        "max_loop_lag_ms": max((s.get("max_loop_lag_ms") or 0 for s in stopped),
+                               default=None),
+        "engine_replicas": opts.replicas,
+        "replicas": [{"replica": r + 1, "cpu_s": round(res.cpu_s, 2),
+                      "peak_rss_mb": round(res.maxrss_mb, 1), "exit_code": res.returncode,
+                      "dispatches": dispatched.get(engines[r].pid, 0)}
+                     for r, res in enumerate(results)] if opts.replicas > 1 else None,
+        "other_cpu_s": {k: v for k, v in sampler.totals().items()
+                        if not k.startswith("orchestrator")},
         "settings": settings,
         "event_loop": "uvloop" if opts.uvloop else "asyncio",
         "strategy": strategy,
