@@ -104,6 +104,10 @@ class NotifierConfig:
     batch_seconds: float = setting_default("webhook_batch_seconds")
     # the most task.failed deliveries one request lists
     batch_max: int = 500
+    # seconds a stopping notifier waits for the answers of requests already sent before it
+    # cancels them and hands their deliveries back: a receiver that answers at once then
+    # sees each event once, not again from the next notifier
+    stop_grace: float = 2.0
     trust_env: bool = True
     environ: Mapping[str, str] | None = field(default=None, repr=False)
     policy: TargetPolicy = field(default_factory=TargetPolicy)
@@ -111,6 +115,8 @@ class NotifierConfig:
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise ValueError(f"concurrency: {self.concurrency} must be at least 1")
+        if self.stop_grace < 0:
+            raise ValueError(f"stop_grace: {self.stop_grace} must not be negative")
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts: {self.max_attempts} must be at least 1")
         if self.request_timeout <= 0 or self.connect_timeout <= 0:
@@ -246,9 +252,10 @@ class Notifier:
         """Send deliveries until cancelled. Each claimed request runs on its own task; the
         loop claims again when one ends (the webhook's next event may be due at once) or
         after `poll_interval` seconds. A database error is logged and tried again after
-        `poll_interval`. When cancelled, the requests still in flight are cancelled and
-        their leases handed back (best effort, so that another replica sends them now
-        rather than when the lease runs out)."""
+        `poll_interval`. When cancelled, the requests still in flight get `stop_grace`
+        seconds to be answered and settled; those still unanswered are cancelled and their
+        leases handed back (best effort, so that another replica sends them now rather
+        than when the lease runs out)."""
         self._start()
         log.info("notifier_started", owner=self.owner, concurrency=self.config.concurrency)
         in_flight: dict[asyncio.Task[bool], Outgoing] = {}
@@ -294,13 +301,16 @@ class Notifier:
             await self._abandon(in_flight)
 
     async def _abandon(self, in_flight: dict[asyncio.Task[bool], Outgoing]) -> None:
-        """Cancel the requests still running and hand back every lease this notifier
-        holds (pending again, due now). A request in flight may have reached its
+        """Let the requests in flight be answered and settled for up to `stop_grace`
+        seconds, cancel those still running, and hand back every lease this notifier
+        holds (pending again, due now). A cancelled request may have reached its
         receiver, which then sees it twice, with the same event id. The hand-back is by
         owner, not by the requests in flight: a claim cancelled while it committed took
         leases whose answer the loop never saw, and they would otherwise wait for their
         lease to run out (`webhook_lease_seconds`)."""
-        tasks = dict(in_flight)
+        tasks = set(in_flight)
+        if tasks and self.config.stop_grace > 0:
+            _, tasks = await asyncio.wait(tasks, timeout=self.config.stop_grace)
         for task in tasks:
             task.cancel()
         if tasks:

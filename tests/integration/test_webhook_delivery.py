@@ -492,6 +492,36 @@ async def test_run_a_slow_receiver_holds_only_its_own_queue(
     assert "stopped" in slow["last_error"] and slow["due_in"] <= 0.1
 
 
+async def test_a_stop_reads_the_answer_of_a_request_already_sent(
+        pool: asyncpg.Pool, receiver: Receiver) -> None:
+    """The engine stops its notifier while a request is out (the demo's engine stops as
+    soon as its rollout ends, with rollout.finished just sent): the answer, which arrives
+    after the stop began, is still read and recorded, so no notifier sends the event
+    again (it reached a receiver that answered 200 twice, seen with the demo)."""
+    await hook(pool, receiver, "ops")
+    receiver.plan("/ops", "hang")  # 200 once the test releases it
+    event = await emit(pool, "rollout.finished", {"state": "SUCCEEDED"})
+    notifier = Notifier(pool, owner="n1", config=config())
+    runner = asyncio.create_task(notifier.run())
+    try:
+        await wait_for(lambda: len(receiver.seen) == 1)
+        runner.cancel()  # the stop begins with the request unanswered
+        await asyncio.sleep(0.3)
+        assert not runner.done(), "the stop did not wait for the request already sent"
+        receiver.released.set()
+        with pytest.raises(asyncio.CancelledError):
+            async with asyncio.timeout(5.0):
+                await runner
+    finally:
+        await notifier.aclose()
+    [row] = await deliveries(pool)
+    assert (row["event_id"], row["state"], row["attempts"]) == (event, "delivered", 1)
+    assert row["lease_owner"] is None
+    async with Notifier(pool, owner="n2", config=config()) as again:
+        assert await again.deliver_once() == 0  # nothing left to send again
+    assert len(receiver.seen) == 1
+
+
 async def test_a_claim_cancelled_as_it_commits_is_handed_back(
         pool: asyncpg.Pool, receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
     """The engine stops its notifier right as the notifier claims (the last transition
