@@ -28,6 +28,7 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 
 from orchestrator.domain.inventory import (
+    DNS_NAME,
     MAX_LENGTH,
     METADATA_ADDRESSES,
     METADATA_NAMES,
@@ -101,11 +102,6 @@ def _literal(text: str) -> str:
 
 # Controls and every character str.isspace() calls a blank: never inside a URL or a path.
 _BLANKS: Final = r"\x00-\x20\x7f-\x9f\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
-# A host name: labels of letters, digits and '-' (not at either end), the last one starting
-# with a letter (so that it is never a number such as 127.1 or 0x7f, which resolvers read
-# as an IPv4 address), an optional final dot.
-_LABEL: Final = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-DNS_NAME: Final = rf"(?:{_LABEL}\.)*[A-Za-z](?:[A-Za-z0-9-]{{0,61}}[A-Za-z0-9])?\.?"
 _OCTET: Final = number_range(0, 255)
 IPV4: Final = rf"{_OCTET}(?:\.{_OCTET}){{3}}"
 _HEXTET: Final = "[0-9A-Fa-f]{1,4}"

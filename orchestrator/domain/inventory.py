@@ -38,6 +38,17 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 # C0 and C1 control characters: no field of an appliance holds them
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# A host name: labels of letters, digits and '-' (not at either end), the last one starting
+# with a letter (so that it is never a number such as 127.1 or 0x7f, which resolvers read
+# as an IPv4 address), an optional final dot. (The API document's patterns use it too.)
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+DNS_NAME = rf"(?:{_LABEL}\.)*[A-Za-z](?:[A-Za-z0-9-]{{0,61}}[A-Za-z0-9])?\.?"
+_DNS_NAME = re.compile(DNS_NAME)
+# a URL's authority once user:password@ is refused: a host, or [an IPv6 address], then an
+# optional :port; nothing else (urlsplit ignores what follows a ']' and reads "h:" as h)
+_AUTHORITY = re.compile(r"(?:\[(?P<v6>[^\]]*)\]|(?P<host>[^\[\]:]*))(?::(?P<port>.*))?")
+_PORT = re.compile(r"0|[1-9][0-9]{0,4}")
+_DOTTED = re.compile(r"[0-9.]+")
 # the longest value of each text field (the API's models say the same)
 MAX_LENGTH = {
     "name": 253, "base_url": 2048, "site": 200, "timezone": 64, "credentials_ref": 1029,
@@ -188,11 +199,50 @@ def _storable(value: str, key: str) -> None:
             from None
 
 
+def authority_problem(netloc: str) -> str | None:
+    """What is wrong with a URL's host and port (`netloc`, without user:password@), or
+    None: a host name, a dotted-quad IPv4 address or an IPv6 address in brackets (no zone,
+    no embedded IPv4 address), then an optional port 0-65535 written without leading
+    zeros. As the API document's URL patterns say; stricter than urlsplit, which reads
+    "[2001:db8::1]x" as the address and "h:" as the host h."""
+    found = _AUTHORITY.fullmatch(netloc)
+    if found is None:
+        return f"has an invalid host {netloc!r} (a host, host:port or [IPv6 address]:port)"
+    port, v6, host = found["port"], found["v6"], found["host"]
+    if port is not None and (not _PORT.fullmatch(port) or int(port) > 65535):
+        return f"has an invalid port {port!r} (a number 0-65535 without leading zeros)"
+    if v6 is not None:
+        try:
+            ipaddress.IPv6Address(v6)
+        except ValueError:
+            return f"has [{v6}] as its host, which is not an IPv6 address"
+        if "%" in v6 or "." in v6:
+            return (f"has [{v6}] as its host: write an IPv6 address without a zone, and an "
+                    "IPv4 address as a dotted quad such as 192.0.2.10")
+        return None
+    try:
+        if _ip_of(host) is not None:
+            return None
+    except ValueError:
+        return (f"has {host!r} as its host, a numeric address in a non-standard form: "
+                "write it as a dotted quad such as 192.0.2.10")
+    if _DOTTED.fullmatch(host):
+        return f"has {host!r} as its host, which is not an IPv4 address"
+    if not _DNS_NAME.fullmatch(host):
+        return (f"has {host!r} as its host, which is not a host name (labels of letters, "
+                "digits and '-', separated by dots; an internationalised name in its "
+                "xn-- form)")
+    return None
+
+
 def check_base_url(value: str, policy: TargetPolicy = STRICT_POLICY) -> str:
     """A valid base URL that the policy lets receive credentials, without its last '/'."""
     if any(ch.isspace() for ch in value):
         raise ValueError(f"base_url: {shown(value)} contains whitespace")
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError as exc:  # a '[' without its ']', not an address within them
+        raise ValueError(f"base_url: {shown(value)} is not a valid URL ({exc})") from None
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
         raise ValueError(f"base_url: {shown(value)} is not an http(s) URL")
@@ -202,10 +252,6 @@ def check_base_url(value: str, policy: TargetPolicy = STRICT_POLICY) -> str:
         raise ValueError(
             "base_url: credentials do not belong in the URL; name a secret in credentials_ref"
         )
-    try:
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        raise ValueError(f"base_url: {value!r} has an invalid port") from None
     if parts.query or parts.fragment:
         raise ValueError(f"base_url: {value!r} must not carry a query or fragment")
     reasons = []
@@ -218,6 +264,10 @@ def check_base_url(value: str, policy: TargetPolicy = STRICT_POLICY) -> str:
         reasons.append(reason)
     if reasons:
         raise ValueError(f"base_url: {shown(value)}: " + "; and ".join(reasons))
+    # after the policy, whose reasons (a loopback address, however written) say more
+    problem = authority_problem(parts.netloc)
+    if problem:
+        raise ValueError(f"base_url: {shown(value)} {problem}")
     return value.rstrip("/")
 
 

@@ -33,7 +33,12 @@ from urllib.parse import urlsplit
 import asyncpg
 
 from orchestrator.domain.errors import OrchestratorError
-from orchestrator.domain.inventory import STRICT_POLICY, TargetPolicy, credentials_ref_refusal
+from orchestrator.domain.inventory import (
+    STRICT_POLICY,
+    TargetPolicy,
+    authority_problem,
+    credentials_ref_refusal,
+)
 from orchestrator.store.audit import Actor, record_audit
 from orchestrator.store.db import DB
 
@@ -152,11 +157,9 @@ def check_url(url: str) -> str:
         raise WebhookError("url", f"url: longer than {MAX_URL} characters")
     try:
         parts = urlsplit(url)
-        port = parts.port  # raises ValueError on a bad port
     except ValueError as exc:
         raise WebhookError("url", f"url: {_shown_url(url)!r} is not a valid URL ({exc})") \
             from None
-    del port
     if parts.scheme.lower() not in ("http", "https"):
         raise WebhookError("url", f"url: {_shown_url(url)!r} must start with http:// or "
                                   "https://")
@@ -165,6 +168,9 @@ def check_url(url: str) -> str:
     if parts.username is not None or parts.password is not None:
         raise WebhookError("url", "url: must not hold credentials (user:password@); sign "
                                   "the requests with --secret-ref instead")
+    problem = authority_problem(parts.netloc)
+    if problem:
+        raise WebhookError("url", f"url: {_shown_url(url)!r} {problem}")
     return url
 
 

@@ -61,7 +61,7 @@ from orchestrator.inventory import target_policy
 from orchestrator.settings import Settings
 from orchestrator.store.events import TaskEvent
 from orchestrator.store.tokens import parse_expiry
-from orchestrator.store.webhooks import check_secret_ref, check_url
+from orchestrator.store.webhooks import WebhookError, check_secret_ref, check_url
 
 
 def test_integral_numbers_are_integers() -> None:
@@ -167,6 +167,31 @@ def test_documented_base_urls_are_accepted(url: str) -> None:
 ])
 def test_refused_base_urls_are_not_documented(url: str) -> None:
     assert not re.fullmatch(DOC_APPLIANCE_URL, url) or re.match(DOC_REFUSED_HOSTS, url)
+
+
+# hosts and ports that urlsplit reads leniently (it ignores what follows a ']', takes "h:"
+# for h); the first one schemathesis sent, and the server created the appliance (201)
+BAD_AUTHORITIES = [
+    ("https://[3000:0:0::]*", "invalid host"), ("https://[3000::1]x:443/api", "invalid host"),
+    ("https://vr-1.example.net*/api", "not a host name"), ("https://h_/x", "not a host name"),
+    ("https://b\u00fccher.example/api", "xn--"), ("https://vr-1:/api", "invalid port"),
+    ("https://[3000::1]:/api", "invalid port"), ("https://vr-1:0443/api", "invalid port"),
+    ("https://vr-1:99999/api", "invalid port"), ("https://1.2.3.999/api", "not an IPv4"),
+    ("https://[3000::1", "not a valid URL"),
+]
+
+
+@pytest.mark.parametrize(("url", "why"), BAD_AUTHORITIES)
+def test_undocumented_hosts_and_ports_are_refused(url: str, why: str) -> None:
+    """The reverse of the tests above: a base URL or webhook URL whose host or port the
+    document's pattern does not admit is refused, with a reason that names it."""
+    assert not re.fullmatch(DOC_APPLIANCE_URL, url)
+    assert not re.fullmatch(DOC_WEBHOOK_URL, url)
+    errors = validate_record({"name": "a", "base_url": url, "site": "s"})[1]
+    assert len(errors) == 1 and errors[0].startswith("base_url:"), errors
+    assert why in errors[0], errors
+    with pytest.raises(WebhookError, match=re.escape(why)):
+        check_url(url)
 
 
 @PATTERNS
