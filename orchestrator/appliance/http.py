@@ -10,7 +10,11 @@ leaves the cache and its session is logged out (`DELETE /session`, best effort, 
 `LOGOUT_TIMEOUT`): an engine that drives 100,000 appliances keeps a client and an open
 appliance session only for those it works on now. `release_soon` does the same without
 waiting (a cancelled user): the logout runs in the background, and `close` cancels the
-logouts still running.
+logouts still running. `release_queued` (a task runner whose outcome is recorded) queues
+the logout for a few background workers (`LOGOUT_WORKERS`): in a burst of thousands of task
+ends, the requests that prove outcomes and start the next installs are not kept waiting
+behind as many logouts; `drain_logouts` (the engine, when it stops) and `close` wait for
+the queue.
 
 HTTP: aiohttp, one `ClientSession` per process. Redirects are never followed (a 3xx is a
 `MalformedResponse` naming the status and the Location: fix the inventory's base_url);
@@ -32,7 +36,7 @@ import contextlib
 import random
 import ssl
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -69,6 +73,11 @@ _HEX = frozenset("0123456789abcdef")
 # seconds: the most a release's logout waits for its appliance (never longer than the
 # request timeout)
 LOGOUT_TIMEOUT = 2.0
+# the queued logouts (`release_queued`) run this many at a time; past LOGOUT_QUEUE_MAX
+# waiting, a release logs out at once instead (appliances slow to answer a logout never
+# make the queue grow without bound)
+LOGOUT_WORKERS = 8
+LOGOUT_QUEUE_MAX = 20_000
 
 SslSetting = bool | ssl.SSLContext | aiohttp.Fingerprint
 
@@ -192,6 +201,10 @@ class ApplianceHttp:
         self._users: dict[ApplianceClient, int] = {}
         # the background logouts of `release_soon` still running
         self._logouts: set[asyncio.Task[None]] = set()
+        # the logouts of `release_queued` not sent yet, and the workers sending them
+        self._logout_queue: deque[ApplianceClient] = deque()
+        self._logouts_unfinished = 0  # queued and not sent yet, or being sent
+        self._logout_workers: set[asyncio.Task[None]] = set()
         self._ca_contexts: dict[str, ssl.SSLContext] = {}
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
         # the proxies of the environment by URL scheme, read once at start (trust_env)
@@ -244,6 +257,7 @@ class ApplianceHttp:
         )
 
     async def close(self) -> None:
+        await self.drain_logouts()
         logouts = list(self._logouts)
         for task in logouts:  # best effort: never waited for
             task.cancel()
@@ -322,10 +336,77 @@ class ApplianceHttp:
             self._logouts.add(task)
             task.add_done_callback(self._logouts.discard)
 
+    async def release_queued(self, client: ApplianceClient) -> None:
+        """`release` whose logout is queued (sent by `LOGOUT_WORKERS` background workers, in
+        the order of the releases) instead of awaited: for a task runner whose outcome is
+        recorded, so that a burst of task ends spends its event loop on the requests that
+        prove outcomes and start installs first. The client leaves the cache now. With
+        `LOGOUT_QUEUE_MAX` logouts waiting already, the logout is awaited here (as
+        `release`). Never raises."""
+        if not self._unheld(client) or not client.has_session:
+            return
+        if len(self._logout_queue) >= LOGOUT_QUEUE_MAX or self._session is None:
+            await self._logout_quietly(client)
+            return
+        self._logout_queue.append(client)
+        self._logouts_unfinished += 1
+        self._start_logout_workers()
+
+    def _start_logout_workers(self) -> None:
+        """As many workers as the queue needs, at most LOGOUT_WORKERS running (a worker
+        that has just returned counts no more, though its done-callback has not run)."""
+        running = sum(1 for task in self._logout_workers if not task.done())
+        loop = asyncio.get_running_loop()
+        for _ in range(min(LOGOUT_WORKERS - running, len(self._logout_queue))):
+            task = loop.create_task(self._logout_worker(), name="appliance-logouts")
+            self._logout_workers.add(task)
+            task.add_done_callback(self._logout_workers.discard)
+
+    async def _logout_worker(self) -> None:
+        while self._logout_queue:
+            try:
+                await self._logout_quietly(self._logout_queue.popleft())
+            finally:
+                self._logouts_unfinished -= 1
+
+    @property
+    def queued_logouts(self) -> int:
+        """Logouts queued by `release_queued` and not finished yet (waiting or being sent)."""
+        return self._logouts_unfinished
+
+    async def drain_logouts(self, within: float | None = None) -> int:
+        """Wait for the queued logouts (`release_queued`) to be sent, at most `within`
+        seconds (default: as long as LOGOUT_WORKERS workers need at LOGOUT_TIMEOUT each,
+        at most 10 s); then drop those still waiting, cancel those being sent, and return
+        how many were left unsent (0: all sent)."""
+        if within is None:
+            within = min(10.0, LOGOUT_TIMEOUT * (1 + len(self._logout_queue) / LOGOUT_WORKERS))
+        deadline = time.monotonic() + within
+        while self._logout_queue or any(not t.done() for t in self._logout_workers):
+            left_s = deadline - time.monotonic()
+            if left_s <= 0:
+                break
+            self._start_logout_workers()
+            await asyncio.wait(set(self._logout_workers), timeout=left_s)
+        left = self._logouts_unfinished
+        self._logouts_unfinished -= len(self._logout_queue)
+        self._logout_queue.clear()
+        workers = list(self._logout_workers)
+        for task in workers:
+            task.cancel()
+        if workers:
+            await asyncio.gather(*workers, return_exceptions=True)
+        if left:
+            log.warning("appliance_logouts_left", count=left, waited_s=round(within, 1))
+        return left
+
     @contextlib.asynccontextmanager
-    async def using(self, client: ApplianceClient) -> AsyncIterator[ApplianceClient]:
+    async def using(
+        self, client: ApplianceClient, *, queue_logout: bool = False
+    ) -> AsyncIterator[ApplianceClient]:
         """`hold` the client for the block; `release` it after, whether the block returns
-        or raises (`release_soon` when it is cancelled: nothing waits on the appliance)."""
+        or raises (`release_soon` when it is cancelled: nothing waits on the appliance;
+        `release_queued` after a block that ended when `queue_logout`)."""
         self.hold(client)
         try:
             yield client
@@ -335,7 +416,10 @@ class ApplianceHttp:
         except BaseException:  # cancelled (the engine stopping, a lease lost)
             self.release_soon(client)
             raise
-        await self.release(client)
+        if queue_logout:
+            await self.release_queued(client)
+        else:
+            await self.release(client)
 
     def _unheld(self, client: ApplianceClient) -> bool:
         """Count one user of `client` less; True when none is left, the client then out of

@@ -449,6 +449,8 @@ class Engine:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await self._flush_progress()
+            # the appliance sessions of the tasks that ended here (queued logouts)
+            await self.http.drain_logouts()
             with contextlib.suppress(Exception):
                 async with self.pool.acquire() as conn:
                     await engine_store.stopped(conn, self.owner)

@@ -66,11 +66,14 @@ class ReturnOffsets:
     """How long after the end of its install an appliance answers again (seconds), as
     measured by "scout" tasks, which probe closely from before the usual return; the other
     tasks make their first probe at `expected()` (a high percentile of the recent scouts),
-    so that one request usually finds the appliance back. Every `every`-th task scouts, and
-    every task while fewer than three measurements exist."""
+    so that one request usually finds the appliance back. Every `every`-th task scouts
+    (every `every_steady`-th while the recent measurements agree closely: a scout's probes
+    before the return each cost a connection the restarting appliance drops), and every
+    task while fewer than three measurements exist."""
 
     window: deque[float] = field(default_factory=lambda: deque(maxlen=20))
     every: int = 20
+    every_steady: int = 100
     count: int = 0
 
     def add(self, seconds: float) -> None:
@@ -82,8 +85,18 @@ class ReturnOffsets:
         ordered = sorted(self.window)
         return ordered[(4 * (len(ordered) - 1)) // 5]
 
+    def steady(self) -> bool:
+        """Whether at least ten recent measurements agree closely (10th to 90th percentile
+        within half a second, or within 10 % of the median when that is more)."""
+        n = len(self.window)
+        if n < 10:
+            return False
+        ordered = sorted(self.window)
+        spread = ordered[min(n - 1, (9 * n) // 10)] - ordered[n // 10]
+        return spread <= max(0.5, 0.1 * ordered[n // 2])
+
     def next_is_scout(self) -> bool:
         if len(self.window) < 3:
             return True
         self.count += 1
-        return self.count % self.every == 0
+        return self.count % (self.every_steady if self.steady() else self.every) == 0

@@ -173,9 +173,10 @@ class TaskRunner:
 
         However the run ends (a terminal state, the task lost, the deadline, a crash), its
         appliance client is released after the task's last write (`ApplianceHttp.using`):
-        its session is logged out and it leaves the cache, unless another user in this
-        process holds it. A cancelled run (the engine stopping, the lease lost) does not
-        wait for that logout."""
+        it leaves the cache and its session is logged out, unless another user in this
+        process holds it. The logout is queued (`ApplianceHttp.release_queued`) rather
+        than awaited: in a burst of task ends the next installs go first; a cancelled run
+        (the engine stopping, the lease lost) logs out in the background."""
         with bind_context(rollout=self.task.rollout_id, wave=self.task.wave,
                           task=self.task.id, appliance=self.task.appliance):
             try:
@@ -198,7 +199,7 @@ class TaskRunner:
                     await self._finish("FAILED", "TARGET_REFUSED",
                                        f"appliance {self.task.appliance!r}: {exc}")
                     return self.state
-            async with self.ctx.http.using(self.client):
+            async with self.ctx.http.using(self.client, queue_logout=True):
                 try:
                     if self.task.reclaimed:
                         await self._reconcile()

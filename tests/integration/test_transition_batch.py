@@ -165,3 +165,18 @@ def test_return_offsets_scouts() -> None:
     assert offsets.expected() == 5.4
     scouts = [offsets.next_is_scout() for _ in range(8)]
     assert scouts.count(True) == 2
+
+
+def test_return_offsets_scout_less_while_they_agree() -> None:
+    """A scout's early probes each cost a connection the restarting appliance drops: while
+    the recent returns agree within half a second, one task in `every_steady` scouts; once
+    they spread out, one in `every` again."""
+    offsets = ReturnOffsets(every=4, every_steady=10)
+    for seconds in (5.0, 5.1, 5.2, 5.0, 5.1, 5.05, 5.15, 5.0, 5.1, 5.2):
+        offsets.add(seconds)
+    assert offsets.steady()
+    assert [offsets.next_is_scout() for _ in range(20)].count(True) == 2
+    for seconds in (9.0, 2.0, 8.0, 3.0):
+        offsets.add(seconds)
+    assert not offsets.steady()
+    assert [offsets.next_is_scout() for _ in range(8)].count(True) == 2

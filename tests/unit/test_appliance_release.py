@@ -1,6 +1,7 @@
 """Releasing appliance clients (`ApplianceHttp.hold` / `release` / `release_soon` /
-`using`): once its last user is done, a client leaves the cache and its session is logged
-out, best effort: a failed logout never raises and is logged without the session id."""
+`release_queued` / `using`): once its last user is done, a client leaves the cache and its
+session is logged out, best effort: a failed logout never raises and is logged without the
+session id."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from structlog.testing import capture_logs
 
 from orchestrator.appliance import ApplianceClient, ApplianceHttp, ApplianceTarget, Unreachable
 from orchestrator.appliance.client import SESSION_HEADER
-from orchestrator.appliance.http import LOGOUT_TIMEOUT
+from orchestrator.appliance.http import LOGOUT_TIMEOUT, LOGOUT_WORKERS
 from tests.helpers import eventually
 from tests.unit.test_appliance_client import (
     APPLIANCE,
@@ -179,6 +180,77 @@ async def test_close_cancels_the_background_logouts(mock: aioresponses) -> None:
         http.release_soon(client)  # not started yet when the transport closes
     assert http.cached_clients == 0 and deletes(mock) == 0
     assert client.has_session  # never logged out: shutdown does not wait on appliances
+
+
+# ------------------------------------------------------------------ queued logouts
+async def test_a_queued_release_leaves_the_cache_at_once_and_logs_out_later(
+    mock: aioresponses, http: ApplianceHttp
+) -> None:
+    client = await logged_in(mock, http)
+    mock.delete(url("/session"), status=204)
+    async with http.using(client, queue_logout=True):
+        pass
+    assert http.cached_clients == 0 and deletes(mock) == 0  # queued, not sent yet
+    assert http.queued_logouts == 1
+    assert await http.drain_logouts() == 0
+    assert deletes(mock) == 1 and not client.has_session and http.queued_logouts == 0
+
+
+async def test_queued_logouts_run_a_few_at_a_time_in_release_order(
+    monkeypatch: pytest.MonkeyPatch, http: ApplianceHttp
+) -> None:
+    """Planted logouts that take a while: never more than LOGOUT_WORKERS at once, every one
+    sent, in the order of the releases."""
+    running, most, order = 0, 0, []
+
+    async def slow_logout(self: ApplianceClient, **kwargs: object) -> None:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        order.append(self.name)
+        await asyncio.sleep(0.01)
+        running -= 1
+
+    monkeypatch.setattr(ApplianceClient, "logout", slow_logout)
+    monkeypatch.setattr(ApplianceClient, "has_session", property(lambda self: True))
+    names = [f"vr{i:02d}" for i in range(3 * LOGOUT_WORKERS + 1)]
+    for name in names:
+        client = http.client(ApplianceTarget(name, BASE))
+        http.hold(client)
+        await http.release_queued(client)
+    assert http.cached_clients == 0
+    assert await http.drain_logouts() == 0
+    assert order == names and most == LOGOUT_WORKERS
+
+
+async def test_close_sends_the_queued_logouts(mock: aioresponses) -> None:
+    http = make_http()
+    async with http:
+        client = await logged_in(mock, http)
+        http.hold(client)
+        mock.delete(url("/session"), status=204)
+        await http.release_queued(client)
+    assert deletes(mock) == 1 and not client.has_session
+
+
+async def test_a_drain_gives_up_on_logouts_that_do_not_end(
+    monkeypatch: pytest.MonkeyPatch, http: ApplianceHttp
+) -> None:
+    """A logout that never ends (its timeout planted away): the drain returns after its
+    own timeout, counts what was left and says so in the log."""
+    async def hanging_logout(self: ApplianceClient, **kwargs: object) -> None:
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(ApplianceClient, "logout", hanging_logout)
+    monkeypatch.setattr(ApplianceClient, "has_session", property(lambda self: True))
+    for name in ("vr01", "vr02"):
+        client = http.client(ApplianceTarget(name, BASE))
+        http.hold(client)
+        await http.release_queued(client)
+    with capture_logs() as logs:
+        assert await http.drain_logouts(within=0.2) == 2
+    assert http.queued_logouts == 0
+    assert [e["count"] for e in logs if e["event"] == "appliance_logouts_left"] == [2]
 
 
 # ------------------------------------------------------------------ sessions dropped on the way
