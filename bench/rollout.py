@@ -199,7 +199,8 @@ def task_timing(db_url: str, rollout_id: int, concurrency: int,
     claim -> install accepted -> VERIFYING -> outcome, the slot hold time against what the
     simulated appliance needs, and how long a freed slot stays empty before the next claim
     (k-th dispatch after the first `concurrency` of a wave vs the (k - concurrency)-th end),
-    plus the reasons the engine gave for moving to VERIFYING."""
+    how long after a wave's first dispatch its first round was sent (by wave: median and
+    last), plus the reasons the engine gave for moving to VERIFYING."""
     rows = fetch(db_url, """
         SELECT t.wave, extract(epoch FROM t.dispatched_at) AS d,
                extract(epoch FROM t.accepted_at) AS a,
@@ -228,11 +229,16 @@ def task_timing(db_url: str, rollout_id: int, concurrency: int,
     to_verify = [float(r["v"] - r["a"]) for r in rows if r["a"] is not None and r["v"]]
     verify = [float(r["f"] - r["v"]) for r in rows if r["v"] is not None]
     refill: list[float] = []
+    first_round: dict[str, dict[str, float | None]] = {}
     for wave in sorted({r["wave"] for r in rows}):
         mine = [r for r in rows if r["wave"] == wave]
         starts = sorted(float(r["d"]) for r in mine)
         ends = sorted(float(r["f"]) for r in mine)
         refill += [starts[k] - ends[k - concurrency] for k in range(concurrency, len(starts))]
+        # the wave's first `concurrency` dispatches, after its first one: how long the
+        # engine takes to send a burst of installs (every slot free at once)
+        burst = [d - starts[0] for d in starts[:concurrency]]
+        first_round[str(wave)] = {"p50": pct(burst, 0.5), "max": round(burst[-1], 3)}
     return {
         "expected_hold_s": round(expected_hold, 3),
         "hold_s_mean": mean(hold), "hold_s_p50": pct(hold, 0.5), "hold_s_p95": pct(hold, 0.95),
@@ -241,6 +247,7 @@ def task_timing(db_url: str, rollout_id: int, concurrency: int,
         "accepted_to_verifying_s_mean": mean(to_verify),
         "verifying_to_outcome_s_mean": mean(verify),
         "slot_refill_s_mean": mean(refill), "slot_refill_s_p95": pct(refill, 0.95),
+        "first_round_dispatch_s": first_round,
         "verifying_reasons": reasons,
     }
 

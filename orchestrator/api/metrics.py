@@ -103,6 +103,9 @@ class HttpView(Protocol):
     @property
     def cached_clients(self) -> int: ...
 
+    @property
+    def queued_logouts(self) -> int: ...
+
 
 class _EngineCollector(Collector):
     """Counters read from the in-process engine and its appliance client at scrape time."""
@@ -135,6 +138,10 @@ class _EngineCollector(Collector):
                                     "Appliance clients (and their sessions) this process "
                                     "keeps now: one per appliance being worked on.",
                                     value=float(http.cached_clients))
+            yield GaugeMetricFamily("orchestrator_appliance_logouts_queued",
+                                    "Logouts of finished tasks' appliance sessions queued "
+                                    "and not sent yet.",
+                                    value=float(http.queued_logouts))
             yield CounterMetricFamily("orchestrator_appliance_api_retries",
                                       "Appliance requests retried after a transient error.",
                                       value=float(http.retried))

@@ -377,10 +377,10 @@ class ApplianceHttp:
     async def drain_logouts(self, within: float | None = None) -> int:
         """Wait for the queued logouts (`release_queued`) to be sent, at most `within`
         seconds (default: as long as LOGOUT_WORKERS workers need at LOGOUT_TIMEOUT each,
-        at most 10 s); then drop those still waiting, cancel those being sent, and return
+        at most 5 s); then drop those still waiting, cancel those being sent, and return
         how many were left unsent (0: all sent)."""
         if within is None:
-            within = min(10.0, LOGOUT_TIMEOUT * (1 + len(self._logout_queue) / LOGOUT_WORKERS))
+            within = min(5.0, LOGOUT_TIMEOUT * (1 + len(self._logout_queue) / LOGOUT_WORKERS))
         deadline = time.monotonic() + within
         while self._logout_queue or any(not t.done() for t in self._logout_workers):
             left_s = deadline - time.monotonic()

@@ -268,3 +268,37 @@ async def test_metrics_show_the_clients_kept_now(pool: asyncpg.Pool) -> None:
         assert await gauge(client) == 1.0
         await http.release(b)
         assert await gauge(client) == 0.0
+
+
+async def test_metrics_show_the_logouts_queued(pool: asyncpg.Pool,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """`orchestrator_appliance_logouts_queued`: a finished task's logout (queued by the
+    runner) counts until it is sent; planted logouts that wait for the test."""
+    from tests.fleet import http_client as make_http
+    from tests.integration.test_api_support import api_client
+
+    sent = asyncio.Event()
+
+    async def held_logout(self: ApplianceClient, **kwargs: Any) -> None:
+        await sent.wait()
+
+    monkeypatch.setattr(ApplianceClient, "logout", held_logout)
+    monkeypatch.setattr(ApplianceClient, "has_session", property(lambda self: True))
+
+    async def gauge(client: Any) -> float:
+        async with client.get("/metrics") as resp:
+            text = await resp.text()
+        [line] = [x for x in text.splitlines()
+                  if x.startswith("orchestrator_appliance_logouts_queued ")]
+        return float(line.split()[1])
+
+    async with make_http() as http, api_client(pool, http=http) as client:
+        a = http.client(ApplianceTarget(name="vr-a", base_url="http://127.0.0.1:9/vr-a",
+                                        credentials_ref="env:APPLIANCE_SIM_CREDENTIALS"))
+        http.hold(a)
+        assert await gauge(client) == 0.0
+        await http.release_queued(a)
+        assert http.cached_clients == 0 and await gauge(client) == 1.0
+        sent.set()
+        assert await http.drain_logouts() == 0
+        assert await gauge(client) == 0.0
