@@ -244,6 +244,14 @@ async def test_look_and_runner_on_one_appliance_share_the_client(pool: asyncpg.P
         assert open_sessions(f.sim) == 0
 
 
+async def metric(client: Any, name: str) -> float:
+    """The value of the unlabelled metric `name` on the API's /metrics page."""
+    async with client.get("/metrics") as resp:
+        text = await resp.text()
+    [line] = [x for x in text.splitlines() if x.startswith(name + " ")]
+    return float(line.split()[1])
+
+
 async def test_metrics_show_the_clients_kept_now(pool: asyncpg.Pool) -> None:
     """`orchestrator_appliance_clients_cached`: the clients (and sessions) the process keeps
     now, one per appliance being worked on; none once each is released."""
@@ -251,11 +259,7 @@ async def test_metrics_show_the_clients_kept_now(pool: asyncpg.Pool) -> None:
     from tests.integration.test_api_support import api_client
 
     async def gauge(client: Any) -> float:
-        async with client.get("/metrics") as resp:
-            text = await resp.text()
-        [line] = [x for x in text.splitlines()
-                  if x.startswith("orchestrator_appliance_clients_cached ")]
-        return float(line.split()[1])
+        return await metric(client, "orchestrator_appliance_clients_cached")
 
     async with make_http() as http, api_client(pool, http=http) as client:
         a, b = (http.client(ApplianceTarget(name=name, base_url=f"http://127.0.0.1:9/{name}",
@@ -286,11 +290,7 @@ async def test_metrics_show_the_logouts_queued(pool: asyncpg.Pool,
     monkeypatch.setattr(ApplianceClient, "has_session", property(lambda self: True))
 
     async def gauge(client: Any) -> float:
-        async with client.get("/metrics") as resp:
-            text = await resp.text()
-        [line] = [x for x in text.splitlines()
-                  if x.startswith("orchestrator_appliance_logouts_queued ")]
-        return float(line.split()[1])
+        return await metric(client, "orchestrator_appliance_logouts_queued")
 
     async with make_http() as http, api_client(pool, http=http) as client:
         a = http.client(ApplianceTarget(name="vr-a", base_url="http://127.0.0.1:9/vr-a",
