@@ -13,8 +13,10 @@ waiting (a cancelled user): the logout runs in the background, and `close` cance
 logouts still running. `release_queued` (a task runner whose outcome is recorded) queues
 the logout for a few background workers (`LOGOUT_WORKERS`): in a burst of thousands of task
 ends, the requests that prove outcomes and start the next installs are not kept waiting
-behind as many logouts; `drain_logouts` (the engine, when it stops) and `close` wait for
-the queue.
+behind as many logouts; while `busy()` (set by the engine: its event loop running late)
+says the process is in such a burst, a queued logout waits for it to pass, at most
+`LOGOUT_DEFER_MAX` seconds after its release; `drain_logouts` (the engine, when it stops)
+and `close` send the queue without waiting.
 
 HTTP: aiohttp, one `ClientSession` per process. Redirects are never followed (a 3xx is a
 `MalformedResponse` naming the status and the Location: fix the inventory's base_url);
@@ -78,6 +80,10 @@ LOGOUT_TIMEOUT = 2.0
 # make the queue grow without bound)
 LOGOUT_WORKERS = 8
 LOGOUT_QUEUE_MAX = 20_000
+# seconds: the most a queued logout waits for `ApplianceHttp.busy` to pass, counted from its
+# release; and how often a waiting logout worker asks again
+LOGOUT_DEFER_MAX = 10.0
+LOGOUT_BUSY_POLL = 0.1
 
 SslSetting = bool | ssl.SSLContext | aiohttp.Fingerprint
 
@@ -202,7 +208,11 @@ class ApplianceHttp:
         # the background logouts of `release_soon` still running
         self._logouts: set[asyncio.Task[None]] = set()
         # the logouts of `release_queued` not sent yet, and the workers sending them
-        self._logout_queue: deque[ApplianceClient] = deque()
+        self._logout_queue: deque[tuple[ApplianceClient, float]] = deque()  # (client, when)
+        self._draining = False  # drain_logouts / close: send without waiting for `busy`
+        # whether this process is busy right now (the engine: its event loop runs late):
+        # queued logouts wait while it is, at most LOGOUT_DEFER_MAX s (None: never busy)
+        self.busy: Callable[[], bool] | None = None
         self._logouts_unfinished = 0  # queued and not sent yet, or being sent
         self._logout_workers: set[asyncio.Task[None]] = set()
         self._ca_contexts: dict[str, ssl.SSLContext] = {}
@@ -348,7 +358,7 @@ class ApplianceHttp:
         if len(self._logout_queue) >= LOGOUT_QUEUE_MAX or self._session is None:
             await self._logout_quietly(client)
             return
-        self._logout_queue.append(client)
+        self._logout_queue.append((client, time.monotonic()))
         self._logouts_unfinished += 1
         self._start_logout_workers()
 
@@ -364,10 +374,21 @@ class ApplianceHttp:
 
     async def _logout_worker(self) -> None:
         while self._logout_queue:
+            client, released = self._logout_queue.popleft()
             try:
-                await self._logout_quietly(self._logout_queue.popleft())
+                await self._until_not_busy(released + LOGOUT_DEFER_MAX)
+                await self._logout_quietly(client)
             finally:
                 self._logouts_unfinished -= 1
+
+    async def _until_not_busy(self, deadline: float) -> None:
+        """Wait while `busy()` says so, until `deadline` (monotonic) at most; not at all
+        once the queue is being drained."""
+        busy = self.busy
+        if busy is None:
+            return
+        while not self._draining and time.monotonic() < deadline and busy():
+            await asyncio.sleep(LOGOUT_BUSY_POLL)
 
     @property
     def queued_logouts(self) -> int:
@@ -382,20 +403,24 @@ class ApplianceHttp:
         if within is None:
             within = min(5.0, LOGOUT_TIMEOUT * (1 + len(self._logout_queue) / LOGOUT_WORKERS))
         deadline = time.monotonic() + within
-        while self._logout_queue or any(not t.done() for t in self._logout_workers):
-            left_s = deadline - time.monotonic()
-            if left_s <= 0:
-                break
-            self._start_logout_workers()
-            await asyncio.wait(set(self._logout_workers), timeout=left_s)
-        left = self._logouts_unfinished
-        self._logouts_unfinished -= len(self._logout_queue)
-        self._logout_queue.clear()
-        workers = list(self._logout_workers)
-        for task in workers:
-            task.cancel()
-        if workers:
-            await asyncio.gather(*workers, return_exceptions=True)
+        self._draining = True  # no more waiting for `busy`
+        try:
+            while self._logout_queue or any(not t.done() for t in self._logout_workers):
+                left_s = deadline - time.monotonic()
+                if left_s <= 0:
+                    break
+                self._start_logout_workers()
+                await asyncio.wait(set(self._logout_workers), timeout=left_s)
+            left = self._logouts_unfinished
+            self._logouts_unfinished -= len(self._logout_queue)
+            self._logout_queue.clear()
+            workers = list(self._logout_workers)
+            for task in workers:
+                task.cancel()
+            if workers:
+                await asyncio.gather(*workers, return_exceptions=True)
+        finally:
+            self._draining = False
         if left:
             log.warning("appliance_logouts_left", count=left, waited_s=round(within, 1))
         return left

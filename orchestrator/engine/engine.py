@@ -97,6 +97,10 @@ def tune_gc_for_engine() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 50)
 
 
+# seconds: an event loop that wakes a 100 ms sleeper later than this is busy (a burst of
+# task ends and starts); the appliance logouts of ended tasks wait for it to pass
+BUSY_LOOP_LAG = 0.02
+
 ACTIVE_STATES = tuple(sorted(str(s) for s in ACTIVE_ROLLOUT_STATES))
 
 
@@ -269,6 +273,7 @@ class Engine:
         self._notifier: Notifier | None = None  # while run() runs with one
         self.ticks = 0
         self.max_loop_lag = 0.0
+        self.loop_lag = 0.0  # the last measurement (`_loop_lag_monitor`)
         self.loop_lag_observers: list[Callable[[float], None]] = []
         self.claimed = 0
         self._served: dict[int, int] = {}  # rollout id -> the last tick it claimed in
@@ -377,6 +382,10 @@ class Engine:
                 owner=self.owner, interval=self.config.prune_interval,
                 first_delay=self.config.prune_first_delay, clock=self.clock)
         error: Exception | None = None
+        # the appliance logouts of ended tasks wait while the event loop runs late (a burst
+        # of task ends and starts), at most LOGOUT_DEFER_MAX s: the loop's time goes to the
+        # requests that prove outcomes and send the next installs first
+        self.http.busy = self._loop_busy
         try:
             async with asyncio.TaskGroup() as group:
                 background = [group.create_task(self._supervise(name, loop), name=name)
@@ -387,6 +396,8 @@ class Engine:
                     error = exc
         finally:
             self._notifier = None
+            if self.http.busy == self._loop_busy:
+                self.http.busy = None
             if notifier is not None:
                 await notifier.aclose()
         if error is not None:
@@ -978,6 +989,10 @@ class Engine:
             await asyncio.sleep(self.config.progress_interval)
             await self._flush_progress()
 
+    def _loop_busy(self) -> bool:
+        """Whether the event loop ran late at its last measurement (`BUSY_LOOP_LAG`)."""
+        return self.loop_lag > BUSY_LOOP_LAG
+
     async def _loop_lag_monitor(self, interval: float = 0.1) -> None:
         """How late the event loop wakes a 100 ms sleeper: a stalled loop delays every
         appliance poll and lease renewal of this process."""
@@ -986,6 +1001,7 @@ class Engine:
             before = loop.time()
             await asyncio.sleep(interval)
             lag = max(0.0, loop.time() - before - interval)
+            self.loop_lag = lag
             self.max_loop_lag = max(self.max_loop_lag, lag)
             for observe in self.loop_lag_observers:
                 observe(lag)

@@ -302,3 +302,47 @@ async def test_metrics_show_the_logouts_queued(pool: asyncpg.Pool,
         sent.set()
         assert await http.drain_logouts() == 0
         assert await gauge(client) == 0.0
+
+
+async def test_an_engine_holds_logouts_back_while_its_event_loop_runs_late(
+    pool: asyncpg.Pool, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A running engine marks its transport busy while its event loop runs late (a burst of
+    task ends and starts): a logout queued then waits, and goes once the loop keeps time
+    again. Stopped, the engine leaves the transport as it found it. The lateness is made
+    here: the test blocks the loop."""
+    import time
+
+    from orchestrator.engine.engine import BUSY_LOOP_LAG
+
+    sent_for: list[str] = []
+
+    async def logout(self: ApplianceClient, **kwargs: Any) -> None:
+        sent_for.append(self.name)
+
+    monkeypatch.setattr(ApplianceClient, "logout", logout)
+    monkeypatch.setattr(ApplianceClient, "has_session", property(lambda self: True))
+    async with fleet(pool, db_url, appliances=1) as f:
+        http = http_client()
+        async with engine(f, http=http) as eng:
+            await eventually(lambda: asyncio.sleep(0, http.busy), lambda b: b is not None)
+            busy = http.busy
+            assert busy is not None
+
+            async def is_busy() -> bool:
+                return busy()
+
+            await eventually(is_busy, lambda b: b is False)  # an idle loop keeps time
+            time.sleep(0.3)  # the point: the loop cannot run meanwhile
+            await asyncio.sleep(0.01)  # the lag monitor wakes, late
+            assert eng.loop_lag > BUSY_LOOP_LAG and busy()
+            client = http.client(ApplianceTarget(name="vr-a", base_url="http://127.0.0.1:9/a",
+                                                 credentials_ref="env:APPLIANCE_SIM_CREDENTIALS"))
+            http.hold(client)
+            await http.release_queued(client)
+            await asyncio.sleep(0)
+            assert sent_for == [] and http.queued_logouts == 1  # held back
+            await eventually(is_busy, lambda b: b is False)
+            await eventually(lambda: asyncio.sleep(0, list(sent_for)),
+                             lambda names: names == ["vr-a"])
+        assert http.busy is None

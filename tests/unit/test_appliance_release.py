@@ -13,6 +13,7 @@ from aioresponses import aioresponses
 from structlog.testing import capture_logs
 
 from orchestrator.appliance import ApplianceClient, ApplianceHttp, ApplianceTarget, Unreachable
+from orchestrator.appliance import http as http_module
 from orchestrator.appliance.client import SESSION_HEADER
 from orchestrator.appliance.http import LOGOUT_TIMEOUT, LOGOUT_WORKERS
 from tests.helpers import eventually
@@ -251,6 +252,73 @@ async def test_a_drain_gives_up_on_logouts_that_do_not_end(
         assert await http.drain_logouts(within=0.2) == 2
     assert http.queued_logouts == 0
     assert [e["count"] for e in logs if e["event"] == "appliance_logouts_left"] == [2]
+
+
+def recording_logouts(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Logouts planted to record the appliance's name (every client has a session)."""
+    sent_for: list[str] = []
+
+    async def logout(self: ApplianceClient, **kwargs: object) -> None:
+        sent_for.append(self.name)
+
+    monkeypatch.setattr(ApplianceClient, "logout", logout)
+    monkeypatch.setattr(ApplianceClient, "has_session", property(lambda self: True))
+    return sent_for
+
+
+async def release_queued(http: ApplianceHttp, name: str) -> None:
+    client = http.client(ApplianceTarget(name, BASE))
+    http.hold(client)
+    await http.release_queued(client)
+
+
+async def test_queued_logouts_wait_while_the_process_is_busy(
+    monkeypatch: pytest.MonkeyPatch, http: ApplianceHttp
+) -> None:
+    """While `busy()` says so (the engine: a burst of task ends and starts), no queued
+    logout is sent; once it passes, all are, in release order."""
+    sent_for = recording_logouts(monkeypatch)
+    busy = True
+    http.busy = lambda: busy
+    await release_queued(http, "vr01")
+    await release_queued(http, "vr02")
+    await asyncio.sleep(5 * http_module.LOGOUT_BUSY_POLL)
+    assert sent_for == [] and http.queued_logouts == 2  # held back all that time
+    busy = False
+    await eventually(lambda: asyncio.sleep(0, list(sent_for)),
+                     lambda names: names == ["vr01", "vr02"])
+    assert http.queued_logouts == 0
+
+
+async def test_a_queued_logout_waits_for_a_busy_process_at_most_the_deferral_limit(
+    monkeypatch: pytest.MonkeyPatch, http: ApplianceHttp
+) -> None:
+    """A process that stays busy does not keep sessions open for ever: each logout goes
+    LOGOUT_DEFER_MAX after its release however busy it is."""
+    monkeypatch.setattr(http_module, "LOGOUT_DEFER_MAX", 0.3)
+    sent_for = recording_logouts(monkeypatch)
+    http.busy = lambda: True
+    loop = asyncio.get_running_loop()
+    released = loop.time()
+    await release_queued(http, "vr01")
+    await eventually(lambda: asyncio.sleep(0, list(sent_for)), lambda names: names == ["vr01"])
+    assert loop.time() - released >= 0.3
+
+
+async def test_a_drain_sends_the_queued_logouts_without_waiting_for_a_busy_process(
+    monkeypatch: pytest.MonkeyPatch, http: ApplianceHttp
+) -> None:
+    """The engine stopping: what is queued goes now, busy or not (the drain's own bound
+    is far shorter than the deferral's), and later releases wait for `busy` again."""
+    sent_for = recording_logouts(monkeypatch)
+    http.busy = lambda: True
+    await release_queued(http, "vr01")
+    await release_queued(http, "vr02")
+    assert await http.drain_logouts(within=2.0) == 0
+    assert sent_for == ["vr01", "vr02"]
+    await release_queued(http, "vr03")
+    await asyncio.sleep(3 * http_module.LOGOUT_BUSY_POLL)
+    assert sent_for == ["vr01", "vr02"] and http.queued_logouts == 1
 
 
 # ------------------------------------------------------------------ sessions dropped on the way
