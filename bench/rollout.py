@@ -193,6 +193,14 @@ def jitter_ideal_seconds(sizes: list[int], concurrency: int, opts: argparse.Name
     return total / runs
 
 
+def pct(values: list[float], q: float) -> float | None:
+    """The q-quantile of `values` (nearest rank below), rounded to ms; None when empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
+
+
 def task_timing(db_url: str, rollout_id: int, concurrency: int,
                 expected_hold: float) -> dict[str, Any]:
     """Where a task's time goes, from the database (seconds, means over the tasks):
@@ -217,12 +225,6 @@ def task_timing(db_url: str, rollout_id: int, concurrency: int,
 
     def mean(values: list[float]) -> float | None:
         return round(statistics.fmean(values), 3) if values else None
-
-    def pct(values: list[float], q: float) -> float | None:
-        if not values:
-            return None
-        ordered = sorted(values)
-        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
 
     hold = [float(r["f"] - r["d"]) for r in rows]
     accept = [float(r["a"] - r["d"]) for r in rows if r["a"] is not None]
@@ -280,13 +282,11 @@ def timing_vs_appliances(db_url: str, rollout_id: int,
             to_guard.append(float(r["g"] - r["d"]))
         to_outcome.append(float(r["f"]) - ends[0])
 
-    def summary(values: list[float]) -> dict[str, float] | None:
+    def summary(values: list[float]) -> dict[str, float | None] | None:
         if not values:
             return None
-        ordered = sorted(values)
-        return {"mean": round(statistics.fmean(ordered), 3),
-                "p50": round(ordered[len(ordered) // 2], 3),
-                "p95": round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], 3)}
+        return {"mean": round(statistics.fmean(values), 3),
+                "p50": pct(values, 0.5), "p95": pct(values, 0.95)}
 
     return {"tasks": len(to_install), "claim_to_install_s": summary(to_install),
             "claim_to_guard_s": summary(to_guard), "ready_to_outcome_s": summary(to_outcome)}
