@@ -51,14 +51,76 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
 # --------------------------------------------------------------------------- machine
+def _speed_work() -> int:
+    """A fixed piece of pure-Python work of the kind the engine does per request (small
+    dicts and strings, JSON both ways, function calls): about 30 ms on a fast core."""
+    items = [{"id": i, "name": f"sim-{i:05d}", "state": "RUNNING", "progress": i % 100}
+             for i in range(4_000)]
+    text = json.dumps(items)
+    back = json.loads(text)
+    return sum(len(d["name"]) + d["progress"] for d in back if d["state"] == "RUNNING")
+
+
+def speed_reading(repeat: int = 30) -> dict[str, float]:
+    """How fast one core of the machine is right now: milliseconds of `repeat` runs of
+    `_speed_work` in this process, the best (the core's own speed) and the median (what a
+    process got: the virtual machines of this kind share their hosts, and the same work
+    took 9 ms or 20 ms from one tenth of a second to the next on an idle machine).
+    Machines of the same kind differed by up to 2.5 times in the engine's CPU per appliance
+    (docs/benchmarks.md): runs compare where their readings do."""
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        _speed_work()
+        times.append(time.perf_counter() - started)
+    times.sort()
+    return {"best": round(times[0] * 1000, 2), "median": round(times[len(times) // 2] * 1000, 2)}
+
+
+_speed_at_start: list[dict[str, float]] = []
+_steal_at_start: list[tuple[float, float]] = []  # (monotonic, steal seconds)
+
+
+def cpu_steal_s(stat: str = "/proc/stat") -> float | None:
+    """CPU seconds the hypervisor gave to others while this virtual machine's CPUs wanted
+    to run (the `steal` column of the `cpu` line of /proc/stat: every CPU together); None
+    where there is no such file."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open(stat) as f:
+            fields = f.readline().split()
+        if fields[0] == "cpu":  # user nice system idle iowait irq softirq steal ...
+            return int(fields[8]) / CLOCK_TICKS
+    return None
+
+
+def cpu_model() -> str | None:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return None
+
+
 def machine() -> dict[str, Any]:
+    """The machine a bench ran on, with its core's speed at the start of the bench (when
+    it ran under `run_bench`) and now, at its end (`speed_reading`)."""
     memory_gb = None
     with contextlib.suppress(OSError, ValueError, IndexError):
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemTotal:"):
                 memory_gb = round(int(line.split()[1]) / 1024 / 1024, 1)
-    return {"cpus": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "memory_gb": memory_gb}
+    speed: dict[str, Any] = {"start": _speed_at_start[0] if _speed_at_start else None,
+             "end": speed_reading()}
+    steal: dict[str, float] | None = None
+    now_steal = cpu_steal_s()
+    if _steal_at_start and now_steal is not None:
+        since, before = _steal_at_start[0]
+        seconds = now_steal - before
+        share = seconds / max(1e-9, (time.monotonic() - since) * (os.cpu_count() or 1))
+        steal = {"seconds": round(seconds, 1), "share": round(share, 3)}
+    return {"cpus": os.cpu_count(), "cpu_model": cpu_model(),
+            "platform": platform.platform(), "python": platform.python_version(),
+            "memory_gb": memory_gb, "speed_ms": speed, "cpu_steal": steal}
 
 
 def git_state() -> dict[str, Any]:
@@ -555,8 +617,11 @@ def run_bench(name: str, run: Callable[..., int], opts: Any) -> int:
     """Run `run(opts, procs, db, tmp, bench_started, load_start)` with its processes, a
     database `bench_<name>` and a temporary directory, all removed at the end (also on
     Ctrl-C: one JSON line says so, exit 130)."""
-    bench_started = time.monotonic()
     load_start = [round(x, 2) for x in os.getloadavg()]
+    _speed_at_start[:] = [speed_reading()]  # before any process of the bench starts
+    steal = cpu_steal_s()
+    _steal_at_start[:] = [(time.monotonic(), steal)] if steal is not None else []
+    bench_started = time.monotonic()
     tmp = temp_dir(f"orch-bench-{name}-")
     try:
         with Processes() as procs, database(f"bench_{name}", tmp) as db:
