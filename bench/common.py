@@ -53,7 +53,8 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 # --------------------------------------------------------------------------- machine
 def _speed_work() -> int:
     """A fixed piece of pure-Python work of the kind the engine does per request (small
-    dicts and strings, JSON both ways, function calls): about 30 ms on a fast core."""
+    dicts and strings, JSON both ways, function calls): 9-20 ms a run on the machines of
+    docs/benchmarks.md."""
     items = [{"id": i, "name": f"sim-{i:05d}", "state": "RUNNING", "progress": i % 100}
              for i in range(4_000)]
     text = json.dumps(items)
@@ -110,7 +111,7 @@ def machine() -> dict[str, Any]:
             if line.startswith("MemTotal:"):
                 memory_gb = round(int(line.split()[1]) / 1024 / 1024, 1)
     speed: dict[str, Any] = {"start": _speed_at_start[0] if _speed_at_start else None,
-             "end": speed_reading()}
+                             "end": speed_reading()}
     steal: dict[str, float] | None = None
     now_steal = cpu_steal_s()
     if _steal_at_start and now_steal is not None:
