@@ -4,7 +4,9 @@ the bench and the core's speed, which tell whether two runs may be compared."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -51,16 +53,16 @@ def test_machine_reports_the_steal_since_the_bench_started(
     readings = iter([_stat(tmp_path, 1000), _stat(tmp_path, 1000 + 3 * ticks)])
     real = common.cpu_steal_s
     monkeypatch.setattr(common, "cpu_steal_s", lambda: real(next(readings)))
-    monkeypatch.setattr(common.os, "cpu_count", lambda: 2)
-    clock = iter([100.0, 110.0])  # the bench ran 10 s on 2 CPUs: 20 CPU seconds
-    monkeypatch.setattr(common.time, "monotonic", lambda: next(clock))
     monkeypatch.setattr(common, "speed_reading", lambda: {"best": 9.0, "median": 10.0})
-    common._steal_at_start[:] = [(common.time.monotonic(), common.cpu_steal_s())]
+    # the bench started 10 s ago: 10 s times the CPUs of CPU time, 3 s of it stolen
+    common._steal_at_start[:] = [(time.monotonic() - 10.0, common.cpu_steal_s())]
     common._speed_at_start[:] = [{"best": 8.0, "median": 9.5}]
 
     found = common.machine()
 
-    assert found["cpu_steal"] == {"seconds": 3.0, "share": 0.15}
+    cpus = os.cpu_count() or 1
+    assert found["cpu_steal"]["seconds"] == 3.0
+    assert found["cpu_steal"]["share"] == pytest.approx(3.0 / (10.0 * cpus), abs=0.002)
     assert found["speed_ms"] == {"start": {"best": 8.0, "median": 9.5},
                                  "end": {"best": 9.0, "median": 10.0}}
 
